@@ -1,0 +1,1 @@
+//! Bdev modules, one folder each (`modules/<name>/{mod.rs,rpc.rs}`).
