@@ -1,0 +1,2 @@
+//! Ring benchmark (placeholder).
+fn main() {}
