@@ -23,14 +23,16 @@ commands:
            driver_override); controllers in use are refused, the others bound
   status   hugepages per NUMA node and page size; per NVMe controller its
            address, ids, NUMA node, IOMMU group, driver, disks and mounts
-  reset    give NVMe controllers back to the kernel's nvme driver
+  reset    give NVMe controllers back to the kernel's nvme driver (hugepages
+           stay reserved)
   help     this text
 
 options:
   --hugemem MIB     (config) hugepage memory in MiB, reserved as 2 MiB pages
                     and split evenly over the NUMA nodes (default 2048);
                     the pools are set to exactly this
-  --node N          (config) reserve it all on NUMA node N
+  --node N          (config) reserve it all on NUMA node N (the other nodes
+                    are left as they are)
   --allow BDF...    only these controllers (repeatable; also comma lists)
   --block BDF...    never these controllers (wins over --allow)
   --dry-run         (config, reset) print the plan, change nothing; works
