@@ -344,6 +344,17 @@ impl DmaMemory {
             .map(|r| r.iova + (a - r.va.as_ptr() as usize) as u64)
     }
 
+    /// The address in this process of `len` bytes at IO-virtual address
+    /// `iova`, when they lie inside one region: what a device model (a test
+    /// double of a controller) needs to reach the memory it is given.
+    pub fn iova_to_ptr(&self, iova: u64, len: usize) -> Option<*mut u8> {
+        let st = self.state();
+        st.regions.iter().find_map(|r| {
+            let off = iova.checked_sub(r.iova)? as usize;
+            (off.checked_add(len)? <= r.len).then(|| r.va.as_ptr().wrapping_add(off))
+        })
+    }
+
     /// The regions as (virtual address, IOVA, length, mapped into the
     /// container), for diagnostics and tests.
     pub fn regions(&self) -> Vec<(usize, u64, usize, bool)> {

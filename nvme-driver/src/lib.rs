@@ -7,6 +7,49 @@
 //!
 //! Must not: take interrupts, lock or allocate on the submit/complete path,
 //! or create Rust references into memory the controller may write.
+//!
+//! # Shape
+//!
+//! ```text
+//!  Controller (control path, one core)        IoQpair<C> (one per core)
+//!   ├ Init state machine (init.rs)             ├ SubmissionRing / CompletionRing
+//!   ├ AdminQueue + AERs (admin.rs)  <─ create ─┤ trackers[cid]: ctx C + PRP page
+//!   └ poll_admin: events, aborts, reset        └ process_completions(max, |ctx, res|)
+//!          │            shared.rs: state, reset generation, block sizes
+//!          └──────── RegisterIo: BAR0 via VFIO (pci/), or sim::SimController
+//! ```
+//!
+//! * Transfers larger than [`Controller::max_transfer`] (MDTS, capped at one
+//!   PRP list page per command: 2 MiB) are rejected with
+//!   [`SubmitErrorKind::TooLarge`]: the bdev layer splits them.
+//! * A command outstanding longer than the queue pair's timeout is aborted;
+//!   if it is still outstanding after twice the timeout the controller is
+//!   reset. On reset every outstanding command completes with
+//!   [`CommandError::AbortedByReset`] (it may or may not have taken effect;
+//!   the caller decides whether to retry) and queues are re-created; a
+//!   controller whose registers read all-ones is removed and everything
+//!   fails fast with [`CommandError::ControllerRemoved`].
+//! * The per-command context `C` is stored inline in a preallocated tracker:
+//!   submission and completion allocate nothing (see the `no_alloc` test).
 
+mod admin;
+pub mod cmd;
+mod ctrlr;
+mod error;
+mod init;
 pub mod pci;
+pub mod prp;
+mod qcore;
+mod qpair;
+pub mod queue;
 pub mod regs;
+mod shared;
+pub mod sim;
+pub mod spec;
+pub mod status;
+
+pub use ctrlr::{Controller, ControllerOptions, Namespace, NsEvent, NsEventHandler};
+pub use error::{NvmeError, SubmitError, SubmitErrorKind};
+pub use qpair::{IoQpair, QpairStats};
+pub use shared::CtrlrState;
+pub use status::{CommandError, NvmeStatus, StatusKind};

@@ -174,3 +174,70 @@ mod tests {
         assert!(Version::from(0x0002_0000) > v);
     }
 }
+
+/// Access to the controller's registers: BAR0 through VFIO, or a device model
+/// in host tests. All offsets are byte offsets into BAR0.
+pub trait RegisterIo: Send + Sync {
+    /// Reads the 32-bit register at `offset`.
+    fn read32(&self, offset: usize) -> u32;
+    /// Writes the 32-bit register at `offset`.
+    fn write32(&self, offset: usize, value: u32);
+    /// Reads a 64-bit register, low half first.
+    fn read64(&self, offset: usize) -> u64 {
+        let lo = self.read32(offset) as u64;
+        (self.read32(offset + 4) as u64) << 32 | lo
+    }
+    /// Writes a 64-bit register, low half first.
+    fn write64(&self, offset: usize, value: u64) {
+        self.write32(offset, value as u32);
+        self.write32(offset + 4, (value >> 32) as u32);
+    }
+}
+
+impl RegisterIo for crate::pci::Bar0 {
+    fn read32(&self, offset: usize) -> u32 {
+        crate::pci::Bar0::read32(self, offset)
+    }
+    fn write32(&self, offset: usize, value: u32) {
+        crate::pci::Bar0::write32(self, offset, value)
+    }
+}
+
+/// Controller Configuration (CC) fields.
+pub mod cc {
+    /// Enable.
+    pub const EN: u32 = 1 << 0;
+    /// Shutdown notification: normal.
+    pub const SHN_NORMAL: u32 = 1 << 14;
+    /// Mask of the shutdown notification field.
+    pub const SHN_MASK: u32 = 3 << 14;
+
+    /// CC for the NVM command set with memory page size `page` (bytes),
+    /// round-robin arbitration, 64-byte SQ and 16-byte CQ entries, enabled.
+    pub fn enabled(page: usize) -> u32 {
+        let mps = page.trailing_zeros().saturating_sub(12);
+        EN | (mps << 7) | (6 << 16) | (4 << 20)
+    }
+}
+
+/// Controller Status (CSTS) fields.
+pub mod csts {
+    /// Ready.
+    pub const RDY: u32 = 1 << 0;
+    /// Controller Fatal Status.
+    pub const CFS: u32 = 1 << 1;
+    /// Shutdown status mask.
+    pub const SHST_MASK: u32 = 3 << 2;
+    /// Shutdown processing complete.
+    pub const SHST_COMPLETE: u32 = 2 << 2;
+}
+
+/// The offset of the submission queue tail doorbell of queue `qid`.
+pub fn sq_doorbell(qid: u16, stride: usize) -> usize {
+    Registers::DOORBELLS + 2 * qid as usize * stride
+}
+
+/// The offset of the completion queue head doorbell of queue `qid`.
+pub fn cq_doorbell(qid: u16, stride: usize) -> usize {
+    Registers::DOORBELLS + (2 * qid as usize + 1) * stride
+}

@@ -1,0 +1,78 @@
+//! Submission queue entries.
+
+use std::mem::size_of;
+
+/// A 64-byte submission queue entry (common command format).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sqe {
+    /// Opcode (7:0), fused operation (9:8), PSDT (15:14), command id (31:16).
+    pub cdw0: u32,
+    /// Namespace identifier.
+    pub nsid: u32,
+    /// Command dword 2.
+    pub cdw2: u32,
+    /// Command dword 3.
+    pub cdw3: u32,
+    /// Metadata pointer.
+    pub mptr: u64,
+    /// Data pointer: PRP entry 1.
+    pub prp1: u64,
+    /// Data pointer: PRP entry 2 (or the PRP list).
+    pub prp2: u64,
+    /// Command dwords 10 to 15.
+    pub cdw10: u32,
+    /// Command dword 11.
+    pub cdw11: u32,
+    /// Command dword 12.
+    pub cdw12: u32,
+    /// Command dword 13.
+    pub cdw13: u32,
+    /// Command dword 14.
+    pub cdw14: u32,
+    /// Command dword 15.
+    pub cdw15: u32,
+}
+
+const _: () = assert!(size_of::<Sqe>() == 64);
+
+impl Sqe {
+    /// A command with `opcode` for namespace `nsid`; the command id is set at
+    /// submission.
+    pub fn new(opcode: u8, nsid: u32) -> Self {
+        Sqe {
+            cdw0: opcode as u32,
+            nsid,
+            ..Default::default()
+        }
+    }
+
+    /// The opcode.
+    pub fn opcode(&self) -> u8 {
+        self.cdw0 as u8
+    }
+
+    /// The command identifier.
+    pub fn cid(&self) -> u16 {
+        (self.cdw0 >> 16) as u16
+    }
+
+    /// Sets the command identifier.
+    pub fn set_cid(&mut self, cid: u16) {
+        self.cdw0 = (self.cdw0 & 0xffff) | ((cid as u32) << 16);
+    }
+}
+
+/// A Dataset Management range (16 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DsmRange {
+    /// Context attributes.
+    pub attributes: u32,
+    /// Length in logical blocks.
+    pub nlb: u32,
+    /// Starting LBA.
+    pub slba: u64,
+}
+
+const _: () = assert!(size_of::<DsmRange>() == 16);
