@@ -74,6 +74,7 @@
 //! ```
 
 mod channel;
+mod clock;
 mod context;
 mod cpuset;
 mod error;
@@ -86,6 +87,7 @@ mod ring;
 mod runtime;
 mod shared;
 mod sim;
+mod spsc;
 mod stats;
 mod timer;
 
@@ -159,13 +161,22 @@ pub fn send(core: CoreId, f: impl FnOnce() + Send + 'static) -> Result<(), Error
 /// [`TrySendError`] with the closure; its error is [`Error::NotOnReactor`]
 /// off reactor threads.
 pub fn try_send<F: FnOnce() + Send + 'static>(core: CoreId, f: F) -> Result<(), TrySendError<F>> {
-    match handle() {
-        Some(h) => h.try_send(core, f),
-        None => Err(TrySendError {
+    let Some(r) = context::current() else {
+        return Err(TrySendError {
             error: Error::NotOnReactor { what: "try_send" },
             message: f,
-        }),
-    }
+        });
+    };
+    let index = match r.shared.index(core) {
+        Ok(i) => i,
+        Err(error) => return Err(TrySendError { error, message: f }),
+    };
+    r.send_from_here(index, message::Message::new(f), shared::Mode::Try)
+        .map_err(|(error, m)| TrySendError {
+            error,
+            // SAFETY: `m` is the message built from `f` just above.
+            message: unsafe { m.into_closure::<F>() },
+        })
 }
 
 /// Runs `f` on `core` and resolves to its result; see [`Handle::on_core`].

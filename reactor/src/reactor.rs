@@ -91,9 +91,40 @@ impl ReactorInner {
         self.now_ns.get()
     }
 
+    /// The time now: read afresh on a real reactor (unlike `now_ns`, the
+    /// iteration's start), the simulated time in a simulation.
+    pub(crate) fn fresh_now_ns(&self) -> u64 {
+        if self.shared.config.simulated {
+            self.now_ns()
+        } else {
+            self.shared.clock.now_ns()
+        }
+    }
+
     #[inline]
     pub(crate) fn stats(&self) -> &StatsCell {
         &self.shared.stats[self.index]
+    }
+
+    /// After an idle iteration on a reactor without active pollers: watch
+    /// the inbox for up to `checks` cheap looks (no clock read, no poller,
+    /// no timer), returning as soon as a message is waiting. This cuts the
+    /// delay before an idle reactor notices a message from a full
+    /// iteration to one look; with active pollers it does nothing, so they
+    /// still run every iteration.
+    #[inline]
+    pub(crate) fn watch_inbox(&self, checks: u32) -> bool {
+        if !self.pollers.active.borrow().is_empty() || self.executor.has_ready() {
+            return false;
+        }
+        let inbox = &self.shared.inboxes[self.index];
+        for _ in 0..checks {
+            // SAFETY: called on this reactor's thread, the inbox's consumer.
+            if unsafe { inbox.has_pending() } {
+                return true;
+            }
+        }
+        false
     }
 
     /// The earliest timer deadline, if any (used by the simulation).
@@ -120,9 +151,12 @@ impl ReactorInner {
             let core = self.shared.cores[index];
             return Err((Error::ShuttingDown { core }, msg));
         }
-        let ring = &self.shared.rings[index];
+        let inbox = &self.shared.inboxes[index];
         let msg = if self.backlog_len.get() == 0 || self.backlog.borrow()[index].is_empty() {
-            match ring.push(msg) {
+            // SAFETY: `self` is the reactor running on this thread (callers
+            // reach it through the thread's current reactor), so this thread
+            // is the only producer of the (self, index) ring.
+            match unsafe { inbox.push_from(self.index, msg) } {
                 Ok(()) => {
                     self.sent.set(self.sent.get() + 1);
                     return Ok(());
@@ -134,7 +168,7 @@ impl ReactorInner {
         };
         if mode == Mode::Try {
             let core = self.shared.cores[index];
-            let capacity = ring.capacity();
+            let capacity = inbox.capacity();
             return Err((Error::RingFull { core, capacity }, msg));
         }
         self.backlog.borrow_mut()[index].push_back(msg);
@@ -147,9 +181,10 @@ impl ReactorInner {
         let mut backlog = self.backlog.borrow_mut();
         let mut left = 0;
         for (index, queue) in backlog.iter_mut().enumerate() {
-            let ring = &self.shared.rings[index];
+            let inbox = &self.shared.inboxes[index];
             while let Some(m) = queue.pop_front() {
-                if let Err(m) = ring.push(m) {
+                // SAFETY: as in `send_from_here`: we run on this reactor.
+                if let Err(m) = unsafe { inbox.push_from(self.index, m) } {
                     queue.push_front(m);
                     break;
                 }
@@ -162,6 +197,13 @@ impl ReactorInner {
     /// One iteration at time `now_ns`; returns whether it was busy.
     pub(crate) fn poll(self: &Rc<Self>, now_ns: u64) -> bool {
         let _enter = context::enter(self);
+        self.poll_entered(now_ns)
+    }
+
+    /// [`poll`](Self::poll) for a caller that already made this reactor
+    /// the current one (a reactor thread does so once).
+    #[inline]
+    pub(crate) fn poll_entered(&self, now_ns: u64) -> bool {
         let dt = now_ns.saturating_sub(self.last_ns.replace(now_ns));
         if self.last_busy.get() {
             self.busy_ns.set(self.busy_ns.get() + dt);
@@ -201,14 +243,11 @@ impl ReactorInner {
         if self.backlog_len.get() != 0 {
             self.flush_backlog();
         }
-        let ring = &self.shared.rings[self.index];
-        let mut n = 0;
-        while n < self.shared.config.message_batch {
-            let Some(m) = ring.pop() else { break };
-            n += 1;
-            self.messages_run.set(self.messages_run.get() + 1);
-            m.run();
-        }
+        let inbox = &self.shared.inboxes[self.index];
+        let count = || self.messages_run.set(self.messages_run.get() + 1);
+        // SAFETY: `poll` runs on this reactor's thread (or the simulation's
+        // one thread), the only consumer of its inbox.
+        let n = unsafe { inbox.drain(self.shared.config.message_batch, count) };
         let mut busy = n != 0;
         if self.executor.has_ready() {
             let polled = self.executor.run_ready(self, self.shared.config.task_batch);
@@ -326,9 +365,10 @@ impl ReactorInner {
     /// these messages are refused), catching panics.
     pub(crate) fn final_drain(self: &Rc<Self>) -> usize {
         let _enter = context::enter(self);
-        let ring = &self.shared.rings[self.index];
+        let inbox = &self.shared.inboxes[self.index];
         let mut n = 0;
-        while let Some(m) = ring.pop() {
+        // SAFETY: called on this reactor's thread, its inbox's one consumer.
+        while let Some(m) = unsafe { inbox.pop_any() } {
             n += 1;
             self.messages_run.set(self.messages_run.get() + 1);
             if let Err(payload) = catch_unwind(AssertUnwindSafe(|| m.run())) {

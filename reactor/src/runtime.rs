@@ -62,14 +62,14 @@ pub struct Builder {
 
 impl Builder {
     /// A builder for reactors on `cores`, with defaults: pinned, rings of
-    /// 16384 messages, batches of 256 messages and 64 tasks per iteration,
+    /// 4096 messages, batches of 256 messages and 64 tasks per iteration,
     /// [`IdleStrategy::default`], and 10 s to drain at shutdown.
     pub fn new(cores: CpuSet) -> Builder {
         Builder {
             cores,
             pin: true,
             config: Config {
-                ring_capacity: 16384,
+                ring_capacity: 4096,
                 message_batch: 256,
                 task_batch: 64,
                 idle: IdleStrategy::default(),
@@ -87,9 +87,11 @@ impl Builder {
         self
     }
 
-    /// Capacity of each core's incoming ring (at least 1).
+    /// Capacity of each message ring, rounded up to a power of two (at
+    /// least 2). Each core has one ring per sending reactor (allocated on
+    /// first use) and one for all other threads.
     pub fn ring_capacity(mut self, messages: usize) -> Builder {
-        self.config.ring_capacity = messages.max(1);
+        self.config.ring_capacity = messages.max(2).next_power_of_two();
         self
     }
 
@@ -199,14 +201,15 @@ fn reactor_thread(
         let _ = ready.send(Err(Error::PinFailed { core }));
         return;
     }
-    let clock = || u64::try_from(shared.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    let clock = || shared.clock.now_ns();
     let r = ReactorInner::new(shared.clone(), index, clock());
     let _ = ready.send(Ok(()));
     drop(ready);
     let idle = shared.config.idle;
     let mut idle_run = 0u32;
+    let enter = context::enter(&r);
     loop {
-        let busy = r.poll(clock());
+        let busy = r.poll_entered(clock());
         if shared.phase() == STOPPED {
             break;
         }
@@ -215,6 +218,9 @@ fn reactor_thread(
             continue;
         }
         idle_run = idle_run.saturating_add(1);
+        if r.watch_inbox(32) {
+            continue;
+        }
         match idle {
             IdleStrategy::Spin => std::hint::spin_loop(),
             IdleStrategy::Yield { after } if idle_run >= after => thread::yield_now(),
@@ -222,6 +228,7 @@ fn reactor_thread(
             _ => std::hint::spin_loop(),
         }
     }
+    drop(enter);
     let drained = r.final_drain();
     if drained != 0 {
         log::debug!("core {core}: ran {drained} message(s) after stop");
@@ -358,7 +365,8 @@ impl Runtime {
                 });
             }
         }
-        let left = shared.discard_leftovers();
+        // SAFETY: every reactor thread has been joined above.
+        let left = unsafe { shared.discard_leftovers() };
         if left != 0 {
             log::warn!("dropped {left} message(s) sent while the runtime stopped");
         }
@@ -404,7 +412,7 @@ impl Runtime {
             }
             let s2 = snapshot();
             let quiet = (0..s2.len()).all(|i| s2[i].1 == s1[i].1 || !alive(i));
-            if quiet && shared.rings.iter().all(|r| r.is_empty()) {
+            if quiet && shared.inboxes.iter().all(|r| r.is_empty()) {
                 return true;
             }
             if Instant::now() > deadline {

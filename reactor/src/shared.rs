@@ -3,10 +3,12 @@
 
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Clock;
 
 use crate::message::Message;
-use crate::ring::Ring;
+use crate::ring::Inbox;
 use crate::stats::StatsCell;
 use crate::{CoreId, Error, IdleStrategy, context};
 
@@ -61,13 +63,15 @@ impl PanicReport {
 pub(crate) struct Shared {
     pub cores: Vec<CoreId>,
     index_of: Vec<u32>,
-    pub rings: Box<[Ring]>,
+    pub inboxes: Box<[Inbox]>,
     pub stats: Box<[StatsCell]>,
     phase: AtomicU8,
-    external_active: AtomicUsize,
+    /// Written by every outside sender: on its own cache line, away from
+    /// `phase`, which every reactor reads all the time.
+    external_active: Padded<AtomicUsize>,
     pub panics: Mutex<Vec<PanicReport>>,
     pub config: Config,
-    pub epoch: Instant,
+    pub clock: Clock,
     shutdown_requested: Mutex<bool>,
     shutdown_cv: Condvar,
 }
@@ -82,16 +86,16 @@ impl Shared {
         Shared {
             cores: cores.to_vec(),
             index_of,
-            rings: cores
+            inboxes: cores
                 .iter()
-                .map(|_| Ring::new(config.ring_capacity))
+                .map(|_| Inbox::new(cores.len(), config.ring_capacity))
                 .collect(),
             stats: cores.iter().map(|_| StatsCell::default()).collect(),
             phase: AtomicU8::new(RUNNING),
-            external_active: AtomicUsize::new(0),
+            external_active: Padded(AtomicUsize::new(0)),
             panics: Mutex::new(Vec::new()),
             config,
-            epoch: Instant::now(),
+            clock: Clock::new(),
             shutdown_requested: Mutex::new(false),
             shutdown_cv: Condvar::new(),
         }
@@ -143,20 +147,20 @@ impl Shared {
         mode: Mode,
     ) -> Result<(), (Error, Message)> {
         let core = self.cores[index];
-        self.external_active.fetch_add(1, Ordering::SeqCst);
-        let _guard = ExternalGuard(&self.external_active);
+        self.external_active.0.fetch_add(1, Ordering::SeqCst);
+        let _guard = ExternalGuard(&self.external_active.0);
         if self.phase.load(Ordering::SeqCst) != RUNNING {
             return Err((Error::ShuttingDown { core }, msg));
         }
-        let ring = &self.rings[index];
+        let inbox = &self.inboxes[index];
         let mut spins = 0u32;
         loop {
-            match ring.push(msg) {
+            match inbox.push_external(msg) {
                 Ok(()) => return Ok(()),
                 Err(m) => msg = m,
             }
             if mode == Mode::Try || self.config.simulated {
-                let capacity = ring.capacity();
+                let capacity = inbox.capacity();
                 return Err((Error::RingFull { core, capacity }, msg));
             }
             if self.phase() == STOPPED {
@@ -173,7 +177,7 @@ impl Shared {
 
     /// Waits until no external send is half-way through.
     pub(crate) fn wait_external_quiet(&self) {
-        while self.external_active.load(Ordering::SeqCst) != 0 {
+        while self.external_active.0.load(Ordering::SeqCst) != 0 {
             std::thread::yield_now();
         }
     }
@@ -221,10 +225,15 @@ impl Shared {
 
     /// Drops whatever is still in the rings after the reactors stopped and
     /// returns how many messages that was.
-    pub(crate) fn discard_leftovers(&self) -> usize {
+    ///
+    /// # Safety
+    /// Every reactor must be finished (threads joined, or the simulation
+    /// torn down on this thread): the caller becomes the rings' consumer.
+    pub(crate) unsafe fn discard_leftovers(&self) -> usize {
         let mut n = 0;
-        for ring in self.rings.iter() {
-            while let Some(m) = ring.pop() {
+        for inbox in self.inboxes.iter() {
+            // SAFETY: the caller guarantees no reactor consumes any more.
+            while let Some(m) = unsafe { inbox.pop_any() } {
                 drop(m);
                 n += 1;
             }
@@ -232,6 +241,9 @@ impl Shared {
         n
     }
 }
+
+#[repr(align(128))]
+struct Padded<T>(T);
 
 struct ExternalGuard<'a>(&'a AtomicUsize);
 

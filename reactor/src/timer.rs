@@ -117,8 +117,8 @@ impl std::fmt::Debug for Sleep {
     }
 }
 
-/// Completes `duration` after it is first polled, by the clock of the
-/// reactor it runs on (the simulated clock under
+/// Completes at least `duration` after it is first polled, by the clock of
+/// the reactor it runs on (the simulated clock under
 /// [`SimRuntime`](crate::SimRuntime)). A zero duration completes at once.
 pub fn sleep(duration: Duration) -> Sleep {
     Sleep {
@@ -153,7 +153,7 @@ impl Future for Sleep {
                 });
                 let ns = u64::try_from(self.duration.as_nanos()).unwrap_or(u64::MAX);
                 r.timers.insert(
-                    r.now_ns().saturating_add(ns),
+                    r.fresh_now_ns().saturating_add(ns),
                     TimerKind::Sleep(state.clone()),
                 );
                 self.state = Some(state);
