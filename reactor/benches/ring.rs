@@ -371,6 +371,8 @@ fn fmt_rate(r: f64) -> String {
 fn main() {
     let args = parse_args();
     let pin = can_pin();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("load average at start: {}", load.trim());
     println!(
         "ring benchmark: {} messages one-way, {} round trips, median of {} runs, \
          capacity {CAPACITY}, threads {}",
@@ -433,13 +435,14 @@ fn main() {
         fmt_rate(cb_u64)
     );
     println!();
-    println!("| contender, ping-pong round trip | p50 | p99 |");
-    println!("|---|---|---|");
+    println!("| contender, ping-pong round trip | p50 | p99 | ratio it/ours (p50) |");
+    println!("|---|---|---|---|");
     let row = |name: &str, l: &Latency| {
         println!(
-            "| {name} | {} ns | {} ns |",
+            "| {name} | {} ns | {} ns | {:.2} |",
             l.p50.as_nanos(),
-            l.p99.as_nanos()
+            l.p99.as_nanos(),
+            l.p50.as_secs_f64() / ours.p50.as_secs_f64()
         );
     };
     row("reactor rings (polling)", &ours);

@@ -97,7 +97,7 @@ pub enum Error {
     Panicked {
         /// The core it ran on.
         core: CoreId,
-        /// What panicked: "message", "poller <name>" or "task".
+        /// What panicked: `"message"`, `"poller <name>"` or `"task"`.
         what: String,
         /// The panic's message.
         message: String,

@@ -12,29 +12,40 @@
 //! # Shape
 //!
 //! ```text
-//!   launcher thread (owns Runtime)       any thread (Handle)
-//!        |  start / run_on / shutdown           | send
-//!        v                                      v
-//!   +-----------+   send(core, f)   +-----------+
-//!   | reactor 0 | ----------------> | reactor 1 |   one pinned thread per core
-//!   |  ring <---+-- every sender -->+---> ring  |   one bounded MPSC ring per core
-//!   |  pollers  |                   |  pollers  |   busy/idle, timed, pausable
-//!   |  tasks    |  on_core().await  |  tasks    |   local executor (control path)
-//!   |  channels |                   |  channels |   per-core I/O channels
-//!   +-----------+                   +-----------+
+//!   launcher thread (owns Runtime)          any thread (Handle)
+//!        | start / run_on / shutdown               | send
+//!        v                                         v
+//!   +-----------+  SPSC ring (0 -> 1)  +---------------------------+
+//!   | reactor 0 | -------------------> | reactor 1                 |
+//!   |  pollers  | <------------------- |  inbox: one SPSC ring per |
+//!   |  tasks    |  SPSC ring (1 -> 0)  |  sending reactor + one    |
+//!   |  channels |                      |  MPSC ring for the rest   |
+//!   +-----------+                      +---------------------------+
+//!   one pinned thread per core; each iteration: messages, ready tasks,
+//!   active pollers, due timers (timed pollers, sleeps), statistics
 //! ```
 //!
-//! * **Hot path** — [`send`] of a closure of up to
-//!   [`INLINE_BYTES`](message::INLINE_BYTES) bytes allocates nothing, takes
-//!   no lock and makes no system call: it is one push into the destination's
-//!   ring. Pollers and I/O channels are plain closures and `Rc`s. The async
-//!   executor costs an idle reactor one empty-queue check per iteration.
+//! * **Hot path** — [`send`] from a reactor of a closure of up to
+//!   [`INLINE_BYTES`] bytes allocates nothing, takes
+//!   no lock and makes no system call: it is one write of a 64-byte slot of
+//!   the ring from this reactor to the destination (stamped slots, no
+//!   read-modify-write instruction; see `spsc.rs`). Pollers and I/O
+//!   channels are plain closures and `Rc`s. The async executor costs a
+//!   reactor one empty-queue check per iteration.
 //! * **Back-pressure** — rings are bounded. A reactor sending into a full
 //!   ring keeps the message, in order, in its own backlog and retries every
-//!   iteration; another thread's [`Handle::send`] waits for room;
-//!   [`try_send`] hands the closure back. No message is ever dropped
-//!   silently: a refused one is an `Err` to its sender.
+//!   iteration (so two reactors flooding each other cannot deadlock);
+//!   another thread's [`Handle::send`] waits for room; [`try_send`] hands
+//!   the closure back. No message is ever dropped silently: a refused one
+//!   is an `Err` to its sender.
+//! * **Order** — messages from one sender (a reactor, or one other thread)
+//!   run in the order sent; there is no order between different senders.
 //! * **Control path** — [`spawn`], [`on_core`]`(n, f).await`, [`sleep`].
+//! * **Panics** — a panic in a message, poller or task is caught on its
+//!   reactor, logged and recorded with its core ([`Handle::panics`]); the
+//!   reactor goes on (a panicking poller is unregistered, a panicking task
+//!   dropped, and whoever awaits its result gets [`Error::Canceled`]);
+//!   [`Runtime::shutdown`] returns the first one as [`Error::Panicked`].
 //! * **Tests** — [`SimRuntime`] steps several reactors in one thread on a
 //!   simulated clock.
 //!
@@ -79,7 +90,7 @@ mod context;
 mod cpuset;
 mod error;
 mod executor;
-pub mod message;
+mod message;
 mod oneshot;
 mod poller;
 mod reactor;
@@ -97,6 +108,7 @@ use std::time::Duration;
 pub use channel::{IoChannel, IoDevice, register_io_device};
 pub use cpuset::{CpuSet, MAX_CORES};
 pub use error::Error;
+pub use message::INLINE_BYTES;
 pub use executor::{JoinHandle, spawn};
 pub use poller::{PollStatus, Poller, current_poller, register_poller, register_timed_poller};
 pub use runtime::{Builder, Handle, IdleStrategy, Runtime, TrySendError};

@@ -1,6 +1,6 @@
 //! A message: a `FnOnce() + Send` stored inline when it is small.
 //!
-//! The ring slots hold [`Message`] by value. A closure of at most
+//! The ring slots hold `Message`s by value. A closure of at most
 //! [`INLINE_BYTES`] bytes (a function pointer and a few context words — the
 //! shape of SPDK's `fn + ctx`) is stored in the message itself, so sending it
 //! allocates nothing; a larger closure is boxed once.
