@@ -1,21 +1,4 @@
-//! I/O devices and their per-core channels (SPDK's `io_device` and
-//! `io_channel`).
-//!
-//! A device registers a constructor; the first
-//! [`get_io_channel`](IoDevice::get_io_channel) on a core builds that core's
-//! channel, later ones on the same core share it (reference counted), and
-//! the channel is destroyed (its `Drop` runs) on its core when the last
-//! reference goes. [`for_each_channel`](IoDevice::for_each_channel) visits
-//! the cores by message, one after the other, and calls a function on each
-//! core that holds a channel. [`unregister`](IoDevice::unregister) refuses
-//! new channels and completes once every channel is gone.
-//!
-//! ```text
-//!   IoDevice<C> (Send + Sync, any core)
-//!        | get_io_channel() on core n
-//!        v
-//!   core n: channel table [device id -> Weak]  --> IoChannel<C> (Rc, !Send)
-//! ```
+//! I/O devices and their per-core channels ([`IoDevice`], [`IoChannel`]).
 
 use std::any::Any;
 use std::mem::ManuallyDrop;
@@ -107,6 +90,39 @@ impl<C> DeviceInner<C> {
 
 /// A registered I/O device: the key under which each core keeps at most one
 /// channel of type `C`. Cheap to clone; usable from any thread.
+///
+/// SPDK's `io_device` and `io_channel`, in Rust: a device registers a
+/// constructor; the first [`get_io_channel`](IoDevice::get_io_channel) on a
+/// core builds that core's channel, later ones on the same core share it (reference counted), and
+/// the channel is destroyed (its `Drop` runs) on its core when the last
+/// reference goes. [`for_each_channel`](IoDevice::for_each_channel) visits
+/// the cores by message, one after the other, and calls a function on each
+/// core that holds a channel. [`unregister`](IoDevice::unregister) refuses
+/// new channels and completes once every channel is gone.
+///
+/// ```text
+///   IoDevice<C> (Send + Sync, any core)
+///        | get_io_channel() on core n
+///        v
+///   core n: channel table [device id -> Weak]  --> IoChannel<C> (Rc, !Send)
+/// ```
+///
+/// ```
+/// use std::cell::Cell;
+/// use reactor::{SimRuntime, register_io_device};
+///
+/// // A per-core channel, e.g. a queue pair and its in-flight count.
+/// struct Chan {
+///     inflight: Cell<u32>,
+/// }
+/// let dev = register_io_device("null0", |_core| Chan { inflight: Cell::new(0) });
+/// let sim = SimRuntime::new(2);
+/// let ch = sim.enter(1, || dev.get_io_channel().unwrap());
+/// ch.inflight.set(1);
+/// assert_eq!(dev.channel_count(), 1);
+/// sim.enter(1, || drop(ch)); // last reference: destroyed on core 1
+/// assert_eq!(dev.channel_count(), 0);
+/// ```
 pub struct IoDevice<C: 'static> {
     inner: Arc<DeviceInner<C>>,
 }

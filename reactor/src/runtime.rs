@@ -239,8 +239,19 @@ fn reactor_thread(
     }
 }
 
-/// A running set of reactors. Dropping it shuts it down (errors are then
-/// only logged; call [`shutdown`](Self::shutdown) to see them).
+/// A running set of reactors.
+///
+/// The thread that calls [`Builder::start`] is a launcher, not a reactor:
+/// every core of the set gets its own pinned reactor thread (named
+/// `reactor_<core>`), so reactor 0 is as free of outside work as the
+/// others, and the launcher keeps the `Runtime` to send work, wait for
+/// results ([`run_on`](Self::run_on), [`block_on`](Self::block_on)) and shut
+/// down. An application's main thread typically starts the runtime, hands
+/// work to the reactors and then sits in [`wait`](Self::wait) until a
+/// reactor calls [`request_shutdown`](crate::request_shutdown).
+///
+/// Dropping it shuts it down (errors are then only logged; call
+/// [`shutdown`](Self::shutdown) to see them).
 pub struct Runtime {
     handle: Handle,
     threads: Vec<(CoreId, thread::JoinHandle<()>)>,

@@ -1,31 +1,4 @@
-//! A deterministic runtime for tests: several reactors stepped one
-//! iteration at a time in the calling thread, on a clock the test advances
-//! (SPDK's `ut_multithread`).
-//!
-//! Everything that runs on a [`Runtime`](crate::Runtime) runs here
-//! unchanged — messages, pollers, timed pollers, tasks, `sleep`, channels,
-//! `for_each_channel` — but interleavings and time are chosen by the test.
-//!
-//! ```
-//! use std::time::Duration;
-//! use reactor::{SimRuntime, PollStatus};
-//!
-//! let sim = SimRuntime::new(2);
-//! let hits = std::rc::Rc::new(std::cell::Cell::new(0));
-//! let h = hits.clone();
-//! sim.enter(1, move || {
-//!     reactor::register_timed_poller("tick", Duration::from_millis(10), move || {
-//!         h.set(h.get() + 1);
-//!         PollStatus::Busy
-//!     });
-//! });
-//! sim.advance(Duration::from_millis(35));
-//! assert_eq!(hits.get(), 3);
-//! let v = sim.block_on(0, async {
-//!     reactor::on_core(1, || reactor::current_core()).await
-//! });
-//! assert_eq!(v.unwrap().unwrap(), Some(1));
-//! ```
+//! The deterministic, single-thread runtime for tests ([`SimRuntime`]).
 
 use std::cell::Cell;
 use std::future::Future;
@@ -42,8 +15,38 @@ use crate::{Builder, CoreId, CpuSet, Error, Handle, context};
 /// that always reports busy would otherwise never let it return).
 pub const MAX_IDLE_ROUNDS: usize = 100_000;
 
-/// Reactors stepped by the caller on a simulated clock; see the module
-/// documentation. Not `Send`: it lives in the test's thread.
+/// A deterministic runtime for tests: several reactors stepped one
+/// iteration at a time in the calling thread, on a clock the test advances
+/// (SPDK's `ut_multithread`).
+///
+/// Everything that runs on a [`Runtime`](crate::Runtime) runs here
+/// unchanged — messages, pollers, timed pollers, tasks, `sleep`, channels,
+/// `for_each_channel` — but interleavings and time are chosen by the test.
+///
+/// ```
+/// use std::time::Duration;
+/// use reactor::{SimRuntime, PollStatus};
+///
+/// let sim = SimRuntime::new(2);
+/// let hits = std::rc::Rc::new(std::cell::Cell::new(0));
+/// let h = hits.clone();
+/// sim.enter(1, move || {
+///     reactor::register_timed_poller("tick", Duration::from_millis(10), move || {
+///         h.set(h.get() + 1);
+///         PollStatus::Busy
+///     });
+/// });
+/// sim.advance(Duration::from_millis(35));
+/// assert_eq!(hits.get(), 3);
+/// let v = sim.block_on(0, async {
+///     reactor::on_core(1, || reactor::current_core()).await
+/// });
+/// assert_eq!(v.unwrap().unwrap(), Some(1));
+/// ```
+///
+/// Not `Send`: it lives in the test's thread. Sends from outside the
+/// simulated reactors (the test itself) go to the outside ring, and a full
+/// one is reported as [`Error::RingFull`] instead of waiting.
 pub struct SimRuntime {
     shared: Arc<Shared>,
     reactors: Vec<Rc<ReactorInner>>,
