@@ -407,7 +407,7 @@ impl Runtime {
                 })
                 .collect()
         };
-        let alive = |i: usize| !self.threads[i].1.is_finished();
+        let alive = |i: usize| self.threads.get(i).is_some_and(|t| !t.1.is_finished());
         loop {
             let s1 = snapshot();
             loop {
