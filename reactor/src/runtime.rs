@@ -62,7 +62,7 @@ pub struct Builder {
 
 impl Builder {
     /// A builder for reactors on `cores`, with defaults: pinned, rings of
-    /// 4096 messages, batches of 256 messages and 64 tasks per iteration,
+    /// 4096 messages, batches of 256 messages per ring and 64 tasks per iteration,
     /// [`IdleStrategy::default`], and 10 s to drain at shutdown.
     pub fn new(cores: CpuSet) -> Builder {
         Builder {
@@ -95,8 +95,8 @@ impl Builder {
         self
     }
 
-    /// Most messages run per iteration before the pollers get their turn
-    /// (at least 1).
+    /// Most messages run from each incoming ring per iteration before the
+    /// pollers get their turn (at least 1).
     pub fn message_batch(mut self, messages: usize) -> Builder {
         self.config.message_batch = messages.max(1);
         self
