@@ -11,7 +11,10 @@
 //! * one-way throughput: core 0 sends `--messages` closures that core 1 runs
 //!   (each bumps a counter); messages/s from the first send to the last run;
 //! * ping-pong: core 0 sends a closure to core 1, which sends one back;
-//!   `--samples` sequential round trips, p50 and p99 of their latency.
+//!   `--samples` sequential round trips, p50 and p99 of their latency;
+//! * event chains shaped like SPDK's `reactor_perf` and `event_perf`
+//!   (reactors only): messages that each send the next, 1 or 128 chains at
+//!   once, on one core or bouncing between two.
 //!
 //! The reactors poll (`IdleStrategy::Spin`). The channels carry the same
 //! work as boxed closures (`Box<dyn FnOnce() + Send>`, what a user of a
@@ -204,6 +207,34 @@ fn reactor_ping_pong(rt: &Runtime, samples: usize) -> Latency {
     percentiles(ns)
 }
 
+/// Event chains in the shape of SPDK's `reactor_perf` / `event_perf`:
+/// `outstanding` chains of messages, each message sending the next, on one
+/// core (`cross == false`) or bouncing between cores 0 and 1. Returns
+/// events/s over all cores.
+fn reactor_chains(rt: &Runtime, cross: bool, outstanding: u64, events: u64) -> f64 {
+    fn hop(left: u64, core: u32, cross: bool, done: &'static AtomicU64) {
+        if left == 0 {
+            done.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let next = if cross { 1 - core } else { core };
+        reactor::send(next, move || hop(left - 1, next, cross, done)).unwrap();
+    }
+    let done: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
+    let per_chain = (events / outstanding).max(1);
+    let start = Instant::now();
+    rt.run_on(0, move || {
+        for _ in 0..outstanding {
+            hop(per_chain, 0, cross, done);
+        }
+    })
+    .unwrap();
+    while done.load(Ordering::Relaxed) < outstanding {
+        thread::sleep(Duration::from_micros(100));
+    }
+    (per_chain * outstanding) as f64 / start.elapsed().as_secs_f64()
+}
+
 // --------------------------------------------------------------- channels
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -392,6 +423,7 @@ fn main() {
     // hurts them alike; each figure is the median over the runs.
     let rt = reactor_runtime(pin);
     let mut rate = vec![Vec::new(); 5];
+    let mut chains = vec![Vec::new(); 3];
     let mut lat: Vec<Vec<Latency>> = (0..5).map(|_| Vec::new()).collect();
     for _ in 0..runs {
         rate[0].push(reactor_one_way(&rt, m));
@@ -399,6 +431,9 @@ fn main() {
         rate[2].push(chan_one_way_closure::<Crossbeam>(pin, m));
         rate[3].push(chan_one_way_u64::<Std>(pin, m));
         rate[4].push(chan_one_way_u64::<Crossbeam>(pin, m));
+        chains[0].push(reactor_chains(&rt, false, 1, m));
+        chains[1].push(reactor_chains(&rt, false, 128, m));
+        chains[2].push(reactor_chains(&rt, true, 128, m));
         lat[0].push(reactor_ping_pong(&rt, n));
         lat[1].push(chan_ping_pong::<Std>(pin, n, false));
         lat[2].push(chan_ping_pong::<Std>(pin, n, true));
@@ -407,6 +442,7 @@ fn main() {
     }
     rt.shutdown().expect("shutdown");
     let r: Vec<f64> = rate.into_iter().map(median).collect();
+    let c: Vec<f64> = chains.into_iter().map(median).collect();
     let (ours_rate, std_rate, cb_rate, std_u64, cb_u64) = (r[0], r[1], r[2], r[3], r[4]);
     let l: Vec<Latency> = lat
         .into_iter()
@@ -450,4 +486,15 @@ fn main() {
     row("std::sync::mpsc, polling try_recv", &std_poll);
     row("crossbeam-channel, blocking recv", &cb_block);
     row("crossbeam-channel, polling try_recv", &cb_poll);
+
+    println!();
+    println!("| event chains (SPDK reactor_perf / event_perf shape) | events/s |");
+    println!("|---|---|");
+    println!("| same core, 1 outstanding | {} |", fmt_rate(c[0]));
+    println!("| same core, 128 outstanding | {} |", fmt_rate(c[1]));
+    println!(
+        "| cores 0 <-> 1, 128 outstanding | {} ({} per core) |",
+        fmt_rate(c[2]),
+        fmt_rate(c[2] / 2.0)
+    );
 }

@@ -21,8 +21,8 @@ struct Position(AtomicUsize);
 
 #[repr(align(64))]
 struct Slot {
-    /// `pos + 1` once the message for position `pos` is written; `pos` when
-    /// the slot is free for position `pos`.
+    /// `pos + 1` once the message for position `pos` is written (so a
+    /// stamp left from an earlier lap never matches).
     stamp: AtomicUsize,
     msg: UnsafeCell<MaybeUninit<Message>>,
 }
@@ -32,8 +32,11 @@ const _: () = assert!(std::mem::size_of::<Slot>() == 64);
 pub(crate) struct Spsc {
     /// Next position to write (producer-owned; others only observe it).
     tail: Position,
-    /// Next position to read (consumer-owned; others only observe it).
+    /// Next position to read (consumer-owned): the producer reads it only
+    /// when its cached copy says the ring is full.
     head: Position,
+    /// The producer's last view of `head` (producer-private).
+    head_cache: Position,
     slots: Box<[Slot]>,
     mask: usize,
 }
@@ -54,9 +57,10 @@ impl Spsc {
         Spsc {
             tail: Position(AtomicUsize::new(0)),
             head: Position(AtomicUsize::new(0)),
+            head_cache: Position(AtomicUsize::new(0)),
             slots: (0..cap)
-                .map(|i| Slot {
-                    stamp: AtomicUsize::new(i),
+                .map(|_| Slot {
+                    stamp: AtomicUsize::new(0),
                     msg: UnsafeCell::new(MaybeUninit::uninit()),
                 })
                 .collect(),
@@ -76,12 +80,23 @@ impl Spsc {
     #[inline]
     pub(crate) unsafe fn push(&self, msg: Message) -> Result<(), Message> {
         let pos = self.tail.0.load(Ordering::Relaxed);
-        let slot = &self.slots[pos & self.mask];
-        if slot.stamp.load(Ordering::Acquire) != pos {
-            return Err(msg);
+        let free_until = self
+            .head_cache
+            .0
+            .load(Ordering::Relaxed)
+            .wrapping_add(self.mask + 1);
+        if pos == free_until {
+            // Looks full: refresh our view of the consumer's position.
+            let head = self.head.0.load(Ordering::Acquire);
+            self.head_cache.0.store(head, Ordering::Relaxed);
+            if pos == head.wrapping_add(self.mask + 1) {
+                return Err(msg);
+            }
         }
-        // SAFETY: the stamp says the slot is free for `pos` (the consumer
-        // released it, acquired just above) and we are the only producer.
+        let slot = &self.slots[pos & self.mask];
+        // SAFETY: `pos` is less than a lap ahead of the consumer's position
+        // (acquired now or earlier), so the consumer is done with this slot;
+        // we are the only producer.
         unsafe { (*slot.msg.get()).write(msg) };
         slot.stamp.store(pos.wrapping_add(1), Ordering::Release);
         self.tail.0.store(pos.wrapping_add(1), Ordering::Release);
@@ -101,10 +116,10 @@ impl Spsc {
         }
         // SAFETY: the stamp says the producer wrote this slot's message for
         // `pos` (released, acquired just above); we are the only consumer
-        // and take it out once.
+        // and take it out once. The slot is handed back by our release of
+        // `head` below: the consumer never writes a slot, so the line can
+        // stay shared until the producer's next lap.
         let msg = unsafe { (*slot.msg.get()).assume_init_read() };
-        slot.stamp
-            .store(pos.wrapping_add(self.mask + 1), Ordering::Release);
         self.head.0.store(pos.wrapping_add(1), Ordering::Release);
         Some(msg)
     }
