@@ -307,6 +307,25 @@ impl DmaMemory {
         Ok(())
     }
 
+    /// Forgets the container: unmaps every region from it (errors ignored:
+    /// when the last device group leaves a VFIO container the kernel has
+    /// already torn down its IOMMU domain and every mapping with it). A later
+    /// [`DmaMemory::attach`] maps everything again.
+    pub fn detach(&self) {
+        let mut st = self.state();
+        if let Some(m) = st.mapper.take() {
+            for r in st.regions.iter_mut().filter(|r| r.mapped) {
+                let _ = m.unmap(r.iova, r.len);
+                r.mapped = false;
+            }
+        }
+    }
+
+    /// Whether the memory is mapped into a container.
+    pub fn is_attached(&self) -> bool {
+        self.state().mapper.is_some()
+    }
+
     /// Gives back to the system every region with nothing allocated in it
     /// (after unmapping it from the container). Returns the bytes released.
     pub fn release_unused(&self) -> usize {

@@ -34,3 +34,32 @@ pub fn container() -> Result<Arc<VfioContainer>, ContainerError> {
     *slot = Some(Arc::clone(&c));
     Ok(c)
 }
+
+static DEVICES: Mutex<usize> = Mutex::new(0);
+
+/// Held by every device open in the process's container, from before its
+/// group is attached until after it is closed. When the last device goes the
+/// kernel dissolves the container's IOMMU domain and every DMA mapping with
+/// it, so the lease detaches the memory; the next device maps it again.
+#[derive(Debug)]
+pub struct DeviceLease {
+    mem: crate::DmaMemory,
+}
+
+impl DeviceLease {
+    /// Takes a lease for a device about to be opened with DMA into `mem`.
+    pub fn new(mem: &crate::DmaMemory) -> Self {
+        *DEVICES.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        DeviceLease { mem: mem.clone() }
+    }
+}
+
+impl Drop for DeviceLease {
+    fn drop(&mut self) {
+        let mut n = DEVICES.lock().unwrap_or_else(|p| p.into_inner());
+        *n -= 1;
+        if *n == 0 {
+            self.mem.detach();
+        }
+    }
+}

@@ -55,6 +55,8 @@ pub struct Namespace {
     pub nguid: [u8; 16],
     /// IEEE EUI-64 (zero if not reported).
     pub eui64: [u8; 8],
+    /// Deallocated blocks read back as zeroes (DLFEAT).
+    pub deallocate_reads_zeroes: bool,
 }
 
 impl Namespace {
@@ -66,6 +68,7 @@ impl Namespace {
             metadata_size: id.current_format().map_or(0, |f| f.metadata_size),
             nguid: id.nguid,
             eui64: id.eui64,
+            deallocate_reads_zeroes: id.deallocated_reads_zeroes(),
         }
     }
 
@@ -98,7 +101,6 @@ pub type NsEventHandler = Box<dyn FnMut(&NsEvent) + Send>;
 /// A controller brought up and ready for I/O queue pairs.
 pub struct Controller {
     shared: Arc<Shared>,
-    _pci: Option<VfioPci>,
     cap: Cap,
     version: Version,
     identify: IdentifyController,
@@ -130,6 +132,7 @@ impl Controller {
     /// [`NvmeError`] naming the controller and the step that failed.
     pub fn open(bdf: Bdf, mem: &DmaMemory, opts: ControllerOptions) -> Result<Self, NvmeError> {
         let name = bdf.to_string();
+        let lease = dma::vfio::DeviceLease::new(mem);
         let pci = VfioPci::open(bdf)?;
         pci.enable_bus_master()?;
         let bar0 = pci.map_bar0()?;
@@ -139,9 +142,12 @@ impl Controller {
             ctrlr: name.clone(),
             source,
         })?;
-        let mut c = Self::with_registers(name, Arc::new(bar0), mem, opts)?;
-        c._pci = Some(pci);
-        Ok(c)
+        let regs = Arc::new(PciRegisters {
+            bar0,
+            _pci: pci,
+            _lease: lease,
+        });
+        Self::with_registers(name, regs, mem, opts)
     }
 
     /// Brings up a controller reached through `regs` (BAR0, or a device model
@@ -207,7 +213,6 @@ impl Controller {
         let result = Init::new(cap, opts.io_queues, true).run(&shared, &scratch)?;
         let mut c = Controller {
             shared,
-            _pci: None,
             cap,
             version,
             identify: result.identify.clone(),
@@ -256,12 +261,12 @@ impl Controller {
             .map(|(nsid, id)| (*nsid, Namespace::from_identify(*nsid, id)))
             .collect();
         let events = diff(&self.namespaces, &fresh);
-        for b in self.shared.block_sizes.iter() {
-            b.store(0, Ordering::Relaxed);
-        }
-        for ns in fresh.values() {
-            if let Some(slot) = self.shared.block_sizes.get(ns.nsid as usize - 1) {
-                slot.store(ns.block_size, Ordering::Relaxed);
+        // Namespace by namespace, never all at once: queue pairs on other
+        // cores read these while a reset re-identifies.
+        for (i, b) in self.shared.block_sizes.iter().enumerate() {
+            let size = fresh.get(&(i as u32 + 1)).map_or(0, |ns| ns.block_size);
+            if b.load(Ordering::Relaxed) != size {
+                b.store(size, Ordering::Relaxed);
             }
         }
         self.namespaces = fresh;
@@ -775,6 +780,26 @@ impl Controller {
 impl Drop for Controller {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// The registers of a controller opened through VFIO, owning what keeps them
+/// valid. Queue pairs hold it (through the shared state) as long as they
+/// live; the fields are dropped in order: BAR0 is unmapped, then the device
+/// closed (its group can leave the container, which needs no open device
+/// file), then the lease released (the last one detaches the DMA memory).
+struct PciRegisters {
+    bar0: crate::pci::Bar0,
+    _pci: VfioPci,
+    _lease: dma::vfio::DeviceLease,
+}
+
+impl RegisterIo for PciRegisters {
+    fn read32(&self, offset: usize) -> u32 {
+        self.bar0.read32(offset)
+    }
+    fn write32(&self, offset: usize, value: u32) {
+        self.bar0.write32(offset, value)
     }
 }
 

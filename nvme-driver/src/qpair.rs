@@ -187,6 +187,15 @@ impl<C> IoQpair<C> {
         }
     }
 
+    #[inline]
+    fn check_namespace(&self, nsid: u32) -> Result<(), SubmitErrorKind> {
+        self.check_ready()?;
+        if self.shared.block_size(nsid) == 0 {
+            return Err(SubmitErrorKind::InvalidNamespace(nsid));
+        }
+        Ok(())
+    }
+
     /// Submits a prepared command with data `segments`. The building blocks
     /// below ([`IoQpair::read`] and friends) check lengths first; this one
     /// only checks the queue state and PRP rules.
@@ -231,8 +240,11 @@ impl<C> IoQpair<C> {
         segments: &[(u64, usize)],
         ctx: C,
     ) -> Result<(), SubmitError<C>> {
-        let bs = self.shared.block_size(nsid);
         let fail = |kind, ctx| Err(SubmitError { kind, ctx });
+        if let Err(kind) = self.check_ready() {
+            return fail(kind, ctx);
+        }
+        let bs = self.shared.block_size(nsid);
         if bs == 0 {
             return fail(SubmitErrorKind::InvalidNamespace(nsid), ctx);
         }
@@ -328,11 +340,8 @@ impl<C> IoQpair<C> {
     /// # Errors
     /// [`SubmitError`] with the context given back.
     pub fn flush(&mut self, nsid: u32, ctx: C) -> Result<(), SubmitError<C>> {
-        if self.shared.block_size(nsid) == 0 {
-            return Err(SubmitError {
-                kind: SubmitErrorKind::InvalidNamespace(nsid),
-                ctx,
-            });
+        if let Err(kind) = self.check_namespace(nsid) {
+            return Err(SubmitError { kind, ctx });
         }
         self.submit_raw(iocmd::flush(nsid), &[], ctx)
     }
@@ -350,11 +359,8 @@ impl<C> IoQpair<C> {
         deallocate: bool,
         ctx: C,
     ) -> Result<(), SubmitError<C>> {
-        if self.shared.block_size(nsid) == 0 {
-            return Err(SubmitError {
-                kind: SubmitErrorKind::InvalidNamespace(nsid),
-                ctx,
-            });
+        if let Err(kind) = self.check_namespace(nsid) {
+            return Err(SubmitError { kind, ctx });
         }
         if !(1..=65536).contains(&blocks) {
             return Err(SubmitError {
@@ -380,11 +386,8 @@ impl<C> IoQpair<C> {
         ranges: &[(u64, u32)],
         ctx: C,
     ) -> Result<(), SubmitError<C>> {
-        if self.shared.block_size(nsid) == 0 {
-            return Err(SubmitError {
-                kind: SubmitErrorKind::InvalidNamespace(nsid),
-                ctx,
-            });
+        if let Err(kind) = self.check_namespace(nsid) {
+            return Err(SubmitError { kind, ctx });
         }
         if ranges.is_empty() || ranges.len() > 256 {
             return Err(SubmitError {

@@ -425,6 +425,7 @@ impl SimController {
                                 b[o..o + 8].copy_from_slice(&blocks.to_le_bytes());
                             }
                             b[25] = 1; // two formats: 512 and 4096
+                            b[33] = 1; // deallocated blocks read as zeroes
                             b[26] = (ns.block_size == 4096) as u8;
                             b[128..132].copy_from_slice(&(9u32 << 16).to_le_bytes());
                             b[132..136].copy_from_slice(&(12u32 << 16).to_le_bytes());

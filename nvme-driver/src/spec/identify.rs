@@ -147,6 +147,9 @@ pub struct IdentifyNamespace {
     pub nsfeat: u8,
     /// Formatted LBA size: index of the format in use.
     pub flbas: u8,
+    /// Deallocate logical block features (bits 2:0 = 1: deallocated blocks
+    /// read as zeroes).
+    pub dlfeat: u8,
     /// The LBA formats (NLBAF + 1 of them).
     pub lba_formats: Vec<LbaFormat>,
     /// Namespace globally unique identifier.
@@ -185,6 +188,7 @@ impl IdentifyNamespace {
             nuse: u64le(b, 16),
             nsfeat: b[24],
             flbas: b[26],
+            dlfeat: b[33],
             lba_formats,
             nguid,
             eui64,
@@ -200,6 +204,11 @@ impl IdentifyNamespace {
     /// Logical block size in bytes (0 when the format is invalid).
     pub fn block_size(&self) -> u32 {
         self.current_format().map_or(0, |f| f.data_size)
+    }
+
+    /// Whether deallocated blocks read back as zeroes.
+    pub fn deallocated_reads_zeroes(&self) -> bool {
+        self.dlfeat & 7 == 1
     }
 
     /// Whether the namespace is active (non-zero size).
