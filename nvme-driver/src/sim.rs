@@ -170,7 +170,8 @@ impl SimController {
     /// Completes every held command.
     pub fn release_held(&self) {
         let mut st = self.st();
-        let held = std::mem::take(&mut st.held);
+        // Drain, keeping the list's capacity (see `reserve_held`).
+        let held: Vec<(u16, Sqe)> = st.held.drain(..).collect();
         for (qid, sqe) in held {
             self.execute(&mut st, qid, sqe);
         }
