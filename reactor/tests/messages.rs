@@ -43,7 +43,18 @@ impl Checker {
 /// small ring into core 1, which checks each producer's sequence.
 #[test]
 fn two_million_messages_four_producers_fifo_no_loss_no_duplicate() {
-    const PER: u64 = 500_000;
+    many_messages(500_000);
+}
+
+/// The same with 5 000 000 messages per producer (20 M in all): run with
+/// `cargo test --release -p reactor --test messages -- --ignored`.
+#[test]
+#[ignore = "20 M messages: run in release"]
+fn twenty_million_messages_four_producers() {
+    many_messages(5_000_000);
+}
+
+fn many_messages(per: u64) {
     let rt = two_cores(1024);
     let checker = Checker::leak(4);
 
@@ -53,7 +64,7 @@ fn two_million_messages_four_producers_fifo_no_loss_no_duplicate() {
             let mut seq = 0u64;
             reactor::register_poller("producer", move || {
                 for _ in 0..256 {
-                    if seq == PER {
+                    if seq == per {
                         reactor::current_poller().unwrap().unregister();
                         return PollStatus::Idle;
                     }
@@ -71,7 +82,7 @@ fn two_million_messages_four_producers_fifo_no_loss_no_duplicate() {
         .map(|producer| {
             let h = rt.handle();
             std::thread::spawn(move || {
-                for seq in 0..PER {
+                for seq in 0..per {
                     h.send(1, move || checker.check(producer, seq)).unwrap();
                 }
             })
@@ -81,16 +92,16 @@ fn two_million_messages_four_producers_fifo_no_loss_no_duplicate() {
         t.join().unwrap();
     }
     assert!(
-        wait_for(Duration::from_secs(60), || checker.total() == 4 * PER),
+        wait_for(Duration::from_secs(60), || checker.total() == 4 * per),
         "delivered {} of {}",
         checker.total(),
-        4 * PER
+        4 * per
     );
     let stats = rt.handle().stats(1).unwrap();
     rt.shutdown().unwrap();
     assert_eq!(checker.errors.load(Ordering::Relaxed), 0);
-    assert_eq!(checker.total(), 4 * PER);
-    assert!(stats.messages_run >= 4 * PER);
+    assert_eq!(checker.total(), 4 * per);
+    assert!(stats.messages_run >= 4 * per);
 }
 
 /// Per-sender FIFO when senders interleave, deterministically: each of
