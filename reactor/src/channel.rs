@@ -432,6 +432,13 @@ impl<C> IoChannel<C> {
         &self.inner.device.name
     }
 
+    /// The device this channel belongs to.
+    pub fn device(&self) -> IoDevice<C> {
+        IoDevice {
+            inner: self.inner.device.clone(),
+        }
+    }
+
     /// How many handles to this channel exist on its core.
     pub fn ref_count(&self) -> usize {
         Rc::strong_count(&self.inner)

@@ -57,6 +57,8 @@ fn channel_created_once_per_core_and_destroyed_with_last_reference() {
     assert_eq!(created.load(Ordering::SeqCst), 1);
     assert_eq!(a.core, 1);
     assert_eq!(a.ref_count(), 2);
+    assert_eq!((a.core(), a.device_name()), (1, "dev0"));
+    assert_eq!(a.device().channel_count(), 1);
     assert_eq!(dev.channel_count(), 1);
     let c0 = sim.enter(0, || dev.get_io_channel().unwrap());
     assert_eq!(created.load(Ordering::SeqCst), 2);
