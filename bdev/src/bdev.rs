@@ -1,0 +1,266 @@
+//! A registered block device: its geometry, its module's function table, its
+//! open descriptors and claim, its I/O device (per-core channels) and
+//! statistics.
+
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use reactor::IoDevice;
+
+use crate::channel::Chan;
+use crate::desc::DescInner;
+use crate::ops::ErasedOps;
+use crate::stats::{ChannelStats, IoStats};
+use crate::types::{BdevEvent, IoType};
+
+/// What a module says about a bdev it registers.
+#[derive(Clone, Debug)]
+pub struct BdevProps {
+    /// Unique name.
+    pub name: String,
+    /// Other names it answers to.
+    pub aliases: Vec<String>,
+    /// UUID; one is made up when `None`.
+    pub uuid: Option<String>,
+    /// Product name shown by `bdev_get_bdevs` ("Malloc disk", "NVMe disk").
+    pub product_name: String,
+    /// Logical block size in bytes.
+    pub block_size: u32,
+    /// Size in blocks.
+    pub num_blocks: u64,
+    /// Byte alignment the device needs for data buffers (1 = none); the
+    /// layer bounce-buffers misaligned I/O.
+    pub required_alignment: usize,
+    /// Most blocks one I/O may carry; the layer splits larger ones.
+    pub max_transfer_blocks: Option<u64>,
+    /// I/O must not cross multiples of this many blocks; the layer splits.
+    pub optimal_io_boundary: Option<u64>,
+    /// A volatile write cache sits in front of the media (flush matters).
+    pub write_cache: bool,
+}
+
+impl BdevProps {
+    /// Properties with defaults for everything but the name and geometry.
+    pub fn new(
+        name: impl Into<String>,
+        product_name: impl Into<String>,
+        block_size: u32,
+        num_blocks: u64,
+    ) -> Self {
+        BdevProps {
+            name: name.into(),
+            aliases: Vec::new(),
+            uuid: None,
+            product_name: product_name.into(),
+            block_size,
+            num_blocks,
+            required_alignment: 1,
+            max_transfer_blocks: None,
+            optimal_io_boundary: None,
+            write_cache: false,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum State {
+    Active = 0,
+    Removing = 1,
+}
+
+pub(crate) struct BdevInner {
+    pub props: BdevProps,
+    pub uuid: String,
+    pub module: String,
+    pub num_blocks: AtomicU64,
+    pub ops: Box<dyn ErasedOps>,
+    pub io_device: IoDevice<Chan>,
+    pub descs: Mutex<Vec<Weak<DescInner>>>,
+    pub claim: Mutex<Option<String>>,
+    state: AtomicU8,
+    pub channel_stats: Mutex<Vec<Weak<ChannelStats>>>,
+    pub retired_stats: Mutex<IoStats>,
+}
+
+impl BdevInner {
+    pub fn new(
+        props: BdevProps,
+        uuid: String,
+        module: String,
+        ops: Box<dyn ErasedOps>,
+        io_device: IoDevice<Chan>,
+    ) -> Self {
+        BdevInner {
+            num_blocks: AtomicU64::new(props.num_blocks),
+            props,
+            uuid,
+            module,
+            ops,
+            io_device,
+            descs: Mutex::new(Vec::new()),
+            claim: Mutex::new(None),
+            state: AtomicU8::new(State::Active as u8),
+            channel_stats: Mutex::new(Vec::new()),
+            retired_stats: Mutex::new(IoStats::default()),
+        }
+    }
+
+    pub fn state(&self) -> State {
+        if self.state.load(Ordering::Acquire) == State::Removing as u8 {
+            State::Removing
+        } else {
+            State::Active
+        }
+    }
+
+    pub fn set_removing(&self) -> bool {
+        self.state.swap(State::Removing as u8, Ordering::AcqRel) != State::Removing as u8
+    }
+
+    pub fn descs(&self) -> MutexGuard<'_, Vec<Weak<DescInner>>> {
+        self.descs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn live_descs(&self) -> Vec<Arc<DescInner>> {
+        let mut d = self.descs();
+        d.retain(|w| w.strong_count() > 0);
+        d.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    pub fn deliver(&self, ev: BdevEvent) {
+        for d in self.live_descs() {
+            d.deliver(&self.props.name, ev);
+        }
+    }
+
+    pub fn stats(&self) -> IoStats {
+        let mut s = *self.retired_stats.lock().unwrap_or_else(|p| p.into_inner());
+        let mut list = self.channel_stats.lock().unwrap_or_else(|p| p.into_inner());
+        list.retain(|w| w.strong_count() > 0);
+        for c in list.iter().filter_map(Weak::upgrade) {
+            c.add_into(&mut s);
+        }
+        s
+    }
+}
+
+/// A handle to a registered bdev (cheap to clone). It stays valid after the
+/// bdev is unregistered, but I/O can no longer be opened on it.
+#[derive(Clone)]
+pub struct Bdev {
+    pub(crate) inner: Arc<BdevInner>,
+}
+
+impl std::fmt::Debug for Bdev {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bdev")
+            .field("name", &self.name())
+            .field("block_size", &self.block_size())
+            .field("num_blocks", &self.num_blocks())
+            .finish()
+    }
+}
+
+impl Bdev {
+    /// The name.
+    pub fn name(&self) -> &str {
+        &self.inner.props.name
+    }
+
+    /// Other names.
+    pub fn aliases(&self) -> Vec<String> {
+        self.inner.props.aliases.clone()
+    }
+
+    /// The UUID.
+    pub fn uuid(&self) -> &str {
+        &self.inner.uuid
+    }
+
+    /// The module that registered it (`malloc`, `null`, `nvme`...).
+    pub fn module(&self) -> &str {
+        &self.inner.module
+    }
+
+    /// The product name.
+    pub fn product_name(&self) -> &str {
+        &self.inner.props.product_name
+    }
+
+    /// Block size in bytes.
+    pub fn block_size(&self) -> u32 {
+        self.inner.props.block_size
+    }
+
+    /// Size in blocks (changes on resize).
+    pub fn num_blocks(&self) -> u64 {
+        self.inner.num_blocks.load(Ordering::Acquire)
+    }
+
+    /// The module's properties as registered.
+    pub fn props(&self) -> &BdevProps {
+        &self.inner.props
+    }
+
+    /// Whether the bdev handles `ty` (WriteZeroes counts as supported when
+    /// the layer can emulate it with writes).
+    pub fn io_type_supported(&self, ty: IoType) -> bool {
+        self.inner.ops.io_type_supported(ty)
+            || (ty == IoType::WriteZeroes && self.inner.ops.io_type_supported(IoType::Write))
+    }
+
+    /// The module holding a claim on it, if any.
+    pub fn claimed_by(&self) -> Option<String> {
+        self.inner
+            .claim
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Open descriptors.
+    pub fn open_descriptors(&self) -> usize {
+        self.inner.live_descs().len()
+    }
+
+    /// I/O statistics.
+    pub fn stats(&self) -> IoStats {
+        self.inner.stats()
+    }
+
+    /// `driver_specific` information from the module.
+    pub fn dump_info_json(&self) -> serde_json::Value {
+        self.inner.ops.dump_info_json()
+    }
+
+    /// The RPC that re-creates the bdev, for `save_config`.
+    pub fn write_config_json(&self) -> Option<serde_json::Value> {
+        self.inner.ops.write_config_json()
+    }
+
+    /// The module's function table, for modules that need their own type
+    /// back (e.g. to update a delay bdev's latencies).
+    pub fn ops_as<T: 'static>(&self) -> Option<&T> {
+        self.inner.ops.as_any().downcast_ref::<T>()
+    }
+
+    /// Changes the block count (a module's notification) and delivers
+    /// Resize to every open descriptor; vbdevs stacked on top follow it
+    /// through their descriptors' event callbacks.
+    pub fn notify_blockcnt_change(&self, new_blocks: u64) {
+        let old = self.inner.num_blocks.swap(new_blocks, Ordering::AcqRel);
+        if old != new_blocks {
+            log::info!("bdev {}: block count {old} -> {new_blocks}", self.name());
+            self.inner.deliver(BdevEvent::Resize {
+                old_blocks: old,
+                new_blocks,
+            });
+        }
+    }
+
+    /// Whether it is being removed.
+    pub fn is_removing(&self) -> bool {
+        self.inner.state() == State::Removing
+    }
+}

@@ -1,0 +1,266 @@
+//! `BdevIo`: one I/O, from a per-channel pool preallocated at channel
+//! creation, with room for the module's per-I/O context inline; and
+//! `IoHandle`, the token a module completes it with.
+
+use std::ptr::NonNull;
+use std::rc::Rc;
+use std::time::Instant;
+
+use dma::DmaBuf;
+
+use crate::channel::ChanState;
+use crate::types::{IoStatus, IoType, IoVec};
+
+/// Segments one I/O carries at most.
+pub const MAX_IOV: usize = 16;
+
+/// Words of inline per-I/O context a module may use (SPDK's driver_ctx).
+pub const MODULE_CTX_WORDS: usize = 16;
+
+/// What the submitter is called with when its I/O ends: the I/O (its
+/// context word, its buffer) and the status. Runs on the submitting core.
+pub type IoCallback = fn(io: &mut BdevIo, status: IoStatus);
+
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Split {
+    pub active: bool,
+    /// Write zeroes emulated with writes of the channel's zero buffer.
+    pub zeroes: bool,
+    pub next: u64,
+    pub end: u64,
+    pub outstanding: u32,
+    pub failed: Option<IoStatus>,
+}
+
+/// One I/O.
+pub struct BdevIo {
+    pub(crate) ty: IoType,
+    pub(crate) offset_blocks: u64,
+    pub(crate) num_blocks: u64,
+    pub(crate) fua: bool,
+    pub(crate) iov: [IoVec; MAX_IOV],
+    pub(crate) iovcnt: usize,
+    pub(crate) cb: Option<IoCallback>,
+    pub(crate) ctx: usize,
+    pub(crate) buf: Option<DmaBuf>,
+    pub(crate) ch: Option<Rc<ChanState>>,
+    pub(crate) parent: Option<NonNull<BdevIo>>,
+    pub(crate) split: Split,
+    pub(crate) bounce: Option<DmaBuf>,
+    pub(crate) orig_iov: [IoVec; MAX_IOV],
+    pub(crate) orig_iovcnt: usize,
+    pub(crate) start: Instant,
+    /// Inline scratch space for the module handling the I/O.
+    pub module_ctx: [u64; MODULE_CTX_WORDS],
+    /// A DMA buffer the module may attach (dropped, freed, when the I/O ends
+    /// unless the module takes it back first).
+    pub module_buf: Option<DmaBuf>,
+}
+
+impl BdevIo {
+    pub(crate) fn new() -> Self {
+        BdevIo {
+            ty: IoType::Read,
+            offset_blocks: 0,
+            num_blocks: 0,
+            fua: false,
+            iov: [IoVec::EMPTY; MAX_IOV],
+            iovcnt: 0,
+            cb: None,
+            ctx: 0,
+            buf: None,
+            ch: None,
+            parent: None,
+            split: Split::default(),
+            bounce: None,
+            orig_iov: [IoVec::EMPTY; MAX_IOV],
+            orig_iovcnt: 0,
+            start: Instant::now(),
+            module_ctx: [0; MODULE_CTX_WORDS],
+            module_buf: None,
+        }
+    }
+
+    /// The I/O type.
+    pub fn io_type(&self) -> IoType {
+        self.ty
+    }
+
+    /// First block.
+    pub fn offset_blocks(&self) -> u64 {
+        self.offset_blocks
+    }
+
+    /// Number of blocks.
+    pub fn num_blocks(&self) -> u64 {
+        self.num_blocks
+    }
+
+    /// Force Unit Access (writes).
+    pub fn fua(&self) -> bool {
+        self.fua
+    }
+
+    /// The data segments (empty for types without data).
+    pub fn iovs(&self) -> &[IoVec] {
+        &self.iov[..self.iovcnt]
+    }
+
+    /// Total bytes of the data segments.
+    pub fn data_len(&self) -> usize {
+        self.iovs().iter().map(|v| v.len).sum()
+    }
+
+    /// The submitter's context word.
+    pub fn ctx(&self) -> usize {
+        self.ctx
+    }
+
+    /// The buffer given with the safe submission API, handed back.
+    pub fn take_buf(&mut self) -> Option<DmaBuf> {
+        self.buf.take()
+    }
+
+    /// The buffer given with the safe submission API.
+    pub fn buf(&self) -> Option<&DmaBuf> {
+        self.buf.as_ref()
+    }
+
+    /// Copies `src` into the data segments from byte `offset` (for modules
+    /// that move data by CPU, like malloc). Returns bytes copied.
+    ///
+    /// # Safety
+    /// The segments must be valid memory not accessed by a device now (true
+    /// for every I/O submitted to a module that does not hand them to one).
+    pub unsafe fn copy_to_iovs(&self, mut offset: usize, src: &[u8]) -> usize {
+        let mut done = 0;
+        for v in self.iovs() {
+            if offset >= v.len {
+                offset -= v.len;
+                continue;
+            }
+            let n = (v.len - offset).min(src.len() - done);
+            // SAFETY: the caller vouches for the segment; `n` fits both sides.
+            unsafe { std::ptr::copy_nonoverlapping(src[done..].as_ptr(), v.ptr.add(offset), n) };
+            done += n;
+            offset = 0;
+            if done == src.len() {
+                break;
+            }
+        }
+        done
+    }
+
+    /// Copies from the data segments starting at byte `offset` into `dst`.
+    /// Returns bytes copied.
+    ///
+    /// # Safety
+    /// As [`BdevIo::copy_to_iovs`].
+    pub unsafe fn copy_from_iovs(&self, mut offset: usize, dst: &mut [u8]) -> usize {
+        let mut done = 0;
+        for v in self.iovs() {
+            if offset >= v.len {
+                offset -= v.len;
+                continue;
+            }
+            let n = (v.len - offset).min(dst.len() - done);
+            // SAFETY: as above.
+            unsafe {
+                std::ptr::copy_nonoverlapping(v.ptr.add(offset), dst[done..].as_mut_ptr(), n)
+            };
+            done += n;
+            offset = 0;
+            if done == dst.len() {
+                break;
+            }
+        }
+        done
+    }
+
+    /// Resets the I/O for reuse from the pool.
+    pub(crate) fn recycle(&mut self) {
+        self.cb = None;
+        self.ctx = 0;
+        self.buf = None;
+        self.ch = None;
+        self.parent = None;
+        self.split = Split::default();
+        self.bounce = None;
+        self.iovcnt = 0;
+        self.orig_iovcnt = 0;
+        self.module_buf = None;
+        self.fua = false;
+    }
+}
+
+/// The module's token for one I/O in flight: complete it exactly once with
+/// [`IoHandle::complete`]. Dropping it uncompleted fails the I/O (with a log
+/// line) rather than losing it.
+pub struct IoHandle {
+    io: NonNull<BdevIo>,
+}
+
+impl std::fmt::Debug for IoHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let io = self.io();
+        f.debug_struct("IoHandle")
+            .field("type", &io.ty)
+            .field("offset_blocks", &io.offset_blocks)
+            .field("num_blocks", &io.num_blocks)
+            .finish()
+    }
+}
+
+impl IoHandle {
+    pub(crate) fn new(io: NonNull<BdevIo>) -> Self {
+        IoHandle { io }
+    }
+
+    /// The I/O.
+    pub fn io(&self) -> &BdevIo {
+        // SAFETY: the handle is the only way to the I/O while the module has
+        // it; the I/O lives in its channel's pool until completed.
+        unsafe { self.io.as_ref() }
+    }
+
+    /// The I/O, mutably (module context, module buffer).
+    pub fn io_mut(&mut self) -> &mut BdevIo {
+        // SAFETY: as in `io`, and `&mut self` makes the borrow unique.
+        unsafe { self.io.as_mut() }
+    }
+
+    /// Completes the I/O. The submitter's callback runs now, or from the
+    /// channel's poller when this is called inside the submission (so a
+    /// callback that submits again never recurses without bound).
+    pub fn complete(self, status: IoStatus) {
+        let io = self.io;
+        std::mem::forget(self);
+        crate::channel::complete(io, status);
+    }
+
+    /// The raw pointer, for modules that must pass the I/O through a
+    /// context word (a child I/O's `ctx`). Rebuild with
+    /// [`IoHandle::from_raw`].
+    pub fn into_raw(self) -> usize {
+        let p = self.io.as_ptr() as usize;
+        std::mem::forget(self);
+        p
+    }
+
+    /// Rebuilds a handle from [`IoHandle::into_raw`].
+    ///
+    /// # Safety
+    /// `raw` must come from `into_raw` of a handle not rebuilt since.
+    pub unsafe fn from_raw(raw: usize) -> Self {
+        IoHandle {
+            io: NonNull::new(raw as *mut BdevIo).expect("non-null I/O pointer"),
+        }
+    }
+}
+
+impl Drop for IoHandle {
+    fn drop(&mut self) {
+        log::error!("{self:?} dropped without completion: failing it");
+        crate::channel::complete(self.io, IoStatus::Failed);
+    }
+}

@@ -1,0 +1,182 @@
+//! The malloc bdev: a RAM disk in DMA memory. Every I/O type is done by the
+//! CPU on the submitting core.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dma::DmaBuf;
+use serde_json::json;
+
+use crate::{Bdev, BdevError, BdevOps, BdevProps, IoHandle, IoStatus, IoType};
+
+struct Malloc {
+    name: String,
+    block_size: u32,
+    num_blocks: u64,
+    uuid: String,
+    /// The disk. Accessed only with raw copies, one I/O's blocks at a time.
+    data: DmaBuf,
+    base: *mut u8,
+    ops: AtomicU64,
+}
+
+// SAFETY: `base` points into `data`, which the struct owns; concurrent I/O
+// to overlapping blocks from several cores is the caller's race, as on any
+// disk, and touches only bytes (no Rust references are formed).
+unsafe impl Send for Malloc {}
+// SAFETY: as above.
+unsafe impl Sync for Malloc {}
+
+impl BdevOps for Malloc {
+    type Channel = ();
+
+    fn create_channel(&self, _core: reactor::CoreId) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn submit(&self, _ch: &(), io: IoHandle) {
+        let r = io.io();
+        let bs = self.block_size as usize;
+        let off = r.offset_blocks() as usize * bs;
+        let len = r.num_blocks() as usize * bs;
+        debug_assert!(off + len <= self.data.len());
+        // SAFETY: the layer checked the range against the disk's size.
+        let disk = unsafe { self.base.add(off) };
+        self.ops.fetch_add(1, Ordering::Relaxed);
+        let status = match r.io_type() {
+            IoType::Read => {
+                let mut done = 0;
+                for v in r.iovs() {
+                    // SAFETY: disk range in bounds; the segment is valid.
+                    unsafe { std::ptr::copy_nonoverlapping(disk.add(done), v.ptr, v.len) };
+                    done += v.len;
+                }
+                IoStatus::Success
+            }
+            IoType::Write => {
+                let mut done = 0;
+                for v in r.iovs() {
+                    // SAFETY: as above.
+                    unsafe { std::ptr::copy_nonoverlapping(v.ptr, disk.add(done), v.len) };
+                    done += v.len;
+                }
+                IoStatus::Success
+            }
+            IoType::Compare => {
+                let mut done = 0;
+                let mut same = true;
+                for v in r.iovs() {
+                    // SAFETY: both ranges are valid for reads of `v.len` bytes
+                    // and not written by anyone during the call.
+                    let (a, b) = unsafe {
+                        (
+                            std::slice::from_raw_parts(disk.add(done), v.len),
+                            std::slice::from_raw_parts(v.ptr, v.len),
+                        )
+                    };
+                    same &= a == b;
+                    done += v.len;
+                }
+                if same {
+                    IoStatus::Success
+                } else {
+                    IoStatus::Miscompare
+                }
+            }
+            IoType::Unmap | IoType::WriteZeroes => {
+                // SAFETY: disk range in bounds.
+                unsafe { std::ptr::write_bytes(disk, 0, len) };
+                IoStatus::Success
+            }
+            IoType::Flush | IoType::Reset => IoStatus::Success,
+        };
+        io.complete(status);
+    }
+
+    fn io_type_supported(&self, _ty: IoType) -> bool {
+        true
+    }
+
+    fn dump_info_json(&self) -> serde_json::Value {
+        json!({ "malloc": { "size_bytes": self.num_blocks * self.block_size as u64 } })
+    }
+
+    fn write_config_json(&self) -> Option<serde_json::Value> {
+        Some(json!({
+            "method": "bdev_malloc_create",
+            "params": {
+                "name": self.name,
+                "num_blocks": self.num_blocks,
+                "block_size": self.block_size,
+                "uuid": self.uuid,
+            }
+        }))
+    }
+}
+
+/// Creates a malloc bdev of `num_blocks` blocks of `block_size` bytes in the
+/// layer's DMA memory (zeroed).
+///
+/// # Errors
+/// [`BdevError::Invalid`] for a bad geometry or UUID; [`BdevError::Module`]
+/// when the memory cannot be had; [`BdevError::Exists`] for a taken name.
+pub fn create(
+    name: &str,
+    num_blocks: u64,
+    block_size: u32,
+    uuid: Option<&str>,
+) -> Result<Bdev, BdevError> {
+    if !(512..=65536).contains(&block_size) || !block_size.is_power_of_two() {
+        return Err(BdevError::invalid(
+            "block_size",
+            format!("{block_size}: a power of two from 512 to 65536"),
+        ));
+    }
+    if num_blocks == 0 {
+        return Err(BdevError::invalid("num_blocks", "zero"));
+    }
+    let bytes = num_blocks
+        .checked_mul(block_size as u64)
+        .and_then(|b| usize::try_from(b).ok())
+        .ok_or_else(|| BdevError::invalid("num_blocks", "size overflows"))?;
+    if crate::get(name).is_some() {
+        return Err(BdevError::Exists(name.to_owned()));
+    }
+    let uuid = match uuid {
+        Some(u) => super::check_uuid(u)?,
+        None => crate::new_uuid(),
+    };
+    let mut data = crate::memory()
+        .alloc(bytes, 4096)
+        .map_err(|e| BdevError::Module {
+            module: "malloc".into(),
+            reason: e.to_string(),
+        })?;
+    data.fill(0);
+    let base = data.as_ptr();
+    let mut props = BdevProps::new(name, "Malloc disk", block_size, num_blocks);
+    props.uuid = Some(uuid.clone());
+    crate::register(
+        "malloc",
+        props,
+        Malloc {
+            name: name.to_owned(),
+            block_size,
+            num_blocks,
+            uuid,
+            data,
+            base,
+            ops: AtomicU64::new(0),
+        },
+    )
+}
+
+/// Deletes a malloc bdev.
+///
+/// # Errors
+/// [`BdevError::NotFound`] when there is no malloc bdev of that name.
+pub async fn delete(name: &str) -> Result<(), BdevError> {
+    crate::get(name)
+        .filter(|b| b.module() == "malloc")
+        .ok_or_else(|| BdevError::NotFound(name.to_owned()))?;
+    crate::unregister(name).await
+}

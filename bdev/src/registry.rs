@@ -1,0 +1,243 @@
+//! The registry of bdevs (by name and alias) and of modules; registration,
+//! examine and `wait_for_examine`, unregistration.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::bdev::{Bdev, BdevInner, BdevProps};
+use crate::channel::Chan;
+use crate::error::BdevError;
+use crate::ops::{BdevModule, BdevOps, Erased};
+use crate::types::BdevEvent;
+
+#[derive(Default)]
+struct Registry {
+    bdevs: BTreeMap<String, Bdev>,
+    aliases: BTreeMap<String, String>,
+    modules: Vec<Arc<dyn BdevModule>>,
+}
+
+static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
+static EXAMINING: AtomicUsize = AtomicUsize::new(0);
+
+fn reg() -> MutexGuard<'static, Option<Registry>> {
+    REGISTRY.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn with<R>(f: impl FnOnce(&mut Registry) -> R) -> R {
+    let mut g = reg();
+    f(g.get_or_insert_with(Registry::default))
+}
+
+/// A version 4 UUID from the system's random source.
+pub fn new_uuid() -> String {
+    let mut b = [0u8; 16];
+    let mut filled = 0;
+    while filled < 16 {
+        // SAFETY: writes at most `16 - filled` bytes into `b[filled..]`.
+        let n = unsafe { libc::getrandom(b[filled..].as_mut_ptr().cast(), 16 - filled, 0) };
+        if n <= 0 {
+            // No random source: time and a counter are unique enough.
+            static SEQ: AtomicUsize = AtomicUsize::new(0);
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos();
+            let x = t ^ (SEQ.fetch_add(1, Ordering::Relaxed) as u128) << 64;
+            b = x.to_le_bytes();
+            break;
+        }
+        filled += n as usize;
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// Registers a bdev of `module` with `ops` as its function table. Every
+/// registered module then examines it (asynchronous examines run on the
+/// runtime; [`wait_for_examine`] waits for them).
+///
+/// # Errors
+/// [`BdevError::Exists`] when the name or an alias is taken;
+/// [`BdevError::Invalid`] for a zero block size or count.
+pub fn register<O: BdevOps>(module: &str, props: BdevProps, ops: O) -> Result<Bdev, BdevError> {
+    if props.name.is_empty() {
+        return Err(BdevError::invalid("name", "empty"));
+    }
+    if props.block_size == 0 || !props.block_size.is_power_of_two() {
+        return Err(BdevError::invalid(
+            "block_size",
+            format!("{} is not a power of two", props.block_size),
+        ));
+    }
+    if props.num_blocks == 0 {
+        return Err(BdevError::invalid("num_blocks", "zero"));
+    }
+    let uuid = props.uuid.clone().unwrap_or_else(new_uuid);
+    let name = props.name.clone();
+    let bdev = with(|r| {
+        for n in std::iter::once(&props.name).chain(props.aliases.iter()) {
+            if r.bdevs.contains_key(n) || r.aliases.contains_key(n) {
+                return Err(BdevError::Exists(n.clone()));
+            }
+        }
+        let inner = Arc::new_cyclic(|weak: &std::sync::Weak<BdevInner>| {
+            let w = weak.clone();
+            let io_device = reactor::register_io_device(format!("bdev_{name}"), move |core| {
+                let b = w.upgrade().expect("a bdev outlives its channels' creation");
+                Chan::new(b, core)
+            });
+            BdevInner::new(
+                props.clone(),
+                uuid,
+                module.to_owned(),
+                Box::new(Erased(ops)),
+                io_device,
+            )
+        });
+        let bdev = Bdev { inner };
+        r.bdevs.insert(name.clone(), bdev.clone());
+        for a in &props.aliases {
+            r.aliases.insert(a.clone(), name.clone());
+        }
+        Ok(bdev)
+    })?;
+    log::info!(
+        "bdev {name} registered ({} blocks of {} bytes)",
+        bdev.num_blocks(),
+        bdev.block_size()
+    );
+    examine(&name);
+    Ok(bdev)
+}
+
+fn examine(name: &str) {
+    let modules = with(|r| r.modules.clone());
+    for m in modules {
+        if let Some(build) = m.examine(name) {
+            EXAMINING.fetch_add(1, Ordering::AcqRel);
+            let Some(h) = crate::env::handle() else {
+                log::error!(
+                    "bdev {name}: module {} examines asynchronously but no runtime is set",
+                    m.name()
+                );
+                EXAMINING.fetch_sub(1, Ordering::AcqRel);
+                continue;
+            };
+            let core = reactor::current_core().unwrap_or_else(|| h.cores()[0]);
+            drop(h.spawn_on(core, move || async move {
+                build().await;
+                EXAMINING.fetch_sub(1, Ordering::AcqRel);
+            }));
+        }
+    }
+}
+
+/// Registers a module: it examines every bdev registered from now on, and
+/// the ones that exist already.
+pub fn register_module(m: Arc<dyn BdevModule>) {
+    let existing: Vec<String> = with(|r| {
+        if r.modules.iter().any(|x| x.name() == m.name()) {
+            return Vec::new();
+        }
+        r.modules.push(m.clone());
+        r.bdevs.keys().cloned().collect()
+    });
+    for name in existing {
+        if let Some(build) = m.examine(&name) {
+            EXAMINING.fetch_add(1, Ordering::AcqRel);
+            match crate::env::handle() {
+                Some(h) => {
+                    let core = reactor::current_core().unwrap_or_else(|| h.cores()[0]);
+                    drop(h.spawn_on(core, move || async move {
+                        build().await;
+                        EXAMINING.fetch_sub(1, Ordering::AcqRel);
+                    }));
+                }
+                None => {
+                    EXAMINING.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+        }
+    }
+}
+
+/// The registered modules' names.
+pub fn modules() -> Vec<String> {
+    with(|r| r.modules.iter().map(|m| m.name().to_owned()).collect())
+}
+
+/// Examines in flight.
+pub fn examines_in_flight() -> usize {
+    EXAMINING.load(Ordering::Acquire)
+}
+
+/// Completes when every examine in flight (including asynchronous ones such
+/// as superblock reads) has finished, with the bdevs they create registered.
+pub async fn wait_for_examine() {
+    while EXAMINING.load(Ordering::Acquire) > 0 {
+        reactor::sleep(Duration::from_micros(200)).await;
+    }
+}
+
+/// The bdev named `name` (or with that alias).
+pub fn get(name: &str) -> Option<Bdev> {
+    with(|r| {
+        r.bdevs
+            .get(name)
+            .or_else(|| r.aliases.get(name).and_then(|n| r.bdevs.get(n)))
+            .cloned()
+    })
+}
+
+/// Every registered bdev, by name.
+pub fn list() -> Vec<Bdev> {
+    with(|r| r.bdevs.values().cloned().collect())
+}
+
+/// Unregisters bdev `name`: refuses new opens, sends Remove to every open
+/// descriptor, waits until they are all closed and every channel is gone,
+/// then lets the module destruct it. Completes when the bdev is gone.
+///
+/// # Errors
+/// [`BdevError::NotFound`]; [`BdevError::Removing`] if already under way.
+pub async fn unregister(name: &str) -> Result<(), BdevError> {
+    let bdev = get(name).ok_or_else(|| BdevError::NotFound(name.to_owned()))?;
+    if !bdev.inner.set_removing() {
+        return Err(BdevError::Removing(name.to_owned()));
+    }
+    let name = bdev.name().to_owned();
+    bdev.inner.deliver(BdevEvent::Remove);
+    let mut waited = Duration::ZERO;
+    while !bdev.inner.live_descs().is_empty() {
+        reactor::sleep(Duration::from_micros(500)).await;
+        waited += Duration::from_micros(500);
+        if waited.as_millis() % 5000 == 0 {
+            log::warn!(
+                "bdev {name}: waiting for {} descriptors to close",
+                bdev.inner.live_descs().len()
+            );
+        }
+    }
+    if let Err(e) = bdev.inner.io_device.unregister_async().await {
+        log::warn!("bdev {name}: channel teardown: {e}");
+    }
+    bdev.inner.ops.destruct();
+    with(|r| {
+        r.bdevs.remove(&name);
+        r.aliases.retain(|_, n| *n != name);
+    });
+    log::info!("bdev {name} unregistered");
+    Ok(())
+}

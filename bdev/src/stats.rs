@@ -1,0 +1,97 @@
+//! Per-bdev I/O statistics for `bdev_get_iostat`: counted per channel by its
+//! core alone (single-writer atomics, no contention), summed on request.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::types::IoType;
+
+/// Counters of one I/O type.
+#[derive(Debug, Default)]
+pub(crate) struct TypeCounters {
+    ops: AtomicU64,
+    bytes: AtomicU64,
+    errors: AtomicU64,
+    latency_ns: AtomicU64,
+    max_latency_ns: AtomicU64,
+    min_latency_ns: AtomicU64,
+}
+
+#[inline]
+fn add(c: &AtomicU64, v: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(v), Ordering::Relaxed);
+}
+
+/// Counters of one channel.
+#[derive(Debug, Default)]
+pub(crate) struct ChannelStats {
+    types: [TypeCounters; 7],
+}
+
+impl ChannelStats {
+    #[inline]
+    pub fn record(&self, ty: IoType, bytes: u64, latency_ns: u64, ok: bool) {
+        let t = &self.types[ty.index()];
+        if !ok {
+            add(&t.errors, 1);
+            return;
+        }
+        add(&t.ops, 1);
+        add(&t.bytes, bytes);
+        add(&t.latency_ns, latency_ns);
+        if latency_ns > t.max_latency_ns.load(Ordering::Relaxed) {
+            t.max_latency_ns.store(latency_ns, Ordering::Relaxed);
+        }
+        let min = t.min_latency_ns.load(Ordering::Relaxed);
+        if min == 0 || latency_ns < min {
+            t.min_latency_ns.store(latency_ns.max(1), Ordering::Relaxed);
+        }
+    }
+
+    pub fn add_into(&self, out: &mut IoStats) {
+        for (i, t) in self.types.iter().enumerate() {
+            let o = &mut out.types[i];
+            o.ops += t.ops.load(Ordering::Relaxed);
+            o.bytes += t.bytes.load(Ordering::Relaxed);
+            o.errors += t.errors.load(Ordering::Relaxed);
+            o.latency_ns += t.latency_ns.load(Ordering::Relaxed);
+            o.max_latency_ns = o
+                .max_latency_ns
+                .max(t.max_latency_ns.load(Ordering::Relaxed));
+            let m = t.min_latency_ns.load(Ordering::Relaxed);
+            if m != 0 && (o.min_latency_ns == 0 || m < o.min_latency_ns) {
+                o.min_latency_ns = m;
+            }
+        }
+    }
+}
+
+/// Totals of one I/O type.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TypeStats {
+    /// Successful operations.
+    pub ops: u64,
+    /// Bytes moved (or covered, for unmap and write zeroes).
+    pub bytes: u64,
+    /// Failed operations.
+    pub errors: u64,
+    /// Sum of latencies in nanoseconds.
+    pub latency_ns: u64,
+    /// Largest latency in nanoseconds.
+    pub max_latency_ns: u64,
+    /// Smallest latency in nanoseconds (0 when none).
+    pub min_latency_ns: u64,
+}
+
+/// Statistics of one bdev, over all its channels, past and present.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoStats {
+    /// Per I/O type, indexed by [`IoType::index`].
+    pub types: [TypeStats; 7],
+}
+
+impl IoStats {
+    /// The totals of one type.
+    pub fn of(&self, ty: IoType) -> &TypeStats {
+        &self.types[ty.index()]
+    }
+}
