@@ -36,6 +36,8 @@ pub struct WorkerResult {
     /// completion a poll found to the doorbell after resubmitting), in
     /// the measured window.
     pub busy_ns: u64,
+    /// Polls that found completions, in the measured window.
+    pub batches: u64,
     /// Latencies of the I/Os completed inside the window.
     pub latency: LatencyStats,
 }
@@ -72,6 +74,8 @@ pub struct Row {
     /// Busy time per I/O in nanoseconds: the CPU cost of an I/O in poll
     /// mode, without the empty polls.
     pub busy_ns_per_io: f64,
+    /// Completions per poll that found any (how well the doorbells batch).
+    pub completions_per_batch: f64,
 }
 
 impl Row {
@@ -81,6 +85,7 @@ impl Row {
         bytes: u64,
         elapsed_ns: u64,
         busy_ns: u64,
+        batches: u64,
         latency: &LatencyStats,
     ) -> Row {
         let [ios, reads, writes, errors, verified] = counts;
@@ -102,6 +107,11 @@ impl Row {
             latency: latency.summary(),
             busy_ns_per_io: if ios > 0 {
                 busy_ns as f64 / ios as f64
+            } else {
+                0.0
+            },
+            completions_per_batch: if batches > 0 {
+                ios as f64 / batches as f64
             } else {
                 0.0
             },
@@ -144,6 +154,7 @@ impl Row {
             ("mib_s", self.mib_s.into()),
             ("latency_us", Json::Obj(lat)),
             ("busy_ns_per_io", self.busy_ns_per_io.into()),
+            ("completions_per_batch", self.completions_per_batch.into()),
         ]) else {
             unreachable!("obj builds an object")
         };
@@ -171,7 +182,7 @@ impl Report {
     pub fn new(results: &[WorkerResult]) -> Report {
         let mut merged = LatencyStats::new();
         let mut sums = [0u64; 5];
-        let (mut busy, mut mismatches) = (0u64, 0u64);
+        let (mut busy, mut batches, mut mismatches) = (0u64, 0u64, 0u64);
         let (mut iops, mut mib_s, mut elapsed) = (0.0, 0.0, 0u64);
         let rows: Vec<Row> = results
             .iter()
@@ -183,6 +194,7 @@ impl Report {
                     r.ios * r.io_size as u64,
                     r.elapsed_ns,
                     r.busy_ns,
+                    r.batches,
                     &r.latency,
                 );
                 row.mismatches = r.mismatches;
@@ -191,6 +203,7 @@ impl Report {
                     *s += c;
                 }
                 busy += r.busy_ns;
+                batches += r.batches;
                 mismatches += r.mismatches;
                 iops += row.iops;
                 mib_s += row.mib_s;
@@ -198,7 +211,7 @@ impl Report {
                 row
             })
             .collect();
-        let mut total = Row::new((None, None, None), sums, 0, elapsed, busy, &merged);
+        let mut total = Row::new((None, None, None), sums, 0, elapsed, busy, batches, &merged);
         // Every worker measured the same window: the total rate is the sum
         // of the rates.
         total.iops = iops;
@@ -262,8 +275,9 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "CPU: {:.2} us busy per I/O (completion handling + submission, without empty polls)",
-            t.busy_ns_per_io / 1000.0
+            "CPU: {:.2} us busy per I/O (completion handling + submission, without empty polls); {:.1} completions per poll",
+            t.busy_ns_per_io / 1000.0,
+            t.completions_per_batch
         );
         s
     }
@@ -299,6 +313,7 @@ mod tests {
             mismatches: 0,
             elapsed_ns: elapsed_s * 1_000_000_000,
             busy_ns: ios * 2_000,
+            batches: ios / 4,
             latency,
         }
     }
@@ -332,6 +347,7 @@ mod tests {
         assert!((t.latency.percentiles_us[0] - 40.0).abs() < 0.05);
         assert!((t.latency.percentiles_us[1] - 200.0).abs() < 0.2);
         assert_eq!(t.busy_ns_per_io, 2_000.0);
+        assert_eq!(t.completions_per_batch, 4.0);
     }
 
     #[test]

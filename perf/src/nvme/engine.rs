@@ -148,6 +148,7 @@ struct State {
     verified: u64,
     mismatches: u64,
     busy_ticks: u64,
+    batches: u64,
     completed: u64,
     latency: LatencyStats,
     progress: Arc<Progress>,
@@ -269,6 +270,7 @@ impl Worker {
                 verified: 0,
                 mismatches: 0,
                 busy_ticks: 0,
+                batches: 0,
                 completed: 0,
                 latency: LatencyStats::new(),
                 progress: Arc::new(Progress::default()),
@@ -338,6 +340,7 @@ impl Worker {
         qp.ring_doorbell();
         if first >= st.window.start && first < st.window.end {
             st.busy_ticks += st.clock.now().saturating_sub(first);
+            st.batches += 1;
         }
         st.progress.completed.store(st.completed, Ordering::Relaxed);
         st.running(qp.outstanding())
@@ -400,6 +403,7 @@ impl Worker {
                 st.clock.ticks_to_ns(elapsed_ticks)
             },
             busy_ns: st.clock.ticks_to_ns(st.busy_ticks),
+            batches: st.batches,
             latency: st.latency,
         };
         if outstanding > 0 {
