@@ -230,6 +230,14 @@ fn random_data_on_two_cores_reads_back() {
                     let mut expected = vec![0u8; (half * bs as u64) as usize];
                     let mut big: DmaBuf = mem.alloc(8 << 20, 2 << 20).unwrap();
                     let mut done = Vec::new();
+                    // Other tests wrote here before: start from zeroes.
+                    let mut z = 0;
+                    while z < half {
+                        let n = (half - z).min(65536);
+                        submit(&mut qp, &mut done, usize::MAX, |q, ctx| q.write_zeroes(nsid, base + z, n, false, ctx));
+                        z += n;
+                    }
+                    drain(&mut qp, &mut done);
                     let mut writes = 0usize;
                     while writes < 600 {
                         let n = 1 + rng.below((max_xfer / bs as usize) as u64);

@@ -4,6 +4,7 @@ pub mod delay;
 pub mod error;
 pub mod malloc;
 pub mod null;
+pub mod nvme;
 pub mod passthru;
 
 /// Parses a UUID given by a user (36 characters, hex and dashes).
