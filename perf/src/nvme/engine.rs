@@ -140,6 +140,7 @@ struct State {
     fatal: Option<String>,
     empty_polls: u32,
     printed: u32,
+    first_mismatch: Option<pattern::Mismatch>,
     // Measurements.
     ios: u64,
     reads: u64,
@@ -263,6 +264,7 @@ impl Worker {
                 fatal: None,
                 empty_polls: 0,
                 printed: 0,
+                first_mismatch: None,
                 ios: 0,
                 reads: 0,
                 writes: 0,
@@ -370,6 +372,11 @@ impl Worker {
     pub fn counts(&self) -> [u64; 6] {
         let s = &self.st;
         [s.ios, s.reads, s.writes, s.errors, s.verified, s.mismatches]
+    }
+
+    /// The first verify mismatch seen, if any.
+    pub fn first_mismatch(&self) -> Option<pattern::Mismatch> {
+        self.st.first_mismatch
     }
 
     /// What went wrong for good (a refused submission, I/Os that never
@@ -520,6 +527,7 @@ impl State {
             tag,
         ) {
             self.mismatches += 1;
+            self.first_mismatch.get_or_insert(m);
             if self.printed < MAX_PRINTED {
                 self.printed += 1;
                 eprintln!(
