@@ -185,6 +185,28 @@ fn verify_passes_on_a_healthy_device() {
     }
 }
 
+/// On a share mostly never written, random reads still follow -M: they aim
+/// at units already written.
+#[test]
+fn verify_reads_follow_the_mix() {
+    let r = rig();
+    let mut w = worker(
+        &r,
+        WorkerParams {
+            read_percent: 70,
+            verify: true,
+            io_limit: Some(5_000),
+            ..params(1, 512)
+        },
+    );
+    w.start(Window::ALL);
+    run_to_end(&mut w);
+    let [ios, reads, _, _, verified, mismatches] = w.counts();
+    let share = reads as f64 / ios as f64;
+    assert!(share > 0.66, "read share {share}");
+    assert_eq!((verified, mismatches), (reads, 0));
+}
+
 /// Writes `byte` over `blocks` blocks at `lba` through `qp` (a second
 /// queue pair: behind the worker's back).
 fn corrupt(r: &Rig, qp: &mut IoQpair<u32>, nsid: u32, lba: u64, blocks: u64, block_size: usize) {

@@ -35,8 +35,10 @@ options:
   -s, --mem-size MIB        most hugepage DMA memory to reserve (default:
                             what the run needs)
       --verify              check every read against what this run wrote
-                            there (needs -w rw or randrw; a read aimed at a
-                            block not yet written becomes a write)
+                            there (needs -w rw or randrw; random reads aim
+                            at blocks already written, and a read with
+                            nothing written to check against becomes a
+                            write)
       --json                print the report as JSON on stdout
       --seed N              seed of the random offsets (default 1)
       --clock auto|tsc|os   the measuring clock (default auto: the CPU's

@@ -129,6 +129,10 @@ struct State {
     rng: XorShift64,
     next_seq: u64,
     units: Vec<u32>,
+    /// Verify: the units written at least once, and the same as bits (the
+    /// list is what random reads pick from). Preallocated.
+    written: Vec<u32>,
+    written_bits: Vec<u64>,
     generation: u32,
     tag_base: u64,
     submitted: u64,
@@ -236,10 +240,17 @@ impl Worker {
             })?
             .into_boxed_slice();
         let free = (0..p.depth).rev().collect();
-        let units = if p.verify {
-            vec![0; p.units as usize]
+        if p.verify && p.units >= BUSY as u64 {
+            return Err(WorkerError::Params(format!(
+                "{} I/O units: verify tracks at most 2^31",
+                p.units
+            )));
+        }
+        let (units, written, written_bits) = if p.verify {
+            let n = p.units as usize;
+            (vec![0; n], Vec::with_capacity(n), vec![0; n.div_ceil(64)])
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new(), Vec::new())
         };
         let tag_base = splitmix64(run_nonce ^ (p.nsid as u64) << 40 ^ p.first_unit) << 32;
         Ok(Worker {
@@ -255,6 +266,8 @@ impl Worker {
                 free,
                 next_seq: 0,
                 units,
+                written,
+                written_bits,
                 generation: 0,
                 tag_base,
                 submitted: 0,
@@ -510,6 +523,11 @@ impl State {
         let u = slot.unit as usize;
         if slot.write {
             self.units[u] = slot.generation;
+            let (word, bit) = (u / 64, 1u64 << (u % 64));
+            if self.written_bits[word] & bit == 0 {
+                self.written_bits[word] |= bit;
+                self.written.push(u as u32);
+            }
             return;
         }
         self.units[u] &= !BUSY;
@@ -559,6 +577,21 @@ impl State {
         if !self.p.verify {
             return Some((unit, write));
         }
+        // Random reads aim at units this run has written (a read of any
+        // other has nothing to be checked against), so the mix follows -M
+        // once the first writes are done.
+        if self.p.random && !write && self.units[unit as usize] & !BUSY == 0 {
+            for _ in 0..8 {
+                if self.written.is_empty() {
+                    break;
+                }
+                let u = self.written[self.rng.below(self.written.len() as u64) as usize] as u64;
+                if self.units[u as usize] & BUSY == 0 {
+                    unit = u;
+                    break;
+                }
+            }
+        }
         // Never two I/Os on one unit at once: what a read must find would
         // be ambiguous.
         let mut tries = 0u64;
@@ -578,8 +611,8 @@ impl State {
         if !self.p.random {
             self.next_seq = if unit + 1 == n { 0 } else { unit + 1 };
         }
-        // A read of a unit this run has not written has nothing to be
-        // checked against: write it instead.
+        // A read of a unit not written yet (sequential, or nothing written
+        // at all yet) becomes a write.
         Some((unit, write || self.units[unit as usize] == 0))
     }
 
