@@ -117,7 +117,11 @@ impl Drop for Chan {
 /// nothing else on the channel would trigger it.
 fn poll(s: &Rc<ChanState>) -> PollStatus {
     let mut busy = false;
-    loop {
+    // Only what was deferred before this poll: callbacks that submit again
+    // defer new completions, which wait for the next poll (so the reactor's
+    // other work gets its turn).
+    let n = s.deferred.borrow().len();
+    for _ in 0..n {
         let next = s.deferred.borrow_mut().pop_front();
         let Some((io, status)) = next else { break };
         busy = true;
