@@ -386,9 +386,11 @@ pub fn run(cfg: &Config, log: &mut dyn FnMut(&str)) -> Result<Outcome, RunError>
     let warmup = clock.ns_to_ticks(cfg.warmup_s * 1_000_000_000);
     let measure = clock.ns_to_ticks(cfg.time_s * 1_000_000_000);
     let mut handles = Vec::new();
+    let main_thread = std::thread::current();
     for (workers, &core) in per_core.into_iter().zip(&cfg.cores) {
         let barrier = barrier.clone();
         let finished = finished.clone();
+        let main_thread = main_thread.clone();
         let h = std::thread::Builder::new()
             .name(format!("nvme-perf-{core}"))
             .spawn(move || {
@@ -396,6 +398,7 @@ pub fn run(cfg: &Config, log: &mut dyn FnMut(&str)) -> Result<Outcome, RunError>
                 barrier.wait();
                 let out = core_loop(workers, &clock, warmup, measure);
                 finished.fetch_add(1, Ordering::Release);
+                main_thread.unpark();
                 (pinned, out)
             })
             .map_err(|e| RunError::Device(format!("starting the thread of core {core}: {e}")))?;
@@ -403,15 +406,18 @@ pub fn run(cfg: &Config, log: &mut dyn FnMut(&str)) -> Result<Outcome, RunError>
     }
     barrier.wait();
 
-    // Progress once a second, on stderr.
+    // Progress once a second, on stderr. The main thread wakes once a
+    // second (or when a core finishes, which unparks it) and no more: it
+    // may share a CPU with a worker.
     let t0 = Instant::now();
     let total_s = cfg.warmup_s + cfg.time_s;
     let mut last = (t0, 0u64);
     let mut tick = 1u64;
     while finished.load(Ordering::Acquire) < handles.len() {
-        std::thread::sleep(Duration::from_millis(50));
+        let next = t0 + Duration::from_secs(tick);
         let now = Instant::now();
-        if now.duration_since(t0) < Duration::from_secs(tick) {
+        if now < next {
+            std::thread::park_timeout(next - now);
             continue;
         }
         let done: u64 = progress
