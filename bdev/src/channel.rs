@@ -12,7 +12,6 @@ use std::collections::VecDeque;
 use std::ptr::NonNull;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
-use std::time::Instant;
 
 use dma::{DmaBuf, DmaCache};
 use reactor::{IoChannel, PollStatus, Poller};
@@ -151,7 +150,7 @@ impl ChanState {
         // SAFETY: just taken from the pool: nothing else refers to it.
         let io = unsafe { p.as_mut() };
         io.ch = Some(self.clone());
-        io.start = Instant::now();
+        io.start = reactor::clock_ns();
         Some(p)
     }
 
@@ -744,8 +743,12 @@ fn finish(s: &Rc<ChanState>, mut p: NonNull<BdevIo>, status: IoStatus) {
         _ => 0,
     };
     let ok = status.is_success() || (io.ty == IoType::Compare && status == IoStatus::Miscompare);
-    s.stats
-        .record(io.ty, bytes, io.start.elapsed().as_nanos() as u64, ok);
+    s.stats.record(
+        io.ty,
+        bytes,
+        reactor::clock_ns().saturating_sub(io.start),
+        ok,
+    );
     s.outstanding.set(s.outstanding.get() - 1);
     if let Some(cb) = io.cb.take() {
         cb(io, status);

@@ -4,7 +4,6 @@
 
 use std::ptr::NonNull;
 use std::rc::Rc;
-use std::time::Instant;
 
 use dma::DmaBuf;
 
@@ -49,7 +48,8 @@ pub struct BdevIo {
     pub(crate) bounce: Option<DmaBuf>,
     pub(crate) orig_iov: [IoVec; MAX_IOV],
     pub(crate) orig_iovcnt: usize,
-    pub(crate) start: Instant,
+    /// Submission time, [`reactor::clock_ns`].
+    pub(crate) start: u64,
     /// Inline scratch space for the module handling the I/O.
     pub module_ctx: [u64; MODULE_CTX_WORDS],
     /// A DMA buffer the module may attach (dropped, freed, when the I/O ends
@@ -75,7 +75,7 @@ impl BdevIo {
             bounce: None,
             orig_iov: [IoVec::EMPTY; MAX_IOV],
             orig_iovcnt: 0,
-            start: Instant::now(),
+            start: 0,
             module_ctx: [0; MODULE_CTX_WORDS],
             module_buf: None,
         }
