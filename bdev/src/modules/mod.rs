@@ -1,5 +1,6 @@
 //! Bdev modules, one folder each (`modules/<name>/mod.rs`).
 
+pub mod crypto;
 pub mod delay;
 pub mod error;
 pub mod malloc;
