@@ -1,0 +1,373 @@
+//! Bdev methods: listing and statistics, examine, and the create, delete
+//! and update calls of the malloc, null, delay, error and passthrough
+//! modules; plus the bdev subsystem's configuration for `save_config`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bdev::modules::{delay, error, malloc, null, passthru};
+use bdev::{Bdev, IoType};
+use serde_json::{Map, Value, json};
+
+use super::{Ctx, Params, RpcResult, bdev_err};
+use crate::jsonrpc::RpcError;
+
+/// SPDK's `supported_io_types` keys, in its order; the ones without an
+/// [`IoType`] here are always false.
+const SPDK_IO_TYPES: [&str; 20] = [
+    "read",
+    "write",
+    "unmap",
+    "flush",
+    "reset",
+    "nvme_admin",
+    "nvme_io",
+    "nvme_io_md",
+    "write_zeroes",
+    "zcopy",
+    "get_zone_info",
+    "zone_management",
+    "zone_append",
+    "compare",
+    "compare_and_write",
+    "abort",
+    "seek_hole",
+    "seek_data",
+    "copy",
+    "nvme_iov_md",
+];
+
+/// One `bdev_get_bdevs` entry.
+pub fn bdev_json(b: &Bdev) -> Value {
+    let mut io = Map::new();
+    for key in SPDK_IO_TYPES {
+        let ty = IoType::ALL.iter().find(|t| t.name() == key);
+        io.insert(
+            key.into(),
+            json!(ty.is_some_and(|t| b.io_type_supported(*t))),
+        );
+    }
+    let claimed = b.claimed_by();
+    let mut v = json!({
+        "name": b.name(),
+        "aliases": b.aliases(),
+        "product_name": b.product_name(),
+        "block_size": b.block_size(),
+        "num_blocks": b.num_blocks(),
+        "uuid": b.uuid(),
+        "assigned_rate_limits": {
+            "rw_ios_per_sec": 0,
+            "rw_mbytes_per_sec": 0,
+            "r_mbytes_per_sec": 0,
+            "w_mbytes_per_sec": 0,
+        },
+        "claimed": claimed.is_some(),
+        "zoned": false,
+        "supported_io_types": io,
+        "driver_specific": match b.dump_info_json() {
+            Value::Null => json!({}),
+            v => v,
+        },
+    });
+    if claimed.is_some() {
+        v["claim_type"] = json!("exclusive_write");
+    }
+    v
+}
+
+pub(super) fn bdev_get_bdevs(_ctx: &Arc<Ctx>, mut p: Params) -> RpcResult {
+    let name = p.opt_str("name")?;
+    let timeout = p.opt_u64("timeout")?.unwrap_or(0);
+    p.finish()?;
+    let Some(name) = name else {
+        return Ok(Value::Array(bdev::list().iter().map(bdev_json).collect()));
+    };
+    let deadline = Instant::now() + Duration::from_millis(timeout);
+    loop {
+        if let Some(b) = bdev::get(&name) {
+            return Ok(json!([bdev_json(&b)]));
+        }
+        if Instant::now() >= deadline {
+            return Err(RpcError::errno(-libc::ENODEV));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+pub(super) fn bdev_get_iostat(ctx: &Arc<Ctx>, mut p: Params) -> RpcResult {
+    let name = p.opt_str("name")?;
+    let names = p.opt_str_list("names")?;
+    p.unsupported("per_channel", json!(false))?;
+    p.ignore("reset_mode");
+    p.finish()?;
+    let list: Vec<Bdev> = match (name, names) {
+        (Some(n), _) => vec![bdev::get(&n).ok_or_else(|| RpcError::errno(-libc::ENODEV))?],
+        (None, Some(ns)) => ns
+            .iter()
+            .map(|n| bdev::get(n).ok_or_else(|| RpcError::errno(-libc::ENODEV)))
+            .collect::<Result<_, _>>()?,
+        (None, None) => bdev::list(),
+    };
+    let bdevs: Vec<Value> = list
+        .iter()
+        .map(|b| {
+            let s = b.stats();
+            let r = s.of(IoType::Read);
+            let w = s.of(IoType::Write);
+            let u = s.of(IoType::Unmap);
+            json!({
+                "name": b.name(),
+                "bytes_read": r.bytes,
+                "num_read_ops": r.ops,
+                "bytes_written": w.bytes,
+                "num_write_ops": w.ops,
+                "bytes_unmapped": u.bytes,
+                "num_unmap_ops": u.ops,
+                "bytes_copied": 0,
+                "num_copy_ops": 0,
+                "read_latency_ticks": r.latency_ns,
+                "max_read_latency_ticks": r.max_latency_ns,
+                "min_read_latency_ticks": r.min_latency_ns,
+                "write_latency_ticks": w.latency_ns,
+                "max_write_latency_ticks": w.max_latency_ns,
+                "min_write_latency_ticks": w.min_latency_ns,
+                "unmap_latency_ticks": u.latency_ns,
+                "max_unmap_latency_ticks": u.max_latency_ns,
+                "min_unmap_latency_ticks": u.min_latency_ns,
+                "copy_latency_ticks": 0,
+                "max_copy_latency_ticks": 0,
+                "min_copy_latency_ticks": 0,
+                "io_error": {},
+                "queue_depth_polling_period": 0,
+                "queue_depth": 0,
+                "io_time": 0,
+                "weighted_io_time": 0,
+            })
+        })
+        .collect();
+    Ok(json!({
+        "tick_rate": reactor::TICK_RATE,
+        "ticks": ctx.started.elapsed().as_nanos() as u64,
+        "bdevs": bdevs,
+    }))
+}
+
+pub(super) fn bdev_wait_for_examine(ctx: &Arc<Ctx>, p: Params) -> RpcResult {
+    p.finish()?;
+    ctx.on_reactor(bdev::wait_for_examine)?;
+    Ok(json!(true))
+}
+
+/// SPDK's default malloc name: `Malloc<N>` with the smallest unused N.
+fn next_malloc_name() -> String {
+    (0..)
+        .map(|i| format!("Malloc{i}"))
+        .find(|n| bdev::get(n).is_none())
+        .unwrap_or_else(|| "Malloc".into())
+}
+
+pub(super) fn bdev_malloc_create(ctx: &Arc<Ctx>, mut p: Params) -> RpcResult {
+    let name = p.opt_str("name")?;
+    let num_blocks = p.u64("num_blocks")?;
+    let block_size = p.opt_u32("block_size")?.unwrap_or(512);
+    let uuid = p.opt_str("uuid")?;
+    p.ignore("physical_block_size");
+    p.ignore("numa_id");
+    p.unsupported("optimal_io_boundary", json!(0))?;
+    p.unsupported("md_size", json!(0))?;
+    p.unsupported("md_interleave", json!(false))?;
+    p.unsupported("dif_type", json!(0))?;
+    p.unsupported("dif_is_head_of_md", json!(false))?;
+    p.unsupported("dif_pi_format", json!(0))?;
+    p.finish()?;
+    ctx.on_reactor(move || async move {
+        let name = name.unwrap_or_else(next_malloc_name);
+        malloc::create(&name, num_blocks, block_size, uuid.as_deref())
+            .map(|b| json!(b.name()))
+            .map_err(bdev_err)
+    })?
+}
+
+fn delete_by_name<F>(ctx: &Arc<Ctx>, mut p: Params, f: fn(String) -> F) -> RpcResult
+where
+    F: std::future::Future<Output = Result<(), bdev::BdevError>> + 'static,
+{
+    let name = p.str("name")?;
+    p.finish()?;
+    ctx.on_reactor(move || f(name))?.map_err(bdev_err)?;
+    Ok(json!(true))
+}
+
+pub(super) fn bdev_malloc_delete(ctx: &Arc<Ctx>, p: Params) -> RpcResult {
+    delete_by_name(ctx, p, |n| async move { malloc::delete(&n).await })
+}
+
+pub(super) fn bdev_null_create(ctx: &Arc<Ctx>, mut p: Params) -> RpcResult {
+    let name = p.str("name")?;
+    let num_blocks = p.u64("num_blocks")?;
+    let block_size = p.opt_u32("block_size")?.unwrap_or(512);
+    let uuid = p.opt_str("uuid")?;
+    for k in [
+        "physical_block_size",
+        "preferred_write_alignment",
+        "preferred_write_granularity",
+        "optimal_write_size",
+        "preferred_unmap_alignment",
+        "preferred_unmap_granularity",
+    ] {
+        p.ignore(k);
+    }
+    p.unsupported("md_size", json!(0))?;
+    p.unsupported("dif_type", json!(0))?;
+    p.unsupported("dif_is_head_of_md", json!(false))?;
+    p.unsupported("dif_pi_format", json!(0))?;
+    p.finish()?;
+    ctx.on_reactor(move || async move {
+        null::create(
+            &name,
+            num_blocks,
+            block_size,
+            uuid.as_deref(),
+            null::ReadFill::Zeroes,
+        )
+        .map(|b| json!(b.name()))
+        .map_err(bdev_err)
+    })?
+}
+
+pub(super) fn bdev_null_delete(ctx: &Arc<Ctx>, p: Params) -> RpcResult {
+    delete_by_name(ctx, p, |n| async move { null::delete(&n).await })
+}
+
+pub(super) fn bdev_null_resize(ctx: &Arc<Ctx>, mut p: Params) -> RpcResult {
+    let name = p.str("name")?;
+    let new_size = p.u64("new_size")?;
+    p.finish()?;
+    ctx.on_reactor(move || async move { null::resize(&name, new_size) })?
+        .map_err(bdev_err)?;
+    Ok(json!(true))
+}
+
+pub(super) fn bdev_delay_create(ctx: &Arc<Ctx>, mut p: Params) -> RpcResult {
+    let base = p.str("base_bdev_name")?;
+    let name = p.str("name")?;
+    let lat = delay::Latencies {
+        avg_read_us: p.u64("avg_read_latency")?,
+        p99_read_us: p.u64("p99_read_latency")?,
+        avg_write_us: p.u64("avg_write_latency")?,
+        p99_write_us: p.u64("p99_write_latency")?,
+    };
+    let uuid = p.opt_str("uuid")?;
+    p.finish()?;
+    ctx.on_reactor(move || async move {
+        delay::create(&base, &name, lat, uuid.as_deref())
+            .map(|b| json!(b.name()))
+            .map_err(bdev_err)
+    })?
+}
+
+pub(super) fn bdev_delay_delete(ctx: &Arc<Ctx>, p: Params) -> RpcResult {
+    delete_by_name(ctx, p, |n| async move { delay::delete(&n).await })
+}
+
+pub(super) fn bdev_delay_update_latency(ctx: &Arc<Ctx>, mut p: Params) -> RpcResult {
+    let name = p.str("delay_bdev_name")?;
+    let ty = p.str("latency_type")?;
+    let us = p.u64("latency_us")?;
+    p.finish()?;
+    ctx.on_reactor(move || async move {
+        let t: delay::LatencyType = ty.parse()?;
+        delay::update_latency(&name, t, us)
+    })?
+    .map_err(bdev_err)?;
+    Ok(json!(true))
+}
+
+pub(super) fn bdev_error_create(ctx: &Arc<Ctx>, mut p: Params) -> RpcResult {
+    let base = p.str("base_name")?;
+    p.unsupported("uuid", Value::Null)?;
+    p.finish()?;
+    ctx.on_reactor(move || async move { error::create(&base).map(|_| ()) })?
+        .map_err(bdev_err)?;
+    Ok(json!(true))
+}
+
+pub(super) fn bdev_error_delete(ctx: &Arc<Ctx>, p: Params) -> RpcResult {
+    delete_by_name(ctx, p, |n| async move { error::delete(&n).await })
+}
+
+pub(super) fn bdev_error_inject_error(ctx: &Arc<Ctx>, mut p: Params) -> RpcResult {
+    let name = p.str("name")?;
+    let io_type = p.str("io_type")?;
+    let error_type = p.opt_str("error_type")?.unwrap_or_else(|| "failure".into());
+    let num = p.opt_u64("num")?.unwrap_or(1);
+    for k in [
+        "queue_depth",
+        "corrupt_offset",
+        "corrupt_value",
+        "nvme_sct",
+        "nvme_sc",
+    ] {
+        p.ignore(k);
+    }
+    p.finish()?;
+    ctx.on_reactor(move || async move { error::inject_error(&name, &io_type, &error_type, num) })?
+        .map_err(bdev_err)?;
+    Ok(json!(true))
+}
+
+pub(super) fn bdev_passthru_create(ctx: &Arc<Ctx>, mut p: Params) -> RpcResult {
+    let base = p.str("base_bdev_name")?;
+    let name = p.str("name")?;
+    let uuid = p.opt_str("uuid")?;
+    p.finish()?;
+    ctx.on_reactor(move || async move {
+        passthru::create(&base, &name, uuid.as_deref())
+            .map(|b| json!(b.name()))
+            .map_err(bdev_err)
+    })?
+}
+
+pub(super) fn bdev_passthru_delete(ctx: &Arc<Ctx>, p: Params) -> RpcResult {
+    delete_by_name(ctx, p, |n| async move { passthru::delete(&n).await })
+}
+
+/// The base a vbdev's creating call names, if any.
+fn base_of(call: &Value) -> Option<String> {
+    let p = call.get("params")?;
+    ["base_bdev_name", "base_name"]
+        .iter()
+        .find_map(|k| p.get(*k).and_then(Value::as_str))
+        .map(str::to_owned)
+}
+
+/// The bdev subsystem's configuration: NVMe controllers first, then every
+/// bdev's creating call with each base before what stands on it, then
+/// `bdev_wait_for_examine`.
+pub(super) fn config() -> Vec<Value> {
+    let mut out: Vec<Value> = super::nvme::config();
+    let mut pending: Vec<(String, Value)> = bdev::list()
+        .iter()
+        .filter(|b| !b.is_removing())
+        .filter_map(|b| b.write_config_json().map(|c| (b.name().to_owned(), c)))
+        .collect();
+    let mut done: Vec<String> = Vec::new();
+    while !pending.is_empty() {
+        let names: Vec<String> = pending.iter().map(|(n, _)| n.clone()).collect();
+        let (ready, rest): (Vec<_>, Vec<_>) = pending.into_iter().partition(|(_, c)| {
+            base_of(c).is_none_or(|b| done.contains(&b) || !names.contains(&b))
+        });
+        if ready.is_empty() {
+            // A cycle cannot happen (claims); emit the rest as they are.
+            out.extend(rest.into_iter().map(|(_, c)| c));
+            break;
+        }
+        for (n, c) in ready {
+            done.push(n);
+            out.push(c);
+        }
+        pending = rest;
+    }
+    out.push(json!({ "method": "bdev_wait_for_examine" }));
+    out
+}
