@@ -144,7 +144,12 @@ pub fn table() -> Vec<Method> {
     let mut t = vec![
         both("spdk_get_version", framework::spdk_get_version),
         both("rpc_get_methods", framework::rpc_get_methods),
-        both("framework_start_init", framework::framework_start_init),
+        Method {
+            name: "framework_start_init",
+            handler: framework::framework_start_init,
+            startup: true,
+            runtime: false,
+        },
         both("framework_wait_init", framework::framework_wait_init),
         both(
             "framework_get_subsystems",
@@ -198,7 +203,10 @@ pub fn dispatch(ctx: &Arc<Ctx>, name: &str, params: Option<Value>) -> RpcResult 
         return Err(RpcError::method_not_found(name));
     };
     let init = ctx.initialized.load(Ordering::Acquire);
-    if init && !m.runtime {
+    // framework_start_init is listed as SPDK lists it (start-up state
+    // only), but a second call is a harmless no-op rather than an error,
+    // so `spdk-rpc load_config` of an empty config succeeds.
+    if init && !m.runtime && m.name != "framework_start_init" {
         return Err(RpcError {
             code: crate::jsonrpc::INVALID_STATE,
             message: "Method may only be called before framework is initialized. Use --wait-for-rpc command line parameter and then issue this RPC before the framework_start_init RPC.".into(),

@@ -1,0 +1,304 @@
+//! What the appliance's integration tests share: starting the built binary
+//! in a temporary directory, a raw JSON-RPC client, and finding the outside
+//! tools (`spdk-rpc`, `qemu-io`, `qemu-img`), failing with a clear message
+//! when one is missing (ci/install-host-deps installs them).
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// A tool on PATH (or named by the environment variable `env`), or a
+/// panic that says how to get it.
+pub fn tool(name: &str, env: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(env) {
+        return PathBuf::from(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let p = dir.join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!(
+        "{name} not found on PATH (nor ${env} set): run ci/install-host-deps \
+         (qemu-io/qemu-img come from Debian's qemu-utils, spdk-rpc from `pip install spdk`)"
+    );
+}
+
+/// A fresh temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Makes one under /tmp (short paths: Unix socket names are limited).
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = PathBuf::from(format!(
+            "/tmp/appl-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    /// A path inside.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running appliance process, killed on drop.
+pub struct Appliance {
+    pub child: Option<Child>,
+    pub sock: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Appliance {
+    /// Starts the appliance with its RPC socket in `dir` and `extra`
+    /// arguments, and waits for the socket.
+    pub fn start(dir: &TempDir, name: &str, extra: &[&str]) -> Appliance {
+        let sock = dir.join(&format!("{name}.sock"));
+        let log = dir.join(&format!("{name}.log"));
+        let logf = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_appliance"));
+        cmd.args(["--no-huge", "-s", "256", "--idle", "sleep", "--no-pin"])
+            .arg("-r")
+            .arg(&sock)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf);
+        let child = cmd.spawn().expect("start the appliance");
+        let mut a = Appliance {
+            child: Some(child),
+            sock,
+            log,
+        };
+        a.wait_ready();
+        a
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if UnixStream::connect(&self.sock).is_ok() {
+                return;
+            }
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "appliance exited ({st}) before listening:\n{}",
+                    self.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "appliance did not listen within 20 s:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The process's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// One call over a fresh connection: `Ok(result)` or `Err((code,
+    /// message))`.
+    pub fn call(&self, method: &str, params: Value) -> Result<Value, (i64, String)> {
+        let mut c = RpcConn::connect(&self.sock);
+        c.call(method, params)
+    }
+
+    /// Runs `spdk-rpc -s SOCK args...`.
+    pub fn spdk_rpc(&self, args: &[&str]) -> Output {
+        self.spdk_rpc_stdin(args, None)
+    }
+
+    /// Runs `spdk-rpc -s SOCK args...` with `input` on standard input.
+    pub fn spdk_rpc_stdin(&self, args: &[&str], input: Option<&[u8]>) -> Output {
+        let mut cmd = Command::new(tool("spdk-rpc", "SPDK_RPC"));
+        cmd.arg("-s")
+            .arg(&self.sock)
+            .args(args)
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("run spdk-rpc");
+        if let Some(i) = input {
+            child.stdin.take().unwrap().write_all(i).unwrap();
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    /// `spdk-rpc` that must succeed; its standard output.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.spdk_rpc(args);
+        assert!(
+            o.status.success(),
+            "spdk-rpc {args:?} failed:\n{}{}\nappliance log:\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+            self.log_text()
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    /// `spdk-rpc` whose answer must be JSON.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let out = self.ok(args);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+    }
+
+    /// Sends a signal and waits (up to 30 s) for the exit status.
+    pub fn signal_and_wait(&mut self, sig: i32) -> std::process::ExitStatus {
+        let child = self.child.as_mut().unwrap();
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        self.wait_exit()
+    }
+
+    /// Waits (up to 30 s) for the process to exit.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let child = self.child.as_mut().unwrap();
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                self.child = None;
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "appliance did not exit within 30 s:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the process still runs.
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// Names of the bdevs, sorted.
+    pub fn bdev_names(&self) -> Vec<String> {
+        let v = self.call("bdev_get_bdevs", json!({})).unwrap();
+        let mut n: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["name"].as_str().unwrap().to_owned())
+            .collect();
+        n.sort();
+        n
+    }
+}
+
+impl Drop for Appliance {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A raw JSON-RPC connection.
+pub struct RpcConn {
+    pub s: UnixStream,
+    buf: Vec<u8>,
+    next_id: u64,
+}
+
+impl RpcConn {
+    /// Connects to `sock`.
+    pub fn connect(sock: &Path) -> RpcConn {
+        let s = UnixStream::connect(sock).expect("connect to the RPC socket");
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        RpcConn {
+            s,
+            buf: Vec::new(),
+            next_id: 1,
+        }
+    }
+
+    /// Sends raw bytes.
+    pub fn send_raw(&mut self, b: &[u8]) -> std::io::Result<()> {
+        self.s.write_all(b)
+    }
+
+    /// Reads one JSON value; `None` when the server closed the connection
+    /// first.
+    pub fn recv(&mut self) -> Option<Value> {
+        loop {
+            let mut de = serde_json::Deserializer::from_slice(&self.buf).into_iter::<Value>();
+            match de.next() {
+                Some(Ok(v)) => {
+                    let used = de.byte_offset();
+                    self.buf.drain(..used);
+                    return Some(v);
+                }
+                Some(Err(e)) if !e.is_eof() => panic!("server sent bad JSON: {e}"),
+                _ => {}
+            }
+            let mut b = [0u8; 65536];
+            match self.s.read(&mut b) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&b[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("reading the RPC socket: {e}"),
+            }
+        }
+    }
+
+    /// Whether the server closed the connection (reads EOF).
+    pub fn closed(&mut self) -> bool {
+        self.recv().is_none()
+    }
+
+    /// A call: `Ok(result)` or `Err((code, message))`.
+    pub fn call(&mut self, method: &str, params: Value) -> Result<Value, (i64, String)> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut req = json!({ "jsonrpc": "2.0", "method": method, "id": id });
+        if !params.is_null() {
+            req["params"] = params;
+        }
+        self.send_raw(&serde_json::to_vec(&req).unwrap()).unwrap();
+        let r = self.recv().expect("an answer");
+        assert_eq!(r["id"], json!(id), "{r}");
+        assert_eq!(r["jsonrpc"], "2.0");
+        if let Some(e) = r.get("error") {
+            Err((
+                e["code"].as_i64().unwrap(),
+                e["message"].as_str().unwrap().to_owned(),
+            ))
+        } else {
+            Ok(r["result"].clone())
+        }
+    }
+}

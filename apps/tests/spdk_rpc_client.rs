@@ -1,0 +1,350 @@
+//! The appliance driven by SPDK's own client, `spdk-rpc` (PyPI `spdk`):
+//! create malloc, null, delay, error and passthrough bdevs, list them,
+//! resize a null bdev and see the vbdev above it follow, statistics and
+//! reactors, SPDK's error codes and texts, delete everything;
+//! `save_config` → restart with `--json` → the same bdevs (names, sizes,
+//! UUIDs), and `load_config` into a fresh instance; orderly shutdown on
+//! SIGTERM and on `spdk_kill_instance`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{Appliance, TempDir};
+use serde_json::{Value, json};
+
+fn by_name(list: &Value) -> BTreeMap<String, Value> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["name"].as_str().unwrap().to_owned(), b.clone()))
+        .collect()
+}
+
+/// (name, num_blocks, block_size, uuid) of every bdev (error bdevs take no
+/// UUID from their creating call: theirs is left out).
+fn summary(a: &Appliance) -> Vec<(String, u64, u64, String)> {
+    by_name(&a.json(&["bdev_get_bdevs"]))
+        .into_values()
+        .map(|b| {
+            (
+                b["name"].as_str().unwrap().to_owned(),
+                b["num_blocks"].as_u64().unwrap(),
+                b["block_size"].as_u64().unwrap(),
+                if b["product_name"] == "Error Injection Disk" {
+                    String::new()
+                } else {
+                    b["uuid"].as_str().unwrap().to_owned()
+                },
+            )
+        })
+        .collect()
+}
+
+fn expect_error(a: &Appliance, args: &[&str], code: i64, message: &str) {
+    let o = a.spdk_rpc(args);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(!o.status.success(), "{args:?} should fail: {out}");
+    assert!(
+        out.contains(&format!("\"code\": {code}"))
+            && out.contains(&format!("\"message\": \"{message}\"")),
+        "{args:?}: expected {code} {message:?}, got:\n{out}"
+    );
+}
+
+#[test]
+fn spdk_rpc_drives_the_appliance() {
+    let dir = TempDir::new("rpc");
+    let mut a = Appliance::start(&dir, "a", &[]);
+
+    // Framework.
+    let v = a.json(&["spdk_get_version"]);
+    assert_eq!(v["fields"]["major"], 24, "{v}");
+    let methods = a.json(&["rpc_get_methods"]);
+    for m in [
+        "bdev_get_bdevs",
+        "bdev_malloc_create",
+        "bdev_null_resize",
+        "nbd_start_disk",
+        "framework_get_config",
+        "spdk_kill_instance",
+    ] {
+        assert!(methods.as_array().unwrap().contains(&json!(m)), "{m}");
+    }
+    let current = a.json(&["rpc_get_methods", "--current"]);
+    assert!(
+        !current
+            .as_array()
+            .unwrap()
+            .contains(&json!("framework_start_init"))
+    );
+    let r = a.json(&["framework_get_reactors"]);
+    assert_eq!(r["reactors"][0]["lcore"], 0, "{r}");
+    assert!(r["tick_rate"].as_u64().unwrap() > 0);
+    let t = a.json(&["thread_get_stats"]);
+    assert_eq!(t["threads"][0]["name"], "reactor_0", "{t}");
+
+    // Create: malloc (name given and SPDK's default name), null, delay,
+    // error, passthrough.
+    assert_eq!(
+        a.ok(&["bdev_malloc_create", "-b", "M0", "8", "512"]).trim(),
+        "M0"
+    );
+    assert_eq!(a.ok(&["bdev_malloc_create", "4", "4096"]).trim(), "Malloc0");
+    assert_eq!(a.ok(&["bdev_null_create", "N0", "16", "512"]).trim(), "N0");
+    assert_eq!(
+        a.ok(&[
+            "bdev_delay_create",
+            "-b",
+            "M0",
+            "-d",
+            "D0",
+            "-r",
+            "10",
+            "-t",
+            "20",
+            "-w",
+            "30",
+            "-n",
+            "40"
+        ])
+        .trim(),
+        "D0"
+    );
+    a.ok(&["bdev_error_create", "Malloc0"]);
+    assert_eq!(
+        a.ok(&["bdev_passthru_create", "-b", "N0", "-p", "P0"])
+            .trim(),
+        "P0"
+    );
+    a.ok(&["bdev_wait_for_examine"]);
+
+    // List.
+    let all = by_name(&a.json(&["bdev_get_bdevs"]));
+    assert_eq!(
+        all.keys().cloned().collect::<Vec<_>>(),
+        ["D0", "EE_Malloc0", "M0", "Malloc0", "N0", "P0"]
+    );
+    let m0 = &all["M0"];
+    assert_eq!(m0["num_blocks"], 16384);
+    assert_eq!(m0["block_size"], 512);
+    assert_eq!(m0["product_name"], "Malloc disk");
+    assert_eq!(m0["claimed"], true, "D0 claims M0");
+    assert_eq!(m0["supported_io_types"]["read"], true);
+    assert!(m0["assigned_rate_limits"].is_object());
+    assert_eq!(all["Malloc0"]["block_size"], 4096);
+    assert_eq!(all["D0"]["claimed"], false);
+    assert_eq!(
+        all["D0"]["driver_specific"]["delay"]["p99_write_latency"],
+        40
+    );
+    assert_eq!(all["N0"]["product_name"], "Null disk");
+    assert_eq!(
+        all["P0"]["driver_specific"]["passthru"]["base_bdev_name"],
+        "N0"
+    );
+    let one = a.json(&["bdev_get_bdevs", "-b", "P0"]);
+    assert_eq!(one.as_array().unwrap().len(), 1);
+    assert_eq!(one[0]["num_blocks"], 32768);
+
+    // Resize the null bdev: the passthrough bdev above it follows.
+    a.ok(&["bdev_null_resize", "N0", "64"]);
+    let all = by_name(&a.json(&["bdev_get_bdevs"]));
+    assert_eq!(all["N0"]["num_blocks"], 131072);
+    assert_eq!(
+        all["P0"]["num_blocks"], 131072,
+        "the vbdev follows its base"
+    );
+
+    // Updates.
+    a.ok(&["bdev_delay_update_latency", "D0", "avg_read", "15"]);
+    let d0 = a.json(&["bdev_get_bdevs", "-b", "D0"]);
+    assert_eq!(d0[0]["driver_specific"]["delay"]["avg_read_latency"], 15);
+    a.ok(&[
+        "bdev_error_inject_error",
+        "EE_Malloc0",
+        "write",
+        "failure",
+        "-n",
+        "1",
+    ]);
+
+    // Statistics.
+    let st = a.json(&["bdev_get_iostat"]);
+    assert!(st["tick_rate"].as_u64().unwrap() > 0);
+    let names: Vec<&str> = st["bdevs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 6, "{st}");
+    for k in [
+        "bytes_read",
+        "num_read_ops",
+        "read_latency_ticks",
+        "num_write_ops",
+    ] {
+        assert!(st["bdevs"][0].get(k).is_some(), "{k}");
+    }
+
+    // SPDK's error codes and texts.
+    expect_error(&a, &["bdev_get_bdevs", "-b", "nope"], -19, "No such device");
+    expect_error(
+        &a,
+        &["bdev_malloc_create", "-b", "M0", "8", "512"],
+        -17,
+        "File exists",
+    );
+    expect_error(&a, &["bdev_malloc_delete", "nope"], -19, "No such device");
+    expect_error(
+        &a,
+        &["bdev_null_resize", "nope", "8"],
+        -19,
+        "No such device",
+    );
+    expect_error(
+        &a,
+        &["bdev_null_create", "Nbad", "1", "1000"],
+        -22,
+        "Invalid argument",
+    );
+    expect_error(
+        &a,
+        &["bdev_delay_update_latency", "D0", "avg_read", "100"],
+        -22,
+        "Invalid argument",
+    );
+    expect_error(
+        &a,
+        &["bdev_passthru_create", "-b", "nope", "-p", "Px"],
+        -19,
+        "No such device",
+    );
+    expect_error(
+        &a,
+        &["bdev_passthru_create", "-b", "M0", "-p", "Px"],
+        -1,
+        "Operation not permitted",
+    );
+    expect_error(
+        &a,
+        &["framework_get_config", "nope"],
+        -2,
+        "No such file or directory",
+    );
+
+    // bdev_get_bdevs with a timeout waits for the bdev to appear.
+    let sock = a.sock.clone();
+    let later = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        let mut c = common::RpcConn::connect(&sock);
+        c.call(
+            "bdev_null_create",
+            json!({"name": "Late", "num_blocks": 64, "block_size": 512}),
+        )
+        .unwrap();
+    });
+    let t0 = Instant::now();
+    let late = a.json(&["bdev_get_bdevs", "-b", "Late", "-t", "5000"]);
+    assert_eq!(late[0]["name"], "Late");
+    assert!(t0.elapsed() >= Duration::from_millis(250));
+    later.join().unwrap();
+    a.ok(&["bdev_null_delete", "Late"]);
+
+    // save_config, then restart with --json: the same bdevs.
+    let before = summary(&a);
+    let cfg = dir.join("config.json");
+    let saved = a.ok(&["save_config"]);
+    std::fs::write(&cfg, &saved).unwrap();
+    let st = a.signal_and_wait(libc::SIGTERM);
+    assert!(st.success(), "SIGTERM exit: {st}\n{}", a.log_text());
+    let log = a.log_text();
+    let p0 = log.find("bdev P0 unregistered").expect("P0 unregistered");
+    let n0 = log.find("bdev N0 unregistered").expect("N0 unregistered");
+    assert!(p0 < n0, "the vbdev goes before its base:\n{log}");
+    assert!(!a.sock.exists(), "socket removed on exit");
+
+    let b = Appliance::start(&dir, "b", &["--json", cfg.to_str().unwrap()]);
+    assert_eq!(summary(&b), before, "--json reloads the saved bdevs");
+    let resaved: Value = serde_json::from_str(&b.ok(&["save_config"])).unwrap();
+    let saved: Value = serde_json::from_str(&saved).unwrap();
+    assert_eq!(resaved, saved, "save_config after reload is the same");
+
+    // load_config into a fresh instance: the same bdevs again.
+    let c = Appliance::start(&dir, "c", &[]);
+    let o = c.spdk_rpc_stdin(
+        &["load_config"],
+        Some(serde_json::to_vec(&saved).unwrap().as_slice()),
+    );
+    assert!(
+        o.status.success(),
+        "load_config: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(summary(&c), before, "load_config reloads the saved bdevs");
+    drop(c);
+
+    // Delete everything, top down.
+    for (m, n) in [
+        ("bdev_passthru_delete", "P0"),
+        ("bdev_delay_delete", "D0"),
+        ("bdev_error_delete", "EE_Malloc0"),
+        ("bdev_malloc_delete", "M0"),
+        ("bdev_malloc_delete", "Malloc0"),
+        ("bdev_null_delete", "N0"),
+    ] {
+        b.ok(&[m, n]);
+    }
+    assert_eq!(b.json(&["bdev_get_bdevs"]), json!([]));
+
+    // spdk_kill_instance: an orderly exit.
+    let mut b = b;
+    b.spdk_rpc(&["spdk_kill_instance", "SIGTERM"]);
+    let st = b.wait_exit();
+    assert!(st.success(), "{st}\n{}", b.log_text());
+}
+
+#[test]
+fn start_up_errors_are_clear() {
+    let dir = TempDir::new("start");
+    // A config whose call fails: the appliance refuses to start and says why.
+    let cfg = dir.join("bad.json");
+    std::fs::write(
+        &cfg,
+        r#"{"subsystems":[{"subsystem":"bdev","config":[{"method":"bdev_passthru_create","params":{"base_bdev_name":"nope","name":"p"}}]}]}"#,
+    )
+    .unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_appliance"))
+        .args(["--no-huge", "-s", "64", "--no-pin", "-r"])
+        .arg(dir.join("x.sock"))
+        .arg("--json")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("bdev_passthru_create failed") && err.contains("No such device"),
+        "{err}"
+    );
+    // A bad option names itself.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_appliance"))
+        .args(["-m", "zz"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("-m zz"));
+    // A socket path served by a live appliance is refused.
+    let a = Appliance::start(&dir, "live", &[]);
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_appliance"))
+        .args(["--no-huge", "-s", "64", "--no-pin", "-r"])
+        .arg(&a.sock)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("in use"));
+    assert!(a.call("spdk_get_version", Value::Null).is_ok());
+}
