@@ -1,0 +1,340 @@
+//! The crypto vbdev's cost, in one run on one core:
+//!
+//! 1. the cipher: our AES-XTS-128 and -256 on 4 KiB data units (encrypt and
+//!    decrypt, 64 KiB in place per call), against `openssl speed -evp
+//!    aes-<bits>-xts` (encrypt and `-decrypt`, 4096- and 16384-byte
+//!    buffers, wall clock) run pinned to the same core, and the `xts-mode`
+//!    crate (one block at a time) for scale;
+//! 2. the bdev: 128 KiB sequential writes and reads at queue depth 32
+//!    through crypto over a null bdev (4096-byte blocks, buffers untouched)
+//!    and a malloc bdev, with both key sizes, next to the bare null and
+//!    malloc bdevs.
+//!
+//! `cargo bench -p bdev --bench crypto` (`-- --seconds N`, default 2;
+//! `-- --cipher-only` stops after part 1).
+
+use std::cell::Cell;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use aes::cipher::KeyInit;
+use aes::{Aes128, Aes256};
+use bdev::modules::{crypto, malloc, null};
+use bdev::{BdevChannel, BdevEvent, BdevIo, IoStatus};
+use xts_mode::{Xts128, get_tweak_default};
+
+const UNIT: usize = 4096;
+const CALL: usize = 64 * 1024;
+const IO: usize = 128 * 1024;
+const QD: usize = 32;
+
+const KEY128: (&str, &str) = (
+    "000102030405060708090a0b0c0d0e0f",
+    "f0e0d0c0b0a090807060504030201000",
+);
+const KEY256: (&str, &str) = (
+    "2718281828459045235360287471352662497757247093699959574966967627",
+    "3141592653589793238462643383279502884197169399375105820974944592",
+);
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+fn pin_to_core0() {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls only read
+    // it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Bytes per second of `f` run over `bytes` at a time for `secs`.
+fn rate(secs: f64, bytes: usize, mut f: impl FnMut(u64)) -> f64 {
+    let warm = Instant::now();
+    let mut i = 0;
+    while warm.elapsed() < Duration::from_millis(200) {
+        f(i);
+        i += 1;
+    }
+    let t = Instant::now();
+    let mut n = 0u64;
+    while t.elapsed().as_secs_f64() < secs {
+        for _ in 0..16 {
+            f(n);
+            n += 1;
+        }
+    }
+    (n as usize * bytes) as f64 / t.elapsed().as_secs_f64()
+}
+
+fn ours(key: (&str, &str), dir: crypto::Direction, secs: f64) -> f64 {
+    let x = crypto::XtsCipher::new(&unhex(key.0), &unhex(key.1)).unwrap();
+    let mut buf = vec![0x5au8; CALL];
+    rate(secs, CALL, |i| {
+        let lba = i as u128 * (CALL / UNIT) as u128;
+        match dir {
+            crypto::Direction::Encrypt => x.encrypt_units(&mut buf, UNIT, lba),
+            crypto::Direction::Decrypt => x.decrypt_units(&mut buf, UNIT, lba),
+        }
+    })
+}
+
+fn reference(key: (&str, &str), secs: f64) -> f64 {
+    let (k1, k2) = (unhex(key.0), unhex(key.1));
+    let mut buf = vec![0x5au8; CALL];
+    let mut go = |f: &mut dyn FnMut(&mut [u8], u128)| {
+        rate(secs, CALL, |i| {
+            f(&mut buf, i as u128 * (CALL / UNIT) as u128)
+        })
+    };
+    if k1.len() == 16 {
+        let x = Xts128::new(
+            Aes128::new(k1.as_slice().try_into().unwrap()),
+            Aes128::new(k2.as_slice().try_into().unwrap()),
+        );
+        go(&mut |b, t| x.encrypt_area(b, UNIT, t, get_tweak_default))
+    } else {
+        let x = Xts128::new(
+            Aes256::new(k1.as_slice().try_into().unwrap()),
+            Aes256::new(k2.as_slice().try_into().unwrap()),
+        );
+        go(&mut |b, t| x.encrypt_area(b, UNIT, t, get_tweak_default))
+    }
+}
+
+/// The `aes` crate alone: ECB over the same 64 KiB, its parallel-block
+/// API (the ceiling for XTS built on it).
+fn ecb(bits: u32, secs: f64) -> f64 {
+    use aes::cipher::{Array, BlockCipherEncrypt};
+    let mut blocks = vec![Array([0x5au8; 16]); CALL / 16];
+    if bits == 128 {
+        let c = Aes128::new(&Array([7; 16]));
+        rate(secs, CALL, |_| c.encrypt_blocks(&mut blocks))
+    } else {
+        let c = Aes256::new(&Array([7; 32]));
+        rate(secs, CALL, |_| c.encrypt_blocks(&mut blocks))
+    }
+}
+
+/// `openssl speed -mr -elapsed -evp aes-<bits>-xts -bytes <size>` on core
+/// 0: bytes per second from its `+F:` line.
+fn openssl(bits: u32, decrypt: bool, size: usize, secs: f64) -> Option<f64> {
+    let cipher = format!("aes-{bits}-xts");
+    let secs = (secs.round() as u64).max(1).to_string();
+    let size = size.to_string();
+    let mut args = vec![
+        "speed", "-mr", "-elapsed", "-seconds", &secs, "-bytes", &size, "-evp", &cipher,
+    ];
+    if decrypt {
+        args.push("-decrypt");
+    }
+    let pinned = Command::new("taskset")
+        .arg("-c")
+        .arg("0")
+        .arg("openssl")
+        .args(&args)
+        .output();
+    let out = match pinned {
+        Ok(o) if o.status.success() => o,
+        _ => Command::new("openssl").args(&args).output().ok()?,
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.starts_with("+F:"))?;
+    line.rsplit(':').next()?.trim().parse().ok()
+}
+
+thread_local! {
+    static CH: Cell<Option<*const BdevChannel>> = const { Cell::new(None) };
+    static DONE: Cell<u64> = const { Cell::new(0) };
+    static NEXT: Cell<u64> = const { Cell::new(0) };
+    static SPAN: Cell<u64> = const { Cell::new(0) };
+    static PER_IO: Cell<u64> = const { Cell::new(1) };
+    static WRITE: Cell<bool> = const { Cell::new(false) };
+    static STOP: Cell<bool> = const { Cell::new(false) };
+}
+
+fn next_lba() -> u64 {
+    let per = PER_IO.with(|p| p.get());
+    NEXT.with(|n| {
+        let l = n.get();
+        n.set((l + per) % SPAN.with(|s| s.get()));
+        l
+    })
+}
+
+fn submit(ch: &BdevChannel, buf: dma::DmaBuf) {
+    let per = PER_IO.with(|p| p.get());
+    let r = if WRITE.with(|w| w.get()) {
+        ch.write(buf, next_lba(), per, false, done, 0)
+    } else {
+        ch.read(buf, next_lba(), per, done, 0)
+    };
+    r.map_err(|(e, _)| e).expect("submit");
+}
+
+fn done(io: &mut BdevIo, st: IoStatus) {
+    assert_eq!(st, IoStatus::Success);
+    DONE.with(|d| d.set(d.get() + 1));
+    let buf = io.take_buf().expect("buffer");
+    if STOP.with(|s| s.get()) {
+        return;
+    }
+    // SAFETY: the channel outlives the run (set before, cleared after).
+    let ch = unsafe { &*CH.with(|c| c.get()).expect("channel") };
+    submit(ch, buf);
+}
+
+/// 128 KiB sequential I/O at QD 32 on bdev `name` for `secs`: bytes/s.
+async fn seq(name: &str, write: bool, secs: f64) -> f64 {
+    let desc = bdev::open(name, true, |_: &str, _: BdevEvent| {}).unwrap();
+    let ch = desc.get_io_channel().unwrap();
+    let bs = desc.bdev().block_size() as u64;
+    PER_IO.with(|p| p.set(IO as u64 / bs));
+    SPAN.with(|s| s.set(desc.bdev().num_blocks() / (IO as u64 / bs) * (IO as u64 / bs)));
+    NEXT.with(|n| n.set(0));
+    WRITE.with(|w| w.set(write));
+    STOP.with(|s| s.set(false));
+    CH.with(|c| c.set(Some(&ch as *const BdevChannel)));
+    let mem = bdev::memory();
+    for i in 0..QD {
+        let mut b = mem.alloc(IO, 4096).unwrap();
+        b.fill(i as u8);
+        submit(&ch, b);
+    }
+    let warm = Instant::now();
+    while warm.elapsed() < Duration::from_millis(300) {
+        reactor::yield_now().await;
+    }
+    let start = DONE.with(|d| d.get());
+    let t = Instant::now();
+    while t.elapsed().as_secs_f64() < secs {
+        reactor::yield_now().await;
+    }
+    let n = DONE.with(|d| d.get()) - start;
+    let el = t.elapsed().as_secs_f64();
+    STOP.with(|s| s.set(true));
+    while ch.outstanding() > 0 {
+        reactor::yield_now().await;
+    }
+    CH.with(|c| c.set(None));
+    drop(ch);
+    drop(desc);
+    (n as usize * IO) as f64 / el
+}
+
+fn gb(x: f64) -> String {
+    format!("{:.2} GB/s", x / 1e9)
+}
+
+fn main() {
+    let secs: f64 = std::env::args()
+        .skip_while(|a| a != "--seconds")
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2.0);
+    println!(
+        "AES-XTS on core 0, {secs} s per figure; aes crate hardware acceleration: {}",
+        aes::hardware_accelerated()
+    );
+    // 1. The cipher, with the bench thread on core 0 and openssl pinned
+    //    there too (while this thread waits).
+    pin_to_core0();
+    let mut raw = [[0f64; 2]; 2];
+    println!(
+        "\n| cipher | ours 4 KiB units | openssl 4096 B | openssl 16384 B | ours / openssl (4096, 16384) |"
+    );
+    println!("|---|---|---|---|---|");
+    for (ki, (bits, key)) in [(128u32, KEY128), (256, KEY256)].into_iter().enumerate() {
+        for (di, dir) in [crypto::Direction::Encrypt, crypto::Direction::Decrypt]
+            .into_iter()
+            .enumerate()
+        {
+            let dec = dir == crypto::Direction::Decrypt;
+            let o = ours(key, dir, secs);
+            raw[ki][di] = o;
+            let s4 = openssl(bits, dec, 4096, secs);
+            let s16 = openssl(bits, dec, 16384, secs);
+            let ratio = |s: Option<f64>| s.map_or("-".into(), |s| format!("{:.2}", o / s));
+            println!(
+                "| AES-{bits}-XTS {} | {} | {} | {} | {} , {} |",
+                if dec { "decrypt" } else { "encrypt" },
+                gb(o),
+                s4.map_or("openssl missing".into(), gb),
+                s16.map_or("openssl missing".into(), gb),
+                ratio(s4),
+                ratio(s16)
+            );
+        }
+    }
+    println!(
+        "\naes crate ECB, parallel blocks (no XTS): AES-128 {}, AES-256 {}",
+        gb(ecb(128, secs.min(1.0))),
+        gb(ecb(256, secs.min(1.0)))
+    );
+    let r128 = reference(KEY128, secs.min(1.0));
+    let r256 = reference(KEY256, secs.min(1.0));
+    println!(
+        "\nxts-mode 0.6 (one block at a time), encrypt 4 KiB units: AES-128 {}, AES-256 {} \
+         (ours: {:.1}x, {:.1}x)",
+        gb(r128),
+        gb(r256),
+        raw[0][0] / r128,
+        raw[1][0] / r256
+    );
+
+    if std::env::args().any(|a| a == "--cipher-only") {
+        return;
+    }
+
+    // 2. The bdev on one reactor (core 0).
+    let rt = reactor::Runtime::builder("0x1".parse().unwrap())
+        .idle(reactor::IdleStrategy::Spin)
+        .start()
+        .expect("one reactor on core 0");
+    bdev::set_runtime(rt.handle());
+    bdev::set_io_pool_size(QD * 4);
+    null::create("bn_null", 1 << 20, 4096, None, null::ReadFill::Untouched).unwrap();
+    malloc::create("bn_malloc", (256 << 20) / 4096, 4096, None).unwrap();
+    crypto::key_create("bk128", "AES_XTS", KEY128.0, KEY128.1, None).unwrap();
+    crypto::key_create("bk256", "AES_XTS", KEY256.0, KEY256.1, None).unwrap();
+    println!(
+        "\n| bdev, 128 KiB sequential, QD{QD} | write | read | write / raw encrypt | read / raw decrypt |"
+    );
+    println!("|---|---|---|---|---|");
+    for base in ["bn_null", "bn_malloc"] {
+        let run = |name: &str| {
+            let (w, r) = (name.to_owned(), name.to_owned());
+            let wr = rt
+                .block_on(0, move || async move { seq(&w, true, secs).await })
+                .unwrap();
+            let rd = rt
+                .block_on(0, move || async move { seq(&r, false, secs).await })
+                .unwrap();
+            (wr, rd)
+        };
+        let (w, r) = run(base);
+        println!("| {base} (no crypto) | {} | {} | | |", gb(w), gb(r));
+        for (ki, bits) in [128u32, 256].into_iter().enumerate() {
+            let name = format!("bc{bits}_{base}");
+            crypto::create(base, &name, &format!("bk{bits}")).unwrap();
+            let (w, r) = run(&name);
+            println!(
+                "| crypto AES-{bits} over {base} | {} | {} | {:.2} | {:.2} |",
+                gb(w),
+                gb(r),
+                w / raw[ki][0],
+                r / raw[ki][1]
+            );
+            let n2 = name.clone();
+            rt.block_on(0, move || async move { crypto::delete(&n2).await.unwrap() })
+                .unwrap();
+        }
+    }
+    rt.shutdown().unwrap();
+}
