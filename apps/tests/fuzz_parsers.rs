@@ -1,0 +1,275 @@
+//! Stable-Rust fuzzing of the parsers that face the outside, run by
+//! `cargo test`: a seeded mutational loop (bit flips, byte insertions and
+//! deletions, splices, JSON tokens) over seed inputs, bounded in count and
+//! time, for the JSON-RPC parser and framer and the NBD request, option
+//! and info parsers. Each case checks "no panic" and the parsers' own
+//! invariants (round trips, frames conserving bytes, plans within bounds).
+//!
+//! The seed is printed on failure; `APPS_FUZZ_SEED=N` replays a run and
+//! `APPS_FUZZ_SECS=S` makes it longer. The coverage-guided libFuzzer
+//! targets for the same functions are in `apps/fuzz/` (nightly only).
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, Instant};
+
+use apps::jsonrpc::{Frame, Framer, Incoming, parse_request};
+use apps::nbd::proto;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
+    }
+}
+
+fn seed() -> u64 {
+    std::env::var("APPS_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        })
+}
+
+fn budget() -> Duration {
+    Duration::from_secs(
+        std::env::var("APPS_FUZZ_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(2),
+    )
+}
+
+const TOKENS: [&[u8]; 14] = [
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b"\"",
+    b"\\",
+    b",",
+    b":",
+    b"null",
+    b"1e999",
+    b"-0",
+    b"\\u0000",
+    b"\"jsonrpc\":\"2.0\"",
+    b"\xff",
+];
+
+fn mutate(r: &mut Rng, input: &mut Vec<u8>, corpus: &[Vec<u8>]) {
+    for _ in 0..1 + r.below(4) {
+        let len = input.len();
+        match r.below(7) {
+            0 if len > 0 => {
+                let i = r.below(len);
+                input[i] ^= 1 << r.below(8);
+            }
+            1 => {
+                let i = r.below(len + 1);
+                input.insert(i, r.next() as u8);
+            }
+            2 if len > 0 => {
+                let i = r.below(len);
+                let n = 1 + r.below((len - i).min(16));
+                input.drain(i..i + n);
+            }
+            3 => {
+                let t = TOKENS[r.below(TOKENS.len())];
+                let i = r.below(len + 1);
+                input.splice(i..i, t.iter().copied());
+            }
+            4 if len > 0 => input.truncate(r.below(len)),
+            5 => {
+                let other = &corpus[r.below(corpus.len())];
+                if !other.is_empty() {
+                    let a = r.below(other.len());
+                    let b = a + r.below(other.len() - a + 1);
+                    let i = r.below(len + 1);
+                    input.splice(i..i, other[a..b].iter().copied());
+                }
+            }
+            _ => {
+                // Deep nesting.
+                let n = r.below(300);
+                let mut v = vec![b'['; n];
+                v.extend(std::iter::repeat_n(b']', r.below(n + 1)));
+                let i = r.below(len + 1);
+                input.splice(i..i, v);
+            }
+        }
+    }
+}
+
+/// Runs `check` on mutated inputs until the budget is spent; on a panic,
+/// reports the seed, the case and the input.
+fn fuzz(name: &str, corpus: Vec<Vec<u8>>, check: impl Fn(&[u8], &mut Rng)) {
+    let s = seed();
+    let mut r = Rng(s);
+    let deadline = Instant::now() + budget();
+    let mut cases = 0u64;
+    for c in &corpus {
+        check(c, &mut r);
+    }
+    while Instant::now() < deadline && cases < 2_000_000 {
+        let mut input = corpus[r.below(corpus.len())].clone();
+        mutate(&mut r, &mut input, &corpus);
+        let mut r2 = Rng(r.next() | 1);
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| check(&input, &mut r2))) {
+            eprintln!(
+                "{name}: case {cases} failed (APPS_FUZZ_SEED={s}); input ({} bytes): {:?}",
+                input.len(),
+                String::from_utf8_lossy(&input)
+            );
+            std::panic::resume_unwind(p);
+        }
+        cases += 1;
+    }
+    eprintln!("{name}: {cases} cases, seed {s}");
+}
+
+fn json_corpus() -> Vec<Vec<u8>> {
+    [
+        r#"{"jsonrpc":"2.0","method":"bdev_get_bdevs","id":1}"#,
+        r#"{"jsonrpc":"2.0","method":"bdev_malloc_create","params":{"name":"M0","num_blocks":16384,"block_size":512},"id":"a"}"#,
+        r#"[{"jsonrpc":"2.0","method":"spdk_get_version","id":1},{"jsonrpc":"2.0","method":"x"}]"#,
+        r#"{"jsonrpc":"2.0","method":"m","params":["a\"}\\",1.5e3,null,true,{"k":[{}]}],"id":null}"#,
+        "  {\"jsonrpc\":\"2.0\",\"method\":\"\\u00e9t\\u00e9\",\"id\":-7}\n",
+        "[]",
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect()
+}
+
+#[test]
+fn fuzz_jsonrpc_parser_and_framer() {
+    fuzz("jsonrpc", json_corpus(), |input, r| {
+        let parsed = parse_request(input);
+        if let Ok(Incoming::Batch(calls)) = &parsed {
+            assert!(!calls.is_empty());
+        }
+        // The framer, fed in random chunks, never loses or invents bytes
+        // beyond whitespace, and a single valid value comes out whole.
+        let mut f = Framer::new(1 << 20);
+        let mut out: Vec<u8> = Vec::new();
+        let mut frames = 0;
+        let mut i = 0;
+        while i < input.len() {
+            let n = 1 + r.below(input.len() - i);
+            f.push(&input[i..i + n]);
+            i += n;
+            loop {
+                match f.next_frame() {
+                    Frame::Value(v) => {
+                        frames += 1;
+                        let _ = parse_request(&v);
+                        out.extend_from_slice(&v);
+                    }
+                    Frame::Incomplete => break,
+                    Frame::TooLarge => panic!("1 MiB limit on a small input"),
+                }
+            }
+        }
+        let strip = |b: &[u8]| -> Vec<u8> {
+            b.iter()
+                .copied()
+                .filter(|c| !c.is_ascii_whitespace())
+                .collect()
+        };
+        let rest = input.len() - out.len();
+        assert!(f.buffered() <= rest, "framer invented bytes");
+        let trimmed = input.trim_ascii();
+        let single = matches!(trimmed.first(), Some(b'{' | b'['))
+            && serde_json::from_slice::<serde_json::Value>(trimmed).is_ok();
+        if single {
+            assert_eq!(frames, 1, "a valid value is one frame");
+            assert_eq!(strip(&out), strip(trimmed));
+            assert!(parsed.is_ok());
+        }
+    });
+}
+
+fn nbd_corpus() -> Vec<Vec<u8>> {
+    let req = |command, flags, offset, length| {
+        proto::encode_request(&proto::Request {
+            flags,
+            command,
+            handle: 0x0102_0304_0506_0708,
+            offset,
+            length,
+        })
+        .to_vec()
+    };
+    let mut info = 2u32.to_be_bytes().to_vec();
+    info.extend_from_slice(b"M0");
+    info.extend_from_slice(&2u16.to_be_bytes());
+    info.extend_from_slice(&[0, 3, 0, 1]);
+    let mut opt = proto::IHAVEOPT.to_be_bytes().to_vec();
+    opt.extend_from_slice(&proto::OPT_GO.to_be_bytes());
+    opt.extend_from_slice(&(info.len() as u32).to_be_bytes());
+    vec![
+        req(proto::Command::Read, 0, 0, 4096),
+        req(proto::Command::Write, proto::CMD_FLAG_FUA, 1 << 20, 512),
+        req(proto::Command::WriteZeroes, 2, u64::MAX - 511, 512),
+        req(proto::Command::Trim, 0, 4096, u32::MAX),
+        req(proto::Command::Flush, 0, 0, 0),
+        req(proto::Command::Disc, 0, 0, 0),
+        opt,
+        info,
+    ]
+}
+
+#[test]
+fn fuzz_nbd_parsers() {
+    fuzz("nbd", nbd_corpus(), |input, r| {
+        let mut b = [0u8; 28];
+        let n = input.len().min(28);
+        b[..n].copy_from_slice(&input[..n]);
+        if let Ok(req) = proto::parse_request(&b) {
+            assert_eq!(proto::encode_request(&req), b, "round trip");
+            let bs = 512u32 << r.below(4);
+            let size = (r.next() % (1 << 40)) / bs as u64 * bs as u64;
+            match proto::plan(&req, size, bs, r.below(2) == 0) {
+                proto::Plan::Io {
+                    offset_blocks,
+                    num_blocks,
+                } => {
+                    let end = (offset_blocks + num_blocks) * bs as u64;
+                    assert!(end <= size, "plan beyond the end");
+                    assert_eq!(
+                        num_blocks * bs as u64,
+                        req.length as u64 * (req.command != proto::Command::Flush) as u64
+                    );
+                }
+                proto::Plan::Fail(e) => assert!(e != 0),
+                proto::Plan::Close | proto::Plan::Disconnect => {}
+            }
+        }
+        let mut h = [0u8; 16];
+        let n = input.len().min(16);
+        h[..n].copy_from_slice(&input[..n]);
+        if let Ok(o) = proto::parse_option_header(&h) {
+            assert!(o.length <= proto::MAX_OPTION_DATA);
+        }
+        if let Some((name, items)) = proto::parse_info_request(input) {
+            assert_eq!(4 + name.len() + 2 + 2 * items.len(), input.len());
+        }
+    });
+}
