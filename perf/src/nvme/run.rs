@@ -7,7 +7,6 @@
 //!  core thread (pinned), per core in -c:          └─ barrier ─ poll workers until done
 //! ```
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -518,8 +517,6 @@ impl Outcome {
     /// The whole run as one JSON document.
     pub fn to_json(&self, cfg: &Config, command: &str) -> Json {
         let (rows, total) = self.report.to_json();
-        let mut mask = String::new();
-        let _ = write!(mask, "{:?}", cfg.cores);
         obj([
             ("tool", "nvme-perf".into()),
             ("version", env!("CARGO_PKG_VERSION").into()),
@@ -533,7 +530,10 @@ impl Outcome {
                     ("read_percent", cfg.read_percent.into()),
                     ("time_s", cfg.time_s.into()),
                     ("warmup_s", cfg.warmup_s.into()),
-                    ("cores", mask.into()),
+                    (
+                        "cores",
+                        Json::Arr(cfg.cores.iter().map(|&c| c.into()).collect()),
+                    ),
                     ("verify", cfg.verify.into()),
                     ("seed", cfg.seed.into()),
                 ]),
