@@ -412,18 +412,22 @@ pub fn run(cfg: &Config, log: &mut dyn FnMut(&str)) -> Result<Outcome, RunError>
     let total_s = cfg.warmup_s + cfg.time_s;
     let mut last = (t0, 0u64);
     let mut tick = 1u64;
-    while finished.load(Ordering::Acquire) < handles.len() {
+    loop {
+        let all_done = finished.load(Ordering::Acquire) == handles.len();
         let next = t0 + Duration::from_secs(tick);
         let now = Instant::now();
-        if now < next {
+        if now < next && !all_done {
             std::thread::park_timeout(next - now);
             continue;
+        }
+        if all_done && tick > total_s {
+            break;
         }
         let done: u64 = progress
             .iter()
             .map(|p| p.completed.load(Ordering::Relaxed))
             .sum();
-        let dt = now.duration_since(last.0).as_secs_f64();
+        let dt = now.duration_since(last.0).as_secs_f64().max(1e-6);
         let iops = (done - last.1) as f64 / dt;
         if tick <= total_s {
             log(&format!(
@@ -438,6 +442,10 @@ pub fn run(cfg: &Config, log: &mut dyn FnMut(&str)) -> Result<Outcome, RunError>
         }
         last = (now, done);
         tick += 1;
+        if all_done {
+            // The last (possibly short) second has been reported.
+            break;
+        }
         for (c, _, _) in ctrlrs.iter_mut() {
             if let Err(e) = c.poll_admin() {
                 log(&format!("{}: admin poll: {e}", c.name()));
