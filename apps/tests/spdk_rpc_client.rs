@@ -1,9 +1,10 @@
 //! The appliance driven by SPDK's own client, `spdk-rpc` (PyPI `spdk`):
-//! create malloc, null, delay, error and passthrough bdevs, list them,
-//! resize a null bdev and see the vbdev above it follow, statistics and
+//! create malloc, null, delay, error, passthrough and crypto bdevs (and a
+//! crypto key), list them, resize null bdevs and see the passthrough and
+//! crypto bdevs above them follow, statistics and
 //! reactors, SPDK's error codes and texts, delete everything;
 //! `save_config` → restart with `--json` → the same bdevs (names, sizes,
-//! UUIDs), and `load_config` into a fresh instance; orderly shutdown on
+//! UUIDs), keys and exports, and `load_config` into a fresh instance; orderly shutdown on
 //! SIGTERM and on `spdk_kill_instance`.
 
 mod common;
@@ -22,8 +23,8 @@ fn by_name(list: &Value) -> BTreeMap<String, Value> {
         .collect()
 }
 
-/// (name, num_blocks, block_size, uuid) of every bdev (error bdevs take no
-/// UUID from their creating call: theirs is left out).
+/// (name, num_blocks, block_size, uuid) of every bdev (error and crypto
+/// bdevs take no UUID from their creating call: theirs is left out).
 fn summary(a: &Appliance) -> Vec<(String, u64, u64, String)> {
     by_name(&a.json(&["bdev_get_bdevs"]))
         .into_values()
@@ -32,7 +33,9 @@ fn summary(a: &Appliance) -> Vec<(String, u64, u64, String)> {
                 b["name"].as_str().unwrap().to_owned(),
                 b["num_blocks"].as_u64().unwrap(),
                 b["block_size"].as_u64().unwrap(),
-                if b["product_name"] == "Error Injection Disk" {
+                if b["product_name"] == "Error Injection Disk"
+                    || b["driver_specific"].get("crypto").is_some()
+                {
                     String::new()
                 } else {
                     b["uuid"].as_str().unwrap().to_owned()
@@ -40,6 +43,18 @@ fn summary(a: &Appliance) -> Vec<(String, u64, u64, String)> {
             )
         })
         .collect()
+}
+
+/// A saved config without what a reload does not keep (crypto bdevs' UUIDs).
+fn normalized(mut cfg: Value) -> Value {
+    for s in cfg["subsystems"].as_array_mut().unwrap() {
+        for c in s["config"].as_array_mut().unwrap() {
+            if c["method"] == "bdev_crypto_create" {
+                c["params"].as_object_mut().unwrap().remove("uuid");
+            }
+        }
+    }
+    cfg
 }
 
 fn expect_error(a: &Appliance, args: &[&str], code: i64, message: &str) {
@@ -118,13 +133,37 @@ fn spdk_rpc_drives_the_appliance() {
             .trim(),
         "P0"
     );
+    // Crypto: a key, then a crypto bdev over its own null bdev.
+    assert_eq!(
+        a.ok(&[
+            "accel_crypto_key_create",
+            "-c",
+            "AES_XTS",
+            "-k",
+            "00112233445566778899aabbccddeeff",
+            "-e",
+            "ffeeddccbbaa99887766554433221100",
+            "-n",
+            "k0",
+        ])
+        .trim(),
+        "true"
+    );
+    assert_eq!(a.ok(&["bdev_null_create", "N1", "8", "512"]).trim(), "N1");
+    assert_eq!(
+        a.ok(&["bdev_crypto_create", "N1", "C0", "-n", "k0"]).trim(),
+        "C0"
+    );
+    let keys = a.json(&["accel_crypto_keys_get"]);
+    assert_eq!(keys[0]["name"], "k0", "{keys}");
+    assert_eq!(keys[0]["cipher"], "AES_XTS");
     a.ok(&["bdev_wait_for_examine"]);
 
     // List.
     let all = by_name(&a.json(&["bdev_get_bdevs"]));
     assert_eq!(
         all.keys().cloned().collect::<Vec<_>>(),
-        ["D0", "EE_Malloc0", "M0", "Malloc0", "N0", "P0"]
+        ["C0", "D0", "EE_Malloc0", "M0", "Malloc0", "N0", "N1", "P0"]
     );
     let m0 = &all["M0"];
     assert_eq!(m0["num_blocks"], 16384);
@@ -179,7 +218,7 @@ fn spdk_rpc_drives_the_appliance() {
         .iter()
         .map(|b| b["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names.len(), 6, "{st}");
+    assert_eq!(names.len(), 8, "{st}");
     for k in [
         "bytes_read",
         "num_read_ops",
@@ -253,7 +292,11 @@ fn spdk_rpc_drives_the_appliance() {
     later.join().unwrap();
     a.ok(&["bdev_null_delete", "Late"]);
 
-    // save_config, then restart with --json: the same bdevs.
+    // save_config, then restart with --json: the same bdevs, keys and
+    // exports.
+    let export = dir.join("p0.nbd");
+    let export = export.to_str().unwrap();
+    assert_eq!(a.ok(&["nbd_start_disk", "P0", export]).trim(), export);
     let before = summary(&a);
     let cfg = dir.join("config.json");
     let saved = a.ok(&["save_config"]);
@@ -268,9 +311,19 @@ fn spdk_rpc_drives_the_appliance() {
 
     let b = Appliance::start(&dir, "b", &["--json", cfg.to_str().unwrap()]);
     assert_eq!(summary(&b), before, "--json reloads the saved bdevs");
+    assert_eq!(b.json(&["accel_crypto_keys_get"])[0]["name"], "k0");
+    assert_eq!(
+        b.json(&["nbd_get_disks"]),
+        json!([{"nbd_device": export, "bdev_name": "P0"}])
+    );
     let resaved: Value = serde_json::from_str(&b.ok(&["save_config"])).unwrap();
     let saved: Value = serde_json::from_str(&saved).unwrap();
-    assert_eq!(resaved, saved, "save_config after reload is the same");
+    assert_eq!(
+        normalized(resaved),
+        normalized(saved.clone()),
+        "save_config after reload is the same"
+    );
+    b.ok(&["nbd_stop_disk", export]);
 
     // load_config into a fresh instance: the same bdevs again.
     let c = Appliance::start(&dir, "c", &[]);
@@ -285,10 +338,13 @@ fn spdk_rpc_drives_the_appliance() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert_eq!(summary(&c), before, "load_config reloads the saved bdevs");
+    assert_eq!(c.json(&["nbd_get_disks"])[0]["bdev_name"], "P0");
     drop(c);
 
     // Delete everything, top down.
     for (m, n) in [
+        ("bdev_crypto_delete", "C0"),
+        ("bdev_null_delete", "N1"),
         ("bdev_passthru_delete", "P0"),
         ("bdev_delay_delete", "D0"),
         ("bdev_error_delete", "EE_Malloc0"),
@@ -299,6 +355,8 @@ fn spdk_rpc_drives_the_appliance() {
         b.ok(&[m, n]);
     }
     assert_eq!(b.json(&["bdev_get_bdevs"]), json!([]));
+    b.ok(&["accel_crypto_key_destroy", "-n", "k0"]);
+    assert_eq!(b.json(&["accel_crypto_keys_get"]), json!([]));
 
     // spdk_kill_instance: an orderly exit.
     let mut b = b;
