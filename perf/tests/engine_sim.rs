@@ -375,3 +375,38 @@ fn bad_parameters_are_refused() {
     .unwrap_err();
     assert!(e.to_string().contains("verify needs more units"), "{e}");
 }
+
+/// An early stop (SIGINT) ends the window there: I/Os completing while the
+/// worker drains are not counted, and the reported time is the time run.
+#[test]
+fn an_early_stop_ends_the_window() {
+    let r = rig();
+    let clock = Clock::os();
+    let qp = r.ctrlr.create_io_qpair::<u32>(8).unwrap();
+    let p = WorkerParams {
+        io_limit: None,
+        ..params(1, 512)
+    };
+    let mut w = Worker::new(qp, &r.mem, "sim0".into(), 0, p, clock, 1).unwrap();
+    let now = clock.now();
+    w.start(Window {
+        start: now,
+        end: now + clock.ns_to_ticks(60_000_000_000),
+    });
+    let stop = AtomicBool::new(false);
+    while w.counts()[0] < 1000 {
+        assert!(w.poll(&stop));
+    }
+    let counted = w.counts()[0];
+    assert!(w.outstanding() > 0);
+    w.stop();
+    run_to_end(&mut w);
+    assert_eq!(w.counts()[0], counted, "drained I/Os are not counted");
+    let (res, _) = w.into_result();
+    assert!(
+        res.elapsed_ns > 0 && res.elapsed_ns < 10_000_000_000,
+        "{}",
+        res.elapsed_ns
+    );
+    assert_eq!(res.latency.count(), counted);
+}

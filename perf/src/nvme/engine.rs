@@ -137,6 +137,8 @@ struct State {
     tag_base: u64,
     submitted: u64,
     window: Window,
+    /// Whether the window is a real one (not [`Window::ALL`]).
+    timed: bool,
     /// Set when submitting stopped: the end of the window, the time the
     /// worker gives up waiting for outstanding I/Os.
     draining: Option<u64>,
@@ -272,6 +274,7 @@ impl Worker {
                 tag_base,
                 submitted: 0,
                 window: Window::ALL,
+                timed: false,
                 draining: None,
                 drain_deadline: 0,
                 fatal: None,
@@ -301,6 +304,7 @@ impl Worker {
     /// Submits the first I/Os; completions inside `window` will count.
     pub fn start(&mut self, window: Window) {
         self.st.window = window;
+        self.st.timed = window != Window::ALL;
         let now = self.st.clock.now();
         self.st.submit(&mut self.qp, now);
         self.qp.ring_doorbell();
@@ -310,7 +314,7 @@ impl Worker {
     /// later); outstanding I/Os still complete.
     pub fn stop(&mut self) {
         let now = self.st.clock.now();
-        self.st.begin_drain(now);
+        self.st.begin_drain(now, true);
     }
 
     /// One poll: reaps completions, submits new I/Os in their place and
@@ -417,10 +421,10 @@ impl Worker {
             errors: st.errors,
             verified: st.verified,
             mismatches: st.mismatches,
-            elapsed_ns: if st.window == Window::ALL {
-                0
-            } else {
+            elapsed_ns: if st.timed {
                 st.clock.ticks_to_ns(elapsed_ticks)
+            } else {
+                0
             },
             busy_ns: st.clock.ticks_to_ns(st.busy_ticks),
             batches: st.batches,
@@ -445,8 +449,14 @@ impl State {
         self.fatal.is_some() && self.draining.is_some() && self.drain_deadline == 0
     }
 
-    fn begin_drain(&mut self, now: u64) {
+    /// Stops submitting. With `cut`, the measured window ends now too (an
+    /// early stop: I/Os completing while draining are not counted); without
+    /// (the I/O limit of tests), the outstanding I/Os still count.
+    fn begin_drain(&mut self, now: u64, cut: bool) {
         if self.draining.is_none() {
+            if cut {
+                self.window.end = self.window.end.min(now);
+            }
             self.draining = Some(now.min(self.window.end));
             self.drain_deadline = now.saturating_add(self.clock.ns_to_ticks(DRAIN_LIMIT_NS));
         }
@@ -457,7 +467,7 @@ impl State {
         match self.draining {
             None => {
                 if now >= self.window.end || stop.load(Ordering::Relaxed) {
-                    self.begin_drain(now);
+                    self.begin_drain(now, true);
                 }
             }
             Some(_) => {
@@ -621,7 +631,7 @@ impl State {
         while let Some(i) = self.free.pop() {
             if self.p.io_limit.is_some_and(|l| self.submitted >= l) {
                 self.free.push(i);
-                self.begin_drain(now);
+                self.begin_drain(now, false);
                 return;
             }
             let Some((unit, write)) = self.choose() else {
@@ -675,7 +685,7 @@ impl State {
                             "{} ns {} core {}: submission refused: {}",
                             self.device, self.p.nsid, self.core, e.kind
                         ));
-                        self.begin_drain(now);
+                        self.begin_drain(now, true);
                     }
                     return;
                 }
