@@ -16,6 +16,7 @@
 //!  rng, json  xorshift offsets; a small JSON writer/reader
 //! ```
 
+pub mod bdevperf;
 pub mod clock;
 pub mod json;
 pub mod latency;

@@ -1,0 +1,318 @@
+//! `bdevperf` command-line arguments (SPDK's bdevperf options).
+
+use std::path::PathBuf;
+
+/// The usage text.
+pub const USAGE: &str = "\
+bdevperf: I/O benchmark on the bdev layer (SPDK's bdevperf)
+
+usage: bdevperf (--json FILE | --malloc MIB | --null MIB) -q DEPTH -o SIZE -w WORKLOAD -t SECONDS [options]
+
+  --json FILE        SPDK-format config ({\"subsystems\": [...]}) that builds the bdevs
+  --malloc MIB       shortcut: a malloc bdev Malloc0 of MIB MiB (512 B blocks)
+  --null MIB         shortcut: a null bdev Null0 of MIB MiB (512 B blocks)
+  -q DEPTH           I/Os in flight per job
+  -o SIZE            bytes per I/O (a multiple of the block size; k/K, m/M suffixes)
+  -w WORKLOAD        read, write, randread, randwrite, rw, randrw, verify, reset, flush
+  -M PERCENT         reads in rw/randrw (default 50)
+  -t SECONDS         run time
+  -m, -c MASK        core mask (default 0x1): one job per core per bdev
+  -T BDEV            run on this bdev only (default: every bdev not claimed)
+  --seed N           random seed (default 1)
+  --json-report      print the report as JSON on stdout
+  --no-huge          anonymous memory instead of hugepages (the only backing for now)
+  -h, --help         this text
+
+Exit status: 0 on success, 1 on I/O errors, verify mismatches or setup failures,
+2 on usage errors.
+";
+
+/// The workload of a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Sequential reads.
+    Read,
+    /// Sequential writes.
+    Write,
+    /// Random reads.
+    RandRead,
+    /// Random writes.
+    RandWrite,
+    /// Sequential mixed reads and writes (`-M`).
+    Rw,
+    /// Random mixed reads and writes (`-M`).
+    RandRw,
+    /// Write a pattern to each I/O unit, read it back and compare.
+    Verify,
+    /// Random reads with a reset every second.
+    Reset,
+    /// Flushes.
+    Flush,
+}
+
+impl Workload {
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Read => "read",
+            Workload::Write => "write",
+            Workload::RandRead => "randread",
+            Workload::RandWrite => "randwrite",
+            Workload::Rw => "rw",
+            Workload::RandRw => "randrw",
+            Workload::Verify => "verify",
+            Workload::Reset => "reset",
+            Workload::Flush => "flush",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Workload> {
+        Some(match s {
+            "read" => Workload::Read,
+            "write" => Workload::Write,
+            "randread" => Workload::RandRead,
+            "randwrite" => Workload::RandWrite,
+            "rw" => Workload::Rw,
+            "randrw" => Workload::RandRw,
+            "verify" => Workload::Verify,
+            "reset" => Workload::Reset,
+            "flush" => Workload::Flush,
+            _ => return None,
+        })
+    }
+
+    /// Whether offsets are random.
+    pub fn is_random(self) -> bool {
+        matches!(
+            self,
+            Workload::RandRead | Workload::RandWrite | Workload::RandRw | Workload::Reset
+        )
+    }
+
+    /// Whether the job writes (and so opens its bdevs for writing).
+    pub fn writes(self) -> bool {
+        matches!(
+            self,
+            Workload::Write
+                | Workload::RandWrite
+                | Workload::Rw
+                | Workload::RandRw
+                | Workload::Verify
+                | Workload::Flush
+        )
+    }
+
+    /// Whether `-M` applies.
+    pub fn is_mixed(self) -> bool {
+        matches!(self, Workload::Rw | Workload::RandRw)
+    }
+}
+
+/// Where the bdevs come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// An SPDK-format JSON config.
+    Json(PathBuf),
+    /// A malloc bdev `Malloc0` of this many MiB.
+    Malloc(u64),
+    /// A null bdev `Null0` of this many MiB.
+    Null(u64),
+}
+
+/// A run's configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Where the bdevs come from.
+    pub source: Source,
+    /// I/Os in flight per job.
+    pub depth: usize,
+    /// Bytes per I/O.
+    pub io_size: usize,
+    /// The workload.
+    pub workload: Workload,
+    /// Reads in percent (mixed workloads).
+    pub read_percent: u32,
+    /// Run time in seconds.
+    pub time_s: f64,
+    /// The core mask as given.
+    pub cpumask: String,
+    /// The one bdev to run on.
+    pub target: Option<String>,
+    /// Random seed.
+    pub seed: u64,
+    /// JSON report.
+    pub json_report: bool,
+    /// Print a progress line each second.
+    pub progress: bool,
+}
+
+/// What the command line asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Parsed {
+    /// A run.
+    Run(Config),
+    /// `-h`.
+    Help,
+}
+
+fn parse_size(opt: &str, v: &str) -> Result<usize, String> {
+    let (num, mul) = match v.as_bytes().last() {
+        Some(b'k' | b'K') => (&v[..v.len() - 1], 1024),
+        Some(b'm' | b'M') => (&v[..v.len() - 1], 1024 * 1024),
+        _ => (v, 1),
+    };
+    num.parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(mul))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{opt} {v:?}: not a positive size"))
+}
+
+fn parse_num<T: std::str::FromStr>(opt: &str, v: &str, what: &str) -> Result<T, String> {
+    v.parse().map_err(|_| format!("{opt} {v:?}: not {what}"))
+}
+
+/// Parses the arguments (without the program name).
+///
+/// # Errors
+/// A message naming the option and the value at fault.
+pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
+    let mut it = args.into_iter();
+    let mut source = None;
+    let (mut depth, mut io_size, mut workload, mut time_s) = (None, None, None, None);
+    let mut read_percent = None;
+    let mut cpumask = "0x1".to_owned();
+    let mut target = None;
+    let mut seed = 1u64;
+    let mut json_report = false;
+    while let Some(a) = it.next() {
+        let mut val = |opt: &str| it.next().ok_or_else(|| format!("{opt}: missing value"));
+        match a.as_str() {
+            "-h" | "--help" => return Ok(Parsed::Help),
+            "--json" => source = Some(Source::Json(PathBuf::from(val("--json")?))),
+            "--malloc" => {
+                let v = val("--malloc")?;
+                let n: u64 = parse_num("--malloc", &v, "a size in MiB")?;
+                if n == 0 {
+                    return Err(format!("--malloc {v:?}: must be at least 1 MiB"));
+                }
+                source = Some(Source::Malloc(n));
+            }
+            "--null" => {
+                let v = val("--null")?;
+                let n: u64 = parse_num("--null", &v, "a size in MiB")?;
+                if n == 0 {
+                    return Err(format!("--null {v:?}: must be at least 1 MiB"));
+                }
+                source = Some(Source::Null(n));
+            }
+            "-q" => {
+                let v = val("-q")?;
+                let n: usize = parse_num("-q", &v, "a queue depth")?;
+                if n == 0 || n > 65536 {
+                    return Err(format!("-q {v:?}: depth must be 1..=65536"));
+                }
+                depth = Some(n);
+            }
+            "-o" => io_size = Some(parse_size("-o", &val("-o")?)?),
+            "-w" => {
+                let v = val("-w")?;
+                workload = Some(Workload::parse(&v).ok_or_else(|| {
+                    format!(
+                        "-w {v:?}: unknown workload (read, write, randread, randwrite, rw, randrw, verify, reset, flush)"
+                    )
+                })?);
+            }
+            "-M" => {
+                let v = val("-M")?;
+                let n: u32 = parse_num("-M", &v, "a percentage")?;
+                if n > 100 {
+                    return Err(format!("-M {v:?}: a percentage is 0..=100"));
+                }
+                read_percent = Some(n);
+            }
+            "-t" => {
+                let v = val("-t")?;
+                let t: f64 = parse_num("-t", &v, "a number of seconds")?;
+                if !(t > 0.0 && t.is_finite()) {
+                    return Err(format!("-t {v:?}: must be positive"));
+                }
+                time_s = Some(t);
+            }
+            "-m" | "-c" => {
+                let v = val(&a)?;
+                v.parse::<reactor::CpuSet>()
+                    .map_err(|e| format!("{a} {v:?}: {e}"))?;
+                cpumask = v;
+            }
+            "-T" => target = Some(val("-T")?),
+            "--seed" => seed = parse_num("--seed", &val("--seed")?, "an integer")?,
+            "--json-report" => json_report = true,
+            "--no-huge" => {}
+            other => return Err(format!("{other:?}: unknown option")),
+        }
+    }
+    let source = source.ok_or("--json FILE (or --malloc/--null MIB) is required")?;
+    let depth = depth.ok_or("-q DEPTH is required")?;
+    let io_size = io_size.ok_or("-o SIZE is required")?;
+    let workload = workload.ok_or("-w WORKLOAD is required")?;
+    let time_s = time_s.ok_or("-t SECONDS is required")?;
+    if read_percent.is_some() && !workload.is_mixed() {
+        return Err(format!(
+            "-M: only for rw and randrw, not -w {}",
+            workload.name()
+        ));
+    }
+    Ok(Parsed::Run(Config {
+        source,
+        depth,
+        io_size,
+        workload,
+        read_percent: read_percent.unwrap_or(50),
+        time_s,
+        cpumask,
+        target,
+        seed,
+        json_report,
+        progress: true,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<Parsed, String> {
+        parse(s.split_whitespace().map(str::to_owned))
+    }
+
+    #[test]
+    fn good_and_bad() {
+        let Ok(Parsed::Run(c)) = p("--null 64 -q 8 -o 4k -w randrw -M 70 -t 1 -m 0x3") else {
+            panic!()
+        };
+        assert_eq!((c.depth, c.io_size, c.read_percent), (8, 4096, 70));
+        assert_eq!(c.workload, Workload::RandRw);
+        assert!(
+            p("--null 64 -q 0 -o 4k -w read -t 1")
+                .unwrap_err()
+                .contains("-q \"0\"")
+        );
+        assert!(
+            p("--null 64 -q 1 -o 4k -w foo -t 1")
+                .unwrap_err()
+                .contains("-w \"foo\"")
+        );
+        assert!(
+            p("--null 64 -q 1 -o x -w read -t 1")
+                .unwrap_err()
+                .contains("-o \"x\"")
+        );
+        assert!(p("-q 1 -o 4k -w read -t 1").unwrap_err().contains("--json"));
+        assert!(
+            p("--null 64 -q 1 -o 4k -w read -t 1 -M 5")
+                .unwrap_err()
+                .contains("-M")
+        );
+    }
+}

@@ -1,0 +1,632 @@
+//! The bdevperf run: bdevs from a config, one job per core per bdev, each
+//! keeping `-q` I/Os in flight on its own channel over its share of the LBA
+//! space; progress each second; the report at the end.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bdev::{BdevChannel, BdevEvent, BdevIo, IoStatus, IoType};
+use dma::DmaBuf;
+
+use super::args::{Config, Source, Workload};
+use crate::clock::{Clock, ClockChoice};
+use crate::json::{Json, obj};
+use crate::latency::{LatencyStats, PERCENTILES};
+use crate::pattern;
+use crate::report::{Report, Row, WorkerResult};
+use crate::rng::{XorShift64, splitmix64};
+
+/// Set (from a signal handler) to end the run early.
+pub static STOP: AtomicBool = AtomicBool::new(false);
+
+/// What a run measured.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Rows (bdev, core) and the total. In the rows, `device` is the bdev
+    /// and `nsid` is 0.
+    pub report: Report,
+    /// Notes (unsupported resets or flushes, first mismatches).
+    pub notes: Vec<String>,
+    /// Why the run failed (I/O errors, mismatches), if it did.
+    pub failure: Option<String>,
+}
+
+/// Why a run could not be made.
+#[derive(Debug)]
+pub enum RunError {
+    /// A bad combination of options (exit 2).
+    Usage(String),
+    /// Setup failed (exit 1).
+    Setup(String),
+}
+
+struct Slot {
+    job: *mut Job,
+    start: u64,
+    lba: u64,
+}
+
+struct Job {
+    ch: *const BdevChannel,
+    workload: Workload,
+    read_percent: u64,
+    blocks_per_io: u64,
+    block_size: usize,
+    first_unit: u64,
+    units: u64,
+    next_unit: u64,
+    rng: XorShift64,
+    clock: Clock,
+    tag: u64,
+    stop: bool,
+    counting: bool,
+    ios: u64,
+    reads: u64,
+    writes: u64,
+    errors: u64,
+    aborted: u64,
+    verified: u64,
+    mismatches: u64,
+    first_mismatch: Option<String>,
+    resets: u64,
+    resets_unsupported: u64,
+    latency: LatencyStats,
+    progress: Arc<AtomicU64>,
+}
+
+impl Job {
+    fn next_lba(&mut self) -> u64 {
+        let u = if self.workload.is_random() {
+            self.rng.below(self.units)
+        } else {
+            let u = self.next_unit;
+            self.next_unit = (u + 1) % self.units;
+            u
+        };
+        (self.first_unit + u) * self.blocks_per_io
+    }
+}
+
+/// Submits the next I/O of `slot`. Returns false if it could not.
+fn submit(slot: &mut Slot, job: &mut Job, buf: Option<DmaBuf>) -> bool {
+    // SAFETY: the channel outlives every I/O of the job (the task waits for
+    // them before dropping it).
+    let ch = unsafe { &*job.ch };
+    let lba = job.next_lba();
+    slot.lba = lba;
+    slot.start = job.clock.now();
+    let ctx = slot as *mut Slot as usize;
+    let n = job.blocks_per_io;
+    let r = match job.workload {
+        Workload::Flush => ch
+            .submit_nodata(IoType::Flush, lba, n, done, ctx)
+            .map_err(|e| e.to_string()),
+        w => {
+            let mut buf = buf.expect("data workloads carry a buffer");
+            let write = match w {
+                Workload::Write | Workload::RandWrite | Workload::Verify => true,
+                Workload::Rw | Workload::RandRw => job.rng.below(100) >= job.read_percent,
+                _ => false,
+            };
+            if write {
+                if w == Workload::Verify {
+                    // SAFETY: no I/O is in flight on this buffer.
+                    let b = unsafe { buf.as_mut_slice() };
+                    pattern::fill(b, job.block_size, lba, job.tag);
+                }
+                ch.write(buf, lba, n, false, done, ctx)
+            } else {
+                ch.read(buf, lba, n, done, ctx)
+            }
+            .map_err(|(e, _)| e.to_string())
+        }
+    };
+    match r {
+        Ok(()) => true,
+        Err(_) => {
+            job.errors += 1;
+            false
+        }
+    }
+}
+
+fn done(io: &mut BdevIo, st: IoStatus) {
+    // SAFETY: ctx is a slot of a live job (the job waits for its I/Os);
+    // callbacks run one at a time on the job's core, and the job's task
+    // holds no reference across the yields during which they run.
+    let slot = unsafe { &mut *(io.ctx() as *mut Slot) };
+    // SAFETY: as above.
+    let job = unsafe { &mut *slot.job };
+    let now = job.clock.now();
+    let ty = io.io_type();
+    let mut buf = io.take_buf();
+    if st.is_success() {
+        if job.counting {
+            job.latency
+                .record(job.clock.ticks_to_ns(now.saturating_sub(slot.start)));
+            job.ios += 1;
+            job.progress.fetch_add(1, Ordering::Relaxed);
+            match ty {
+                IoType::Read => job.reads += 1,
+                IoType::Write => job.writes += 1,
+                _ => {}
+            }
+        }
+        if job.workload == Workload::Verify {
+            let b = buf.as_mut().expect("verify I/Os carry a buffer");
+            if ty == IoType::Write {
+                // Read back what was just written, into a scrubbed buffer.
+                b.fill(0);
+                let b = buf.take().expect("buffer");
+                slot.start = job.clock.now();
+                // SAFETY: see above.
+                let ch = unsafe { &*job.ch };
+                let ctx = slot as *mut Slot as usize;
+                if ch.read(b, slot.lba, job.blocks_per_io, done, ctx).is_err() {
+                    job.errors += 1;
+                }
+                return;
+            }
+            // SAFETY: the read is complete; nothing else touches the buffer.
+            let data = unsafe { b.as_slice() };
+            job.verified += 1;
+            let len = job.blocks_per_io as usize * job.block_size;
+            if let Err(m) = pattern::check(&data[..len], job.block_size, slot.lba, job.tag) {
+                job.mismatches += 1;
+                job.first_mismatch.get_or_insert_with(|| m.to_string());
+            }
+        }
+    } else if st == IoStatus::Aborted && job.workload == Workload::Reset {
+        job.aborted += 1;
+    } else {
+        job.errors += 1;
+    }
+    if job.stop || STOP.load(Ordering::Relaxed) {
+        return;
+    }
+    submit(slot, job, buf);
+}
+
+fn reset_done(_io: &mut BdevIo, st: IoStatus) {
+    // SAFETY: ctx is the live job (see `done`).
+    let job = unsafe { &mut *(_io.ctx() as *mut Job) };
+    match st {
+        IoStatus::Success => job.resets += 1,
+        IoStatus::NotSupported => job.resets_unsupported += 1,
+        _ => job.errors += 1,
+    }
+}
+
+struct JobOut {
+    result: WorkerResult,
+    notes: Vec<String>,
+}
+
+async fn job(
+    name: String,
+    core: usize,
+    index: u64,
+    cores: u64,
+    cfg: Config,
+    progress: Arc<AtomicU64>,
+) -> Result<JobOut, String> {
+    let w = cfg.workload;
+    let desc = bdev::open(&name, w.writes(), |_: &str, _: BdevEvent| {})
+        .map_err(|e| format!("{name}: open: {e}"))?;
+    let ch = desc
+        .get_io_channel()
+        .map_err(|e| format!("{name}: channel: {e}"))?;
+    let bd = desc.bdev().clone();
+    let bs = bd.block_size() as usize;
+    let mut notes = Vec::new();
+    if cfg.io_size % bs != 0 {
+        return Err(format!(
+            "{name}: -o {} is not a multiple of the block size {bs}",
+            cfg.io_size
+        ));
+    }
+    let per_io = (cfg.io_size / bs) as u64;
+    let total_units = bd.num_blocks() / per_io;
+    let share = total_units / cores;
+    if share == 0 {
+        return Err(format!(
+            "{name}: too small for -o {} on {cores} cores",
+            cfg.io_size
+        ));
+    }
+    let clock = Clock::choose(ClockChoice::Auto).unwrap_or_else(|_| Clock::os());
+    let mut skip = false;
+    if w == Workload::Flush && !bd.io_type_supported(IoType::Flush) {
+        notes.push(format!(
+            "{name} core {core}: flush NOT SUPPORTED: job skipped"
+        ));
+        skip = true;
+    }
+    if w == Workload::Reset && !bd.io_type_supported(IoType::Reset) {
+        notes.push(format!(
+            "{name} core {core}: reset NOT SUPPORTED: reads only"
+        ));
+    }
+    let job = Box::into_raw(Box::new(Job {
+        ch: &ch as *const BdevChannel,
+        workload: w,
+        read_percent: cfg.read_percent as u64,
+        blocks_per_io: per_io,
+        block_size: bs,
+        first_unit: index * share,
+        units: share,
+        next_unit: 0,
+        rng: XorShift64::new(cfg.seed ^ splitmix64(index + 1) ^ (core as u64).rotate_left(17)),
+        clock,
+        tag: splitmix64(cfg.seed) ^ index,
+        stop: false,
+        counting: true,
+        ios: 0,
+        reads: 0,
+        writes: 0,
+        errors: 0,
+        aborted: 0,
+        verified: 0,
+        mismatches: 0,
+        first_mismatch: None,
+        resets: 0,
+        resets_unsupported: 0,
+        latency: LatencyStats::new(),
+        progress,
+    }));
+    let mut slots: Vec<Box<Slot>> = (0..cfg.depth)
+        .map(|_| {
+            Box::new(Slot {
+                job,
+                start: 0,
+                lba: 0,
+            })
+        })
+        .collect();
+    let mem = bdev::memory();
+    let t0 = clock.now();
+    let dur = clock.ns_to_ticks((cfg.time_s * 1e9) as u64);
+    let sec = clock.ns_to_ticks(1_000_000_000);
+    let mut next_reset = t0 + sec;
+    if !skip {
+        for s in slots.iter_mut() {
+            let buf = if w == Workload::Flush {
+                None
+            } else {
+                Some(
+                    mem.alloc(cfg.io_size, 4096)
+                        .map_err(|e| format!("{name}: buffer: {e}"))?,
+                )
+            };
+            // SAFETY: the job is live; no callback runs during this loop
+            // (completions inside a submission are deferred).
+            let j = unsafe { &mut *job };
+            submit(s, j, buf);
+        }
+    }
+    let end = loop {
+        reactor::yield_now().await;
+        let now = clock.now();
+        if now.saturating_sub(t0) >= dur || STOP.load(Ordering::Relaxed) {
+            break now;
+        }
+        if w == Workload::Reset && now >= next_reset {
+            next_reset += sec;
+            if bd.io_type_supported(IoType::Reset)
+                && ch
+                    .submit_nodata(IoType::Reset, 0, 0, reset_done, job as usize)
+                    .is_err()
+            {
+                // SAFETY: as above.
+                unsafe { (*job).errors += 1 };
+            }
+        }
+    };
+    {
+        // SAFETY: as above.
+        let j = unsafe { &mut *job };
+        j.stop = true;
+        j.counting = false;
+    }
+    while ch.outstanding() > 0 {
+        reactor::yield_now().await;
+    }
+    // SAFETY: no I/O is left, so no callback can reach the job or its slots.
+    let j = unsafe { Box::from_raw(job) };
+    drop(slots);
+    drop(ch);
+    drop(desc);
+    if let Some(m) = &j.first_mismatch {
+        notes.push(format!("{name} core {core}: first mismatch: {m}"));
+    }
+    if w == Workload::Reset {
+        notes.push(format!(
+            "{name} core {core}: {} resets done, {} NOT SUPPORTED, {} I/Os aborted by them",
+            j.resets, j.resets_unsupported, j.aborted
+        ));
+    }
+    Ok(JobOut {
+        result: WorkerResult {
+            device: name,
+            nsid: 0,
+            core,
+            io_size: cfg.io_size,
+            ios: j.ios,
+            reads: j.reads,
+            writes: j.writes,
+            errors: j.errors,
+            verified: j.verified,
+            mismatches: j.mismatches,
+            elapsed_ns: clock.ticks_to_ns(end.saturating_sub(t0)),
+            busy_ns: 0,
+            batches: 0,
+            latency: j.latency.clone(),
+        },
+        notes,
+    })
+}
+
+/// The bdevs a run uses: `-T`, or every bdev nobody claimed.
+pub fn targets(cfg: &Config) -> Result<Vec<String>, String> {
+    match &cfg.target {
+        Some(t) => match bdev::get(t) {
+            Some(b) => Ok(vec![b.name().to_owned()]),
+            None => Err(format!("-T {t:?}: no such bdev")),
+        },
+        None => {
+            let v: Vec<String> = bdev::list()
+                .iter()
+                .filter(|b| b.claimed_by().is_none())
+                .map(|b| b.name().to_owned())
+                .collect();
+            if v.is_empty() {
+                Err("no bdev to run on".into())
+            } else {
+                Ok(v)
+            }
+        }
+    }
+}
+
+/// Builds the bdevs of `cfg.source` (the runtime must be set up).
+///
+/// # Errors
+/// A description of what failed.
+pub fn build_bdevs(cfg: &Config, rt: &reactor::Runtime) -> Result<(), String> {
+    match &cfg.source {
+        Source::Json(path) => {
+            let (tx, _rx) = std::sync::mpsc::channel();
+            let ctx = apps::methods::Ctx::new(rt.handle(), tx, true);
+            apps::config::load(&ctx, path, false).map_err(|e| format!("--json: {e}"))?;
+            let core = rt.cores()[0];
+            rt.block_on(core, || async { bdev::wait_for_examine().await })
+                .map_err(|e| format!("examine: {e}"))
+        }
+        Source::Malloc(mib) => {
+            let core = rt.cores()[0];
+            let blocks = mib * (1 << 20) / 512;
+            rt.block_on(core, move || async move {
+                bdev::modules::malloc::create("Malloc0", blocks, 512, None).map(|_| ())
+            })
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("--malloc: {e}"))
+        }
+        Source::Null(mib) => {
+            let core = rt.cores()[0];
+            let blocks = mib * (1 << 20) / 512;
+            rt.block_on(core, move || async move {
+                bdev::modules::null::create(
+                    "Null0",
+                    blocks,
+                    512,
+                    None,
+                    bdev::modules::null::ReadFill::Untouched,
+                )
+                .map(|_| ())
+            })
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("--null: {e}"))
+        }
+    }
+}
+
+/// Runs `cfg` on the bdevs that exist (built with [`build_bdevs`]) on
+/// `rt`'s cores. `log` gets the progress lines.
+///
+/// # Errors
+/// [`RunError`].
+pub fn run_jobs(
+    cfg: &Config,
+    rt: &reactor::Runtime,
+    log: &mut dyn FnMut(&str),
+) -> Result<Outcome, RunError> {
+    let names = targets(cfg).map_err(RunError::Usage)?;
+    let cores: Vec<reactor::CoreId> = rt.cores().to_vec();
+    bdev::set_io_pool_size(cfg.depth * 2 + 16);
+    let mut handles = Vec::new();
+    let mut counters = Vec::new();
+    for name in &names {
+        for (i, &core) in cores.iter().enumerate() {
+            let progress = Arc::new(AtomicU64::new(0));
+            counters.push(progress.clone());
+            let (n, c) = (name.clone(), cfg.clone());
+            let ncores = cores.len() as u64;
+            handles.push(rt.handle().spawn_on(core, move || {
+                job(n, core as usize, i as u64, ncores, c, progress)
+            }));
+        }
+    }
+    let start = Instant::now();
+    let mut last = 0u64;
+    let mut tick = 1u64;
+    let secs = cfg.time_s;
+    while start.elapsed().as_secs_f64() < secs && !STOP.load(Ordering::Relaxed) {
+        let next = Duration::from_secs(tick);
+        let wait = next
+            .saturating_sub(start.elapsed())
+            .min(Duration::from_secs_f64(
+                (secs - start.elapsed().as_secs_f64()).max(0.0),
+            ));
+        std::thread::sleep(wait.min(Duration::from_millis(100)));
+        if start.elapsed() >= next && (tick as f64) <= secs {
+            let now: u64 = counters.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+            if cfg.progress {
+                let iops = (now - last) as f64;
+                log(&format!(
+                    "bdevperf: [{tick:>3} s] {iops:>12.2} IOPS {:>10.2} MiB/s",
+                    iops * cfg.io_size as f64 / (1 << 20) as f64
+                ));
+            }
+            last = now;
+            tick += 1;
+        }
+    }
+    let mut results = Vec::new();
+    let mut notes = Vec::new();
+    let mut failure = None;
+    for h in handles {
+        match apps::methods::block_on(h) {
+            Ok(Ok(o)) => {
+                results.push(o.result);
+                notes.extend(o.notes);
+            }
+            Ok(Err(e)) => {
+                failure.get_or_insert_with(|| e.clone());
+                notes.push(e);
+            }
+            Err(e) => {
+                let e = format!("job: {e}");
+                failure.get_or_insert_with(|| e.clone());
+                notes.push(e);
+            }
+        }
+    }
+    let report = Report::new(&results);
+    let t = &report.total;
+    if t.mismatches > 0 {
+        failure.get_or_insert_with(|| format!("verify: {} mismatches", t.mismatches));
+    }
+    if t.errors > 0 {
+        failure.get_or_insert_with(|| format!("{} I/O errors", t.errors));
+    }
+    Ok(Outcome {
+        report,
+        notes,
+        failure,
+    })
+}
+
+fn label(r: &Row) -> String {
+    match (&r.device, r.core) {
+        (Some(d), Some(c)) => format!("{d:<20} {c:>4}"),
+        _ => format!("{:<25}", "Total"),
+    }
+}
+
+impl Outcome {
+    /// The table for people.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let _ = write!(
+            s,
+            "{:<20} {:>4} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "Bdev", "core", "IOPS", "MiB/s", "avg(us)", "min(us)", "max(us)"
+        );
+        for p in PERCENTILES {
+            let _ = write!(s, " {:>10}", format!("p{p}"));
+        }
+        s.push('\n');
+        let line = |s: &mut String, r: &Row| {
+            let l = &r.latency;
+            let _ = write!(
+                s,
+                "{} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2}",
+                label(r),
+                r.iops,
+                r.mib_s,
+                l.avg_us,
+                l.min_us,
+                l.max_us
+            );
+            for v in l.percentiles_us {
+                let _ = write!(s, " {v:>10.2}");
+            }
+            s.push('\n');
+        };
+        for r in &self.report.rows {
+            line(&mut s, r);
+        }
+        let _ = writeln!(s, "{}", "=".repeat(25 + 10 * 11));
+        line(&mut s, &self.report.total);
+        let t = &self.report.total;
+        let _ = writeln!(
+            s,
+            "\nI/Os in {:.2} s: {} ({} reads, {} writes); errors: {}",
+            t.elapsed_s, t.ios, t.reads, t.writes, t.errors
+        );
+        if t.verified > 0 || t.mismatches > 0 {
+            let _ = writeln!(
+                s,
+                "verify: {} reads checked against what was written, {} mismatches",
+                t.verified, t.mismatches
+            );
+        }
+        for n in &self.notes {
+            let _ = writeln!(s, "{n}");
+        }
+        s
+    }
+
+    /// The report as JSON.
+    pub fn to_json(&self, cfg: &Config, command: &str) -> Json {
+        let (rows, total) = self.report.to_json();
+        obj([
+            ("tool", "bdevperf".into()),
+            ("command", command.into()),
+            ("workload", cfg.workload.name().into()),
+            ("io_size", cfg.io_size.into()),
+            ("queue_depth", cfg.depth.into()),
+            ("time_s", cfg.time_s.into()),
+            ("jobs", rows),
+            ("total", total),
+            (
+                "notes",
+                Json::Arr(self.notes.iter().map(|n| Json::from(n.as_str())).collect()),
+            ),
+            (
+                "failure",
+                self.failure
+                    .as_deref()
+                    .map(Json::from)
+                    .unwrap_or(Json::Null),
+            ),
+        ])
+    }
+}
+
+/// Starts the reactors of `cfg`, builds the bdevs, runs, tears down.
+///
+/// # Errors
+/// [`RunError`].
+pub fn run(cfg: &Config, log: &mut dyn FnMut(&str)) -> Result<Outcome, RunError> {
+    let cores: reactor::CpuSet = cfg
+        .cpumask
+        .parse()
+        .map_err(|e| RunError::Usage(format!("-m {:?}: {e}", cfg.cpumask)))?;
+    let rt = reactor::Runtime::builder(cores)
+        .idle(reactor::IdleStrategy::Spin)
+        .start()
+        .map_err(|e| RunError::Setup(format!("reactors: {e}")))?;
+    bdev::set_runtime(rt.handle());
+    let r = build_bdevs(cfg, &rt)
+        .map_err(RunError::Setup)
+        .and_then(|()| run_jobs(cfg, &rt, log));
+    let (tx, _rx) = std::sync::mpsc::channel();
+    let ctx = apps::methods::Ctx::new(rt.handle(), tx, true);
+    apps::teardown(&ctx);
+    drop(ctx);
+    let _ = rt.shutdown();
+    r
+}
