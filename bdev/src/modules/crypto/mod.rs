@@ -25,6 +25,8 @@
 //!   the base's removal unregisters it (the passthrough template's
 //!   [`Base`] and `follow_base`).
 
+#[cfg(target_arch = "x86_64")]
+mod aesni;
 mod keys;
 mod xts;
 

@@ -46,7 +46,7 @@ mod lane {
     };
 
     #[derive(Clone, Copy)]
-    pub struct Lane(__m128i);
+    pub struct Lane(pub __m128i);
 
     impl Default for Lane {
         #[inline(always)]
@@ -143,7 +143,7 @@ mod lane {
     }
 }
 
-use lane::Lane;
+pub(crate) use lane::Lane;
 
 /// A contiguous run of whole blocks of one data unit, and its running tweak.
 struct Run {
@@ -352,6 +352,16 @@ enum Ciphers {
 /// `Debug` shows the key size, never key material.
 pub struct XtsCipher {
     c: Ciphers,
+    /// The AES-NI kernel's keys, when the CPU has AES-NI.
+    #[cfg(target_arch = "x86_64")]
+    ni: Option<Ni>,
+}
+
+/// Round keys for the AES-NI kernel.
+#[cfg(target_arch = "x86_64")]
+enum Ni {
+    Aes128(Box<super::aesni::NiKeys<11>>),
+    Aes256(Box<super::aesni::NiKeys<15>>),
 }
 
 impl std::fmt::Debug for XtsCipher {
@@ -394,7 +404,50 @@ impl XtsCipher {
             },
             n => return Err(bad("key", n)),
         };
-        Ok(XtsCipher { c })
+        #[cfg(target_arch = "x86_64")]
+        let ni = if super::aesni::available() {
+            use super::aesni::NiKeys;
+            // SAFETY: AES-NI is present (checked just above).
+            unsafe {
+                Some(
+                    match (<&[u8; 16]>::try_from(key), <&[u8; 32]>::try_from(key)) {
+                        (Ok(k), _) => Ni::Aes128(Box::new(NiKeys::<11>::new(k))),
+                        (_, Ok(k)) => Ni::Aes256(Box::new(NiKeys::<15>::new(k))),
+                        _ => unreachable!("key length checked above"),
+                    },
+                )
+            }
+        } else {
+            None
+        };
+        Ok(XtsCipher {
+            c,
+            #[cfg(target_arch = "x86_64")]
+            ni,
+        })
+    }
+
+    /// The same cipher without the AES-NI kernel: XTS on the `aes` crate's
+    /// parallel blocks only (the path of CPUs without AES-NI; for tests).
+    #[doc(hidden)]
+    pub fn portable(mut self) -> XtsCipher {
+        #[cfg(target_arch = "x86_64")]
+        {
+            self.ni = None;
+        }
+        self
+    }
+
+    /// Whether the AES-NI kernel runs this cipher.
+    pub fn uses_aesni(&self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            self.ni.is_some()
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
     }
 
     /// 128 or 256.
@@ -558,6 +611,18 @@ impl XtsCipher {
         blocks: usize,
         t: &mut Lane,
     ) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(ni) = &self.ni {
+            // SAFETY: `ni` exists only when the CPU has AES-NI; the caller
+            // vouches for the blocks.
+            unsafe {
+                match ni {
+                    Ni::Aes128(k) => k.run(dir, src, dst, blocks, t),
+                    Ni::Aes256(k) => k.run(dir, src, dst, blocks, t),
+                }
+            }
+            return;
+        }
         let r = Run {
             src,
             dst,
@@ -674,6 +739,32 @@ mod tests {
                 })
             };
             assert_eq!(buf, data, "round {round}: decrypts back");
+        }
+    }
+
+    /// The AES-NI kernel and the `aes` crate path agree (on a CPU without
+    /// AES-NI both are the crate path).
+    #[test]
+    fn aesni_kernel_matches_the_aes_crate_path() {
+        let mut seed = 0x0ddb_a11c_afe5_eed5u64;
+        for round in 0..100 {
+            let klen = if round % 2 == 0 { 16 } else { 32 };
+            let key: Vec<u8> = (0..klen).map(|_| rng(&mut seed) as u8).collect();
+            let key2: Vec<u8> = (0..klen).map(|_| rng(&mut seed) as u8).collect();
+            let fast = XtsCipher::new(&key, &key2).unwrap();
+            let slow = XtsCipher::new(&key, &key2).unwrap().portable();
+            assert!(!slow.uses_aesni());
+            // Units of 1 to 40 blocks: whole groups of eight and tails.
+            let unit = 16 * (1 + (rng(&mut seed) % 40) as usize);
+            let units = 1 + (rng(&mut seed) % 6) as usize;
+            let first = rng(&mut seed) as u128;
+            let data: Vec<u8> = (0..unit * units).map(|_| rng(&mut seed) as u8).collect();
+            for dir in [Direction::Encrypt, Direction::Decrypt] {
+                let (mut a, mut b) = (vec![0; data.len()], vec![0; data.len()]);
+                fast.crypt_units_to(dir, &data, &mut a, unit, first);
+                slow.crypt_units_to(dir, &data, &mut b, unit, first);
+                assert_eq!(a, b, "round {round}: {dir:?}, {unit}-byte units");
+            }
         }
     }
 
