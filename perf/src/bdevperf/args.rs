@@ -18,6 +18,7 @@ usage: bdevperf (--json FILE | --malloc MIB | --null MIB) -q DEPTH -o SIZE -w WO
   -t SECONDS         run time
   -m, -c MASK        core mask (default 0x1): one job per core per bdev
   -T BDEV            run on this bdev only (default: every bdev not claimed)
+  -s MIB             DMA memory (anonymous) in MiB (default 1024)
   --seed N           random seed (default 1)
   --json-report      print the report as JSON on stdout
   --no-huge          anonymous memory instead of hugepages (the only backing for now)
@@ -138,6 +139,8 @@ pub struct Config {
     pub cpumask: String,
     /// The one bdev to run on.
     pub target: Option<String>,
+    /// DMA memory in MiB (`-s`), else the bdev layer's default (1 GiB).
+    pub mem_mib: Option<u64>,
     /// Random seed.
     pub seed: u64,
     /// JSON report.
@@ -184,6 +187,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
     let mut cpumask = "0x1".to_owned();
     let mut target = None;
     let mut seed = 1u64;
+    let mut mem_mib = None;
     let mut json_report = false;
     while let Some(a) = it.next() {
         let mut val = |opt: &str| it.next().ok_or_else(|| format!("{opt}: missing value"));
@@ -246,6 +250,14 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
                 cpumask = v;
             }
             "-T" => target = Some(val("-T")?),
+            "-s" => {
+                let v = val("-s")?;
+                let n: u64 = parse_num("-s", &v, "a size in MiB")?;
+                if n < 16 {
+                    return Err(format!("-s {v:?}: at least 16 MiB"));
+                }
+                mem_mib = Some(n);
+            }
             "--seed" => seed = parse_num("--seed", &val("--seed")?, "an integer")?,
             "--json-report" => json_report = true,
             "--no-huge" => {}
@@ -272,6 +284,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
         time_s,
         cpumask,
         target,
+        mem_mib,
         seed,
         json_report,
         progress: true,

@@ -443,6 +443,15 @@ pub fn run_jobs(
     log: &mut dyn FnMut(&str),
 ) -> Result<Outcome, RunError> {
     let names = targets(cfg).map_err(RunError::Usage)?;
+    for n in &names {
+        let bs = bdev::get(n).map_or(512, |b| b.block_size() as usize);
+        if cfg.io_size % bs != 0 {
+            return Err(RunError::Usage(format!(
+                "-o {}: not a multiple of the block size {bs} of {n}",
+                cfg.io_size
+            )));
+        }
+    }
     let cores: Vec<reactor::CoreId> = rt.cores().to_vec();
     bdev::set_io_pool_size(cfg.depth * 2 + 16);
     let mut handles = Vec::new();
@@ -620,6 +629,14 @@ pub fn run(cfg: &Config, log: &mut dyn FnMut(&str)) -> Result<Outcome, RunError>
         .start()
         .map_err(|e| RunError::Setup(format!("reactors: {e}")))?;
     bdev::set_runtime(rt.handle());
+    if let Some(mib) = cfg.mem_mib {
+        let mem = dma::DmaMemory::new(dma::DmaConfig {
+            grow_step: 8 << 20,
+            ..dma::DmaConfig::anonymous((mib as usize) << 20)
+        })
+        .map_err(|e| RunError::Setup(format!("-s {mib}: DMA memory: {e}")))?;
+        bdev::set_memory(mem);
+    }
     let r = build_bdevs(cfg, &rt)
         .map_err(RunError::Setup)
         .and_then(|()| run_jobs(cfg, &rt, log));
