@@ -1,13 +1,14 @@
 //! AES-XTS (IEEE 1619) on the `aes` crate's parallel block API.
 //!
-//! The `xts-mode` crate encrypts one 16-byte block at a time; this engine
-//! hands the cipher as many blocks as its backend takes at once
+//! The `xts-mode` crate encrypts one 16-byte block at a time. Here, on
+//! x86-64 CPUs with AES-NI (detected at run time), a kernel keeps six blocks
+//! and their tweaks in registers (`aesni.rs`); elsewhere the engine hands
+//! the `aes` crate as many blocks as its backend takes at once
 //! (`ParBlocksSize`: 8 with AES-NI, 30 or 64 with VAES), whitening them with
-//! tweaks computed in the same pass (tweak doubling in GF(2^128) with the
-//! 0x87 polynomial, on SSE2 registers on x86-64), and computes the first
-//! tweak of up to [`TWEAK_BATCH`] data units with one parallel call. The
-//! `aes` crate picks AES-NI / VAES at run time, so nothing here needs
-//! `-C target-cpu=native`.
+//! tweaks computed in the same pass. Tweaks double in GF(2^128) with the
+//! 0x87 polynomial (on SSE2 registers on x86-64), and the first tweaks of up
+//! to [`TWEAK_BATCH`] data units are encrypted with one parallel call.
+//! Nothing here needs `-C target-cpu=native`.
 //!
 //! Data units are whole 16-byte blocks: no ciphertext stealing (a logical
 //! block is 512..65536 bytes). Segments may be cut at any byte, even inside
@@ -754,7 +755,7 @@ mod tests {
             let fast = XtsCipher::new(&key, &key2).unwrap();
             let slow = XtsCipher::new(&key, &key2).unwrap().portable();
             assert!(!slow.uses_aesni());
-            // Units of 1 to 40 blocks: whole groups of eight and tails.
+            // Units of 1 to 40 blocks: whole groups and tails.
             let unit = 16 * (1 + (rng(&mut seed) % 40) as usize);
             let units = 1 + (rng(&mut seed) % 6) as usize;
             let first = rng(&mut seed) as u128;
