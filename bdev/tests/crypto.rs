@@ -1056,6 +1056,12 @@ fn python_xts_decrypt(
         .stderr(Stdio::null())
         .status();
     if !probe.is_ok_and(|s| s.success()) {
+        // CI installs it (ci/install-host-deps) and requires the check.
+        assert!(
+            std::env::var_os("CRYPTO_REQUIRE_EVP_XTS").is_none(),
+            "CRYPTO_REQUIRE_EVP_XTS is set but python3 cannot import `cryptography` \
+             (pip install cryptography, or run ci/install-host-deps)"
+        );
         println!("python3 with `cryptography` not found: EVP XTS cross-check skipped");
         return None;
     }

@@ -79,7 +79,8 @@ fn rdtsc() -> u64 {
 
 /// (TSC present, invariant TSC advertised), from CPUID.
 #[cfg(target_arch = "x86_64")]
-// `__cpuid` became safe to call in Rust 1.87; the workspace supports 1.85.
+// `__cpuid` became safe to call in Rust 1.87; `unsafe` stays for readers of
+// older code and costs nothing (the lint is allowed).
 #[allow(unused_unsafe)]
 fn tsc_features() -> (bool, bool) {
     use core::arch::x86_64::__cpuid;

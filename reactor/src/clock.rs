@@ -25,7 +25,7 @@ fn calibrate() -> Option<u64> {
     // CPUID leaf 0x8000_0007, EDX bit 8: invariant TSC (constant rate, runs
     // in every power state).
     // SAFETY: `cpuid` exists on every x86-64 CPU. (Newer compilers declare
-    // `__cpuid` safe; the block keeps older ones, down to the MSRV, happy.)
+    // `__cpuid` safe; the block is kept, with the lint allowed.)
     #[allow(unused_unsafe)]
     let max_ext = unsafe { core::arch::x86_64::__cpuid(0x8000_0000) }.eax;
     if max_ext < 0x8000_0007 {
