@@ -122,12 +122,11 @@ fn run(a: Args) -> Result<(), String> {
 
     let mut failure = None;
     let mut pending_json = a.json.clone();
-    if !a.wait_for_rpc {
-        if let Some(path) = pending_json.take() {
-            if let Err(e) = config::load(&ctx, &path, a.json_ignore_init_errors) {
-                failure = Some(e.to_string());
-            }
-        }
+    if !a.wait_for_rpc
+        && let Some(path) = pending_json.take()
+        && let Err(e) = config::load(&ctx, &path, a.json_ignore_init_errors)
+    {
+        failure = Some(e.to_string());
     }
     let srv = if failure.is_none() {
         match server::start(&a.rpc_socket, ctx.clone()) {
@@ -150,13 +149,12 @@ fn run(a: Args) -> Result<(), String> {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
-            if ctx.initialized.load(Ordering::Acquire) {
-                if let Some(path) = pending_json.take() {
-                    if let Err(e) = config::load(&ctx, &path, a.json_ignore_init_errors) {
-                        failure = Some(e.to_string());
-                        break;
-                    }
-                }
+            if ctx.initialized.load(Ordering::Acquire)
+                && let Some(path) = pending_json.take()
+                && let Err(e) = config::load(&ctx, &path, a.json_ignore_init_errors)
+            {
+                failure = Some(e.to_string());
+                break;
             }
         }
     }

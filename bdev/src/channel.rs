@@ -558,22 +558,22 @@ fn aligned(iovs: &[IoVec], align: usize) -> bool {
     align <= 1
         || iovs
             .iter()
-            .all(|v| v.ptr as usize % align == 0 && v.len % align == 0)
+            .all(|v| (v.ptr as usize).is_multiple_of(align) && v.len % align == 0)
 }
 
 fn needs_split(props: &crate::bdev::BdevProps, io: &BdevIo) -> bool {
     if !(io.ty.has_data() || matches!(io.ty, IoType::Unmap | IoType::WriteZeroes)) {
         return false;
     }
-    if let Some(max) = props.max_transfer_blocks {
-        if io.num_blocks > max {
-            return true;
-        }
+    if let Some(max) = props.max_transfer_blocks
+        && io.num_blocks > max
+    {
+        return true;
     }
-    if let Some(b) = props.optimal_io_boundary.filter(|&b| b > 0) {
-        if io.offset_blocks / b != (io.offset_blocks + io.num_blocks - 1) / b {
-            return true;
-        }
+    if let Some(b) = props.optimal_io_boundary.filter(|&b| b > 0)
+        && io.offset_blocks / b != (io.offset_blocks + io.num_blocks - 1) / b
+    {
+        return true;
     }
     false
 }

@@ -28,18 +28,18 @@ impl DescInner {
             return;
         }
         let cb = self.callback.clone();
-        if let Some(core) = self.core {
-            if reactor::current_core() != Some(core) {
-                let owned = name.to_owned();
-                let sent = match crate::env::handle() {
-                    Some(h) => h.send(core, move || cb(&owned, ev)),
-                    None => Err(reactor::Error::NotOnReactor { what: "deliver" }),
-                };
-                if let Err(e) = sent {
-                    log::warn!("bdev {name}: event {ev:?} not delivered to core {core}: {e}");
-                }
-                return;
+        if let Some(core) = self.core
+            && reactor::current_core() != Some(core)
+        {
+            let owned = name.to_owned();
+            let sent = match crate::env::handle() {
+                Some(h) => h.send(core, move || cb(&owned, ev)),
+                None => Err(reactor::Error::NotOnReactor { what: "deliver" }),
+            };
+            if let Err(e) = sent {
+                log::warn!("bdev {name}: event {ev:?} not delivered to core {core}: {e}");
             }
+            return;
         }
         cb(name, ev);
     }
@@ -77,13 +77,11 @@ pub fn open(
     if bdev.inner.state() == State::Removing {
         return Err(BdevError::Removing(name.to_owned()));
     }
-    if write {
-        if let Some(holder) = bdev.claimed_by() {
-            return Err(BdevError::Claimed {
-                bdev: bdev.name().to_owned(),
-                holder,
-            });
-        }
+    if write && let Some(holder) = bdev.claimed_by() {
+        return Err(BdevError::Claimed {
+            bdev: bdev.name().to_owned(),
+            holder,
+        });
     }
     let inner = Arc::new(DescInner {
         write,

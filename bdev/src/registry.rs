@@ -223,7 +223,7 @@ pub async fn unregister(name: &str) -> Result<(), BdevError> {
     while !bdev.inner.live_descs().is_empty() {
         reactor::sleep(Duration::from_micros(500)).await;
         waited += Duration::from_micros(500);
-        if waited.as_millis() % 5000 == 0 {
+        if waited.as_millis().is_multiple_of(5000) {
             log::warn!(
                 "bdev {name}: waiting for {} descriptors to close",
                 bdev.inner.live_descs().len()

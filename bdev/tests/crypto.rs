@@ -407,10 +407,14 @@ fn equals_xts_mode_on_random_data_sector_sizes_and_lbas() {
     println!("seed {seed:#x}");
     let mut rng = Rng(seed);
     for round in 0..300 {
-        let klen = if rng.next() % 2 == 0 { 16 } else { 32 };
+        let klen = if rng.next().is_multiple_of(2) { 16 } else { 32 };
         let key = rng.bytes(klen);
         let key2 = rng.bytes(klen);
-        let unit = if rng.next() % 2 == 0 { 512 } else { 4096 };
+        let unit = if rng.next().is_multiple_of(2) {
+            512
+        } else {
+            4096
+        };
         let units = 1 + (rng.next() % 40) as usize;
         let lba = match round % 3 {
             0 => rng.next() % 1_000_000,

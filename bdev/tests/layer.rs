@@ -336,7 +336,7 @@ impl BdevOps for Strict {
         let aligned = r
             .iovs()
             .iter()
-            .all(|v| v.ptr as usize % 512 == 0 && v.len % 512 == 0);
+            .all(|v| (v.ptr as usize).is_multiple_of(512) && v.len % 512 == 0);
         self.seen
             .lock()
             .unwrap()

@@ -23,7 +23,10 @@ pub fn round_up(n: usize, to: usize) -> Option<usize> {
 impl Extents {
     /// A fully free region of `len` bytes (a multiple of [`GRANULE`]).
     pub fn new(len: usize) -> Self {
-        assert!(len > 0 && len % GRANULE == 0, "region length {len}");
+        assert!(
+            len > 0 && len.is_multiple_of(GRANULE),
+            "region length {len}"
+        );
         let mut free = BTreeMap::new();
         free.insert(0, len);
         Extents {
@@ -46,7 +49,7 @@ impl Extents {
     /// Takes `len` bytes (a multiple of [`GRANULE`]) at an offset that is a
     /// multiple of `align` (a power of two). Returns the offset.
     pub fn alloc(&mut self, len: usize, align: usize) -> Option<usize> {
-        debug_assert!(len > 0 && len % GRANULE == 0 && align.is_power_of_two());
+        debug_assert!(len > 0 && len.is_multiple_of(GRANULE) && align.is_power_of_two());
         let (start, ext_len, at) = self.free.iter().find_map(|(&start, &ext_len)| {
             let at = round_up(start, align)?;
             let end = at.checked_add(len)?;

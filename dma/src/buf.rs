@@ -163,7 +163,7 @@ impl DmaBuf {
         self.check(offset, size_of::<T>());
         let p = self.ptr.as_ptr().wrapping_add(offset);
         assert!(
-            p as usize % align_of::<T>() == 0,
+            (p as usize).is_multiple_of(align_of::<T>()),
             "misaligned volatile read"
         );
         // SAFETY: in bounds and aligned (checked); any bit pattern is read as
@@ -180,7 +180,7 @@ impl DmaBuf {
         self.check(offset, size_of::<T>());
         let p = self.ptr.as_ptr().wrapping_add(offset);
         assert!(
-            p as usize % align_of::<T>() == 0,
+            (p as usize).is_multiple_of(align_of::<T>()),
             "misaligned volatile write"
         );
         // SAFETY: in bounds and aligned (checked). DmaBuf is not Sync, so no

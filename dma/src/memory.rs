@@ -336,13 +336,12 @@ impl DmaMemory {
             if !r.extents.is_empty() {
                 return true;
             }
-            if r.mapped {
-                if let Some(m) = &mapper {
-                    if let Err(e) = m.unmap(r.iova, r.len) {
-                        log::warn!("keeping region at IOVA {:#x}: unmap failed: {e}", r.iova);
-                        return true;
-                    }
-                }
+            if r.mapped
+                && let Some(m) = &mapper
+                && let Err(e) = m.unmap(r.iova, r.len)
+            {
+                log::warn!("keeping region at IOVA {:#x}: unmap failed: {e}", r.iova);
+                return true;
             }
             released += r.len;
             false

@@ -64,10 +64,10 @@ fn controller_nqns(sys: &dyn Sys, bdf: Bdf) -> Result<Vec<String>> {
     let dir = pci::device_dir(bdf).join("nvme");
     let mut nqns = Vec::new();
     for ctrl in sys::list_opt(sys, &dir)? {
-        if let Some(nqn) = sys::read_opt(sys, &dir.join(&ctrl).join("subsysnqn"))? {
-            if !nqn.is_empty() {
-                nqns.push(nqn);
-            }
+        if let Some(nqn) = sys::read_opt(sys, &dir.join(&ctrl).join("subsysnqn"))?
+            && !nqn.is_empty()
+        {
+            nqns.push(nqn);
         }
     }
     Ok(nqns)

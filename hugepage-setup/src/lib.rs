@@ -123,16 +123,16 @@ fn print_plan(plan: &plan::Plan, dry_run: bool, out: &mut dyn Write, err: &mut d
 }
 
 fn memlock_advice(sys: &dyn Sys, mib: u64, out: &mut dyn Write) {
-    if let Ok(Some(limit)) = sys.memlock_limit() {
-        if limit < mib.saturating_mul(1 << 20) {
-            let _ = writeln!(
-                out,
-                "note: the memlock limit is {} KiB, below the {mib} MiB of hugepages: a process \
+    if let Ok(Some(limit)) = sys.memlock_limit()
+        && limit < mib.saturating_mul(1 << 20)
+    {
+        let _ = writeln!(
+            out,
+            "note: the memlock limit is {} KiB, below the {mib} MiB of hugepages: a process \
                  that maps them for DMA needs more (`ulimit -l unlimited`, a memlock line in \
                  /etc/security/limits.conf, or LimitMEMLOCK=infinity for a systemd service)",
-                limit / 1024
-            );
-        }
+            limit / 1024
+        );
     }
 }
 

@@ -340,10 +340,10 @@ pub fn config(sys: &dyn Sys, options: &Options) -> Result<Plan> {
             .zip(&reasons)
             .filter(|(_, why)| why.is_empty())
     };
-    if let Some((c, _)) = free().next() {
-        if !pci::iommu_enabled(sys)? {
-            return Err(Error::NoIommu { bdf: c.bdf });
-        }
+    if let Some((c, _)) = free().next()
+        && !pci::iommu_enabled(sys)?
+    {
+        return Err(Error::NoIommu { bdf: c.bdf });
     }
     if let Some((c, _)) = free().find(|(c, _)| c.iommu_group.is_none()) {
         return Err(Error::NoIommu { bdf: c.bdf });

@@ -748,7 +748,7 @@ impl RegisterIo for SimController {
             o if o >= Registers::DOORBELLS => {
                 let idx = (o - Registers::DOORBELLS) / 4;
                 let qid = (idx / 2) as u16;
-                if idx % 2 == 0 {
+                if idx.is_multiple_of(2) {
                     st.doorbells += 1;
                     if let Some(sq) = st.sqs.get_mut(&qid) {
                         sq.tail = value as u16 % sq.entries;

@@ -520,7 +520,7 @@ fn reset_under_load() {
             while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
                 let b = &bufs[(next % 32) as usize];
                 let seg = [(b.iova(), bs)];
-                let r = if next % 2 == 0 {
+                let r = if next.is_multiple_of(2) {
                     qp.write(ns.nsid, next % 1000, 1, &seg, false, next)
                 } else {
                     qp.read(ns.nsid, next % 1000, 1, &seg, next)

@@ -45,7 +45,7 @@ fn words(lba: u64, tag: u64) -> XorShift64 {
 /// If `dst` is not whole blocks or `block_size` is not a multiple of 8.
 pub fn fill(dst: &mut [u8], block_size: usize, first_lba: u64, tag: u64) {
     assert!(
-        block_size >= 16 && block_size % 8 == 0,
+        block_size >= 16 && block_size.is_multiple_of(8),
         "block size {block_size}"
     );
     assert_eq!(dst.len() % block_size, 0, "whole blocks");
@@ -72,7 +72,7 @@ pub fn fill(dst: &mut [u8], block_size: usize, first_lba: u64, tag: u64) {
 /// As [`fill`].
 pub fn check(src: &[u8], block_size: usize, first_lba: u64, tag: u64) -> Result<(), Mismatch> {
     assert!(
-        block_size >= 16 && block_size % 8 == 0,
+        block_size >= 16 && block_size.is_multiple_of(8),
         "block size {block_size}"
     );
     assert_eq!(src.len() % block_size, 0, "whole blocks");

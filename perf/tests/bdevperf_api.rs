@@ -7,7 +7,7 @@ use perf::bdevperf::run;
 #[test]
 fn a_corrupted_read_is_a_mismatch_and_a_failure() {
     let Ok(Parsed::Run(mut cfg)) = args::parse(
-        "--malloc 8 -q 4 -o 4k -w verify -t 0.5"
+        "--no-huge --malloc 8 -q 4 -o 4k -w verify -t 0.5"
             .split_whitespace()
             .map(str::to_owned),
     ) else {

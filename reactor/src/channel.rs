@@ -75,13 +75,13 @@ impl<C> DeviceInner<C> {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         let Some(c) = c else { return };
-        if let Some((shared, index)) = c.origin {
-            if let Some(shared) = shared.upgrade() {
-                match shared.send_idx(index, Message::new(c.done), Mode::Send) {
-                    Ok(()) => return,
-                    // SAFETY: the message was built just above from a `Done`.
-                    Err((_, m)) => return unsafe { m.into_closure::<Done>() }(),
-                }
+        if let Some((shared, index)) = c.origin
+            && let Some(shared) = shared.upgrade()
+        {
+            match shared.send_idx(index, Message::new(c.done), Mode::Send) {
+                Ok(()) => return,
+                // SAFETY: the message was built just above from a `Done`.
+                Err((_, m)) => return unsafe { m.into_closure::<Done>() }(),
             }
         }
         (c.done)();
@@ -343,18 +343,18 @@ impl<C: 'static, E: Send + 'static> Visit<C, E> {
     /// Runs on the visited core.
     fn step(mut self: Box<Self>) {
         let Some(r) = context::current() else { return };
-        if let Some(ch) = lookup::<C>(&r, self.id) {
-            if let Err(e) = (self.f)(&ch) {
-                drop(ch);
-                let done = self.done;
-                if let Err((e, _)) =
-                    r.shared
-                        .send_idx(self.origin, Message::new(move || done(Err(e))), Mode::Send)
-                {
-                    log::error!("for_each_channel could not report: {e}");
-                }
-                return;
+        if let Some(ch) = lookup::<C>(&r, self.id)
+            && let Err(e) = (self.f)(&ch)
+        {
+            drop(ch);
+            let done = self.done;
+            if let Err((e, _)) =
+                r.shared
+                    .send_idx(self.origin, Message::new(move || done(Err(e))), Mode::Send)
+            {
+                log::error!("for_each_channel could not report: {e}");
             }
+            return;
         }
         let shared = r.shared.clone();
         drop(r);

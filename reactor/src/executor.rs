@@ -82,11 +82,11 @@ impl Executor {
             generation,
             task: Some(t),
         }) = slots.get_mut(key.idx as usize)
+            && *generation == key.generation
+            && !t.scheduled
         {
-            if *generation == key.generation && !t.scheduled {
-                t.scheduled = true;
-                self.ready.borrow_mut().push_back(key);
-            }
+            t.scheduled = true;
+            self.ready.borrow_mut().push_back(key);
         }
     }
 
@@ -135,10 +135,9 @@ impl Executor {
                     generation,
                     task: Some(t),
                 }) = slots.get_mut(key.idx as usize)
+                    && *generation == key.generation
                 {
-                    if *generation == key.generation {
-                        t.future = Some(future);
-                    }
+                    t.future = Some(future);
                 }
             }
         }
@@ -190,11 +189,12 @@ impl Wake for TaskWaker {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        if let Some(r) = context::current() {
-            if r.index == self.index && std::ptr::eq(Arc::as_ptr(&r.shared), self.shared.as_ptr()) {
-                r.executor.schedule(self.key);
-                return;
-            }
+        if let Some(r) = context::current()
+            && r.index == self.index
+            && std::ptr::eq(Arc::as_ptr(&r.shared), self.shared.as_ptr())
+        {
+            r.executor.schedule(self.key);
+            return;
         }
         let Some(shared) = self.shared.upgrade() else {
             return;

@@ -131,10 +131,10 @@ impl Shared {
         msg: Message,
         mode: Mode,
     ) -> Result<(), (Error, Message)> {
-        if let Some(r) = context::current() {
-            if Arc::ptr_eq(&r.shared, self) {
-                return r.send_from_here(index, msg, mode);
-            }
+        if let Some(r) = context::current()
+            && Arc::ptr_eq(&r.shared, self)
+        {
+            return r.send_from_here(index, msg, mode);
         }
         self.send_external(index, msg, mode)
     }

@@ -81,10 +81,11 @@ pub enum Target {
 /// # Errors
 /// -EINVAL for an address that does not parse.
 pub fn parse_target(dev: &str) -> Result<Target, i32> {
-    if let Some(rest) = dev.strip_prefix("/dev/nbd") {
-        if !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()) {
-            return Ok(Target::Kernel(PathBuf::from(dev)));
-        }
+    if let Some(rest) = dev.strip_prefix("/dev/nbd")
+        && !rest.is_empty()
+        && rest.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Ok(Target::Kernel(PathBuf::from(dev)));
     }
     if let Some(addr) = dev.strip_prefix("nbd://") {
         let addr = addr.trim_end_matches('/');

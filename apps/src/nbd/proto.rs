@@ -377,7 +377,7 @@ pub fn plan(r: &Request, size: u64, block_size: u32, trim: bool) -> Plan {
         let writes = matches!(r.command, Command::Write | Command::WriteZeroes);
         return Plan::Fail(if writes { errno::ENOSPC } else { errno::EINVAL });
     }
-    if r.offset % bs != 0 || r.length as u64 % bs != 0 {
+    if !r.offset.is_multiple_of(bs) || !(r.length as u64).is_multiple_of(bs) {
         return Plan::Fail(errno::EINVAL);
     }
     debug_assert!(!data || r.length <= MAX_PAYLOAD);

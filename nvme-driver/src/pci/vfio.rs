@@ -319,7 +319,7 @@ impl Bar0 {
 
     fn reg(&self, offset: usize) -> *mut u32 {
         assert!(
-            offset % 4 == 0 && offset + 4 <= self.len,
+            offset.is_multiple_of(4) && offset + 4 <= self.len,
             "register offset {offset:#x} is misaligned or beyond BAR0 ({:#x} bytes)",
             self.len
         );

@@ -18,10 +18,10 @@ usage: bdevperf (--json FILE | --malloc MIB | --null MIB) -q DEPTH -o SIZE -w WO
   -t SECONDS         run time
   -m, -c MASK        core mask (default 0x1): one job per core per bdev
   -T BDEV            run on this bdev only (default: every bdev not claimed)
-  -s MIB             DMA memory (anonymous) in MiB (default 1024)
+  -s MIB             DMA memory in MiB (default 1024)
   --seed N           random seed (default 1)
   --json-report      print the report as JSON on stdout
-  --no-huge          anonymous memory instead of hugepages (the only backing for now)
+  --no-huge          anonymous memory instead of 2 MiB hugepages (no NVMe bdevs then)
   -h, --help         this text
 
 Exit status: 0 on success, 1 on I/O errors, verify mismatches or setup failures,
@@ -139,8 +139,10 @@ pub struct Config {
     pub cpumask: String,
     /// The one bdev to run on.
     pub target: Option<String>,
-    /// DMA memory in MiB (`-s`), else the bdev layer's default (1 GiB).
+    /// DMA memory in MiB (`-s`; default 1024).
     pub mem_mib: Option<u64>,
+    /// Anonymous memory instead of hugepages (`--no-huge`).
+    pub no_huge: bool,
     /// Random seed.
     pub seed: u64,
     /// JSON report.
@@ -188,6 +190,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
     let mut target = None;
     let mut seed = 1u64;
     let mut mem_mib = None;
+    let mut no_huge = false;
     let mut json_report = false;
     while let Some(a) = it.next() {
         let mut val = |opt: &str| it.next().ok_or_else(|| format!("{opt}: missing value"));
@@ -260,7 +263,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
             }
             "--seed" => seed = parse_num("--seed", &val("--seed")?, "an integer")?,
             "--json-report" => json_report = true,
-            "--no-huge" => {}
+            "--no-huge" => no_huge = true,
             other => return Err(format!("{other:?}: unknown option")),
         }
     }
@@ -285,6 +288,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
         cpumask,
         target,
         mem_mib,
+        no_huge,
         seed,
         json_report,
         progress: true,

@@ -221,7 +221,7 @@ async fn job(
     let bd = desc.bdev().clone();
     let bs = bd.block_size() as usize;
     let mut notes = Vec::new();
-    if cfg.io_size % bs != 0 {
+    if !cfg.io_size.is_multiple_of(bs) {
         return Err(format!(
             "{name}: -o {} is not a multiple of the block size {bs}",
             cfg.io_size
@@ -445,7 +445,7 @@ pub fn run_jobs(
     let names = targets(cfg).map_err(RunError::Usage)?;
     for n in &names {
         let bs = bdev::get(n).map_or(512, |b| b.block_size() as usize);
-        if cfg.io_size % bs != 0 {
+        if !cfg.io_size.is_multiple_of(bs) {
             return Err(RunError::Usage(format!(
                 "-o {}: not a multiple of the block size {bs} of {n}",
                 cfg.io_size
@@ -629,14 +629,28 @@ pub fn run(cfg: &Config, log: &mut dyn FnMut(&str)) -> Result<Outcome, RunError>
         .start()
         .map_err(|e| RunError::Setup(format!("reactors: {e}")))?;
     bdev::set_runtime(rt.handle());
-    if let Some(mib) = cfg.mem_mib {
-        let mem = dma::DmaMemory::new(dma::DmaConfig {
-            grow_step: 8 << 20,
-            ..dma::DmaConfig::anonymous((mib as usize) << 20)
+    // Hugepage memory (what NVMe bdevs need for DMA) unless --no-huge.
+    let mib = cfg.mem_mib.unwrap_or(1024);
+    let limit = (mib as usize) << 20;
+    let mem_cfg = if cfg.no_huge {
+        dma::DmaConfig::anonymous(limit)
+    } else {
+        dma::DmaConfig::hugepages(limit)
+    };
+    let mem = dma::DmaMemory::new(dma::DmaConfig {
+        grow_step: 8 << 20,
+        ..mem_cfg
+    })
+    .map_err(|e| RunError::Setup(format!("-s {mib}: DMA memory: {e}")))?;
+    // Fail now, with the fix, rather than at the first bdev.
+    mem.alloc(4096, 4096).map_err(|e| {
+        RunError::Setup(if cfg.no_huge {
+            format!("DMA memory: {e}")
+        } else {
+            format!("no hugepage memory ({e}): reserve 2 MiB hugepages (hugepage-setup config) or run with --no-huge")
         })
-        .map_err(|e| RunError::Setup(format!("-s {mib}: DMA memory: {e}")))?;
-        bdev::set_memory(mem);
-    }
+    })?;
+    bdev::set_memory(mem);
     let r = build_bdevs(cfg, &rt)
         .map_err(RunError::Setup)
         .and_then(|()| run_jobs(cfg, &rt, log));

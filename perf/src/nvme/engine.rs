@@ -197,7 +197,7 @@ impl Worker {
     ) -> Result<Worker, WorkerError> {
         let p = params;
         let bs = p.block_size as usize;
-        if bs == 0 || p.io_size == 0 || p.io_size % bs != 0 {
+        if bs == 0 || p.io_size == 0 || !p.io_size.is_multiple_of(bs) {
             return Err(WorkerError::Params(format!(
                 "I/O size {} is not a multiple of the block size {bs}",
                 p.io_size

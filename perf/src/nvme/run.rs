@@ -228,7 +228,7 @@ pub fn run(cfg: &Config, log: &mut dyn FnMut(&str)) -> Result<Outcome, RunError>
             let ns = c.namespace(n).expect("checked above");
             let bs = ns.block_size as usize;
             let o = Some(cfg.io_size.to_string());
-            if cfg.io_size % bs != 0 {
+            if !cfg.io_size.is_multiple_of(bs) {
                 return Err(usage(
                     "-o",
                     o.as_deref(),

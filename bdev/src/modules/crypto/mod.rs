@@ -350,7 +350,7 @@ pub fn create(base_bdev_name: &str, name: &str, key_name: &str) -> Result<Bdev, 
         let b = &base.bdev;
         let bs = b.block_size() as usize;
         let unit = key.tweak_mode().unit_len(bs);
-        if bs % 16 != 0 || bs % unit != 0 || unit % 16 != 0 {
+        if !bs.is_multiple_of(16) || !bs.is_multiple_of(unit) || unit % 16 != 0 {
             return Err(BdevError::invalid(
                 "block_size",
                 format!(

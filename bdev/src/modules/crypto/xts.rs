@@ -553,7 +553,7 @@ impl XtsCipher {
         tweak_of: impl Fn(u64) -> u128,
     ) {
         assert!(
-            unit_len > 0 && unit_len % 16 == 0,
+            unit_len > 0 && unit_len.is_multiple_of(16),
             "XTS data unit of {unit_len} bytes: needs whole 16-byte blocks"
         );
         let mut s = Cursor::new(src, src_skip);
@@ -649,11 +649,11 @@ impl XtsCipher {
 
 fn check_units(len: usize, unit_len: usize) -> u64 {
     assert!(
-        unit_len > 0 && unit_len % 16 == 0,
+        unit_len > 0 && unit_len.is_multiple_of(16),
         "XTS data unit of {unit_len} bytes: needs whole 16-byte blocks"
     );
     assert!(
-        len % unit_len == 0,
+        len.is_multiple_of(unit_len),
         "{len} bytes are not whole {unit_len}-byte data units"
     );
     (len / unit_len) as u64

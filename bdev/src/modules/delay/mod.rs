@@ -213,7 +213,7 @@ impl BdevOps for Delay {
             q.rng ^= q.rng << 13;
             q.rng ^= q.rng >> 7;
             q.rng ^= q.rng << 17;
-            q.rng % 100 == 0
+            q.rng.is_multiple_of(100)
         };
         let us = self.latency(if tail { p99 } else { avg });
         let m = &mut io.io_mut().module_ctx;

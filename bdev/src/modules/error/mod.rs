@@ -137,13 +137,12 @@ impl ErrorBdev {
 fn corrupt_done(child: &mut BdevIo, status: IoStatus) {
     // SAFETY: `ctx` is the parent handle passed down in `submit`.
     let parent = unsafe { IoHandle::from_raw(child.ctx()) };
-    if status.is_success() {
-        if let Some(v) = parent.io().iovs().first() {
-            if v.len > 0 {
-                // SAFETY: the parent's segment is valid until it completes.
-                unsafe { *v.ptr ^= 0xff };
-            }
-        }
+    if status.is_success()
+        && let Some(v) = parent.io().iovs().first()
+        && v.len > 0
+    {
+        // SAFETY: the parent's segment is valid until it completes.
+        unsafe { *v.ptr ^= 0xff };
     }
     parent.complete(status);
 }

@@ -385,10 +385,10 @@ fn on_ns_event(ctrlr: &str, ev: &NsEvent) {
             let (ctrlr, ns) = (ctrlr.to_owned(), ns.clone());
             drop(reactor::spawn(async move {
                 let c = controllers().get(&ctrlr).cloned();
-                if let Some(c) = c {
-                    if let Err(e) = register_ns(&c, &ns) {
-                        log::error!("nvme {ctrlr}: new namespace {}: {e}", ns.nsid);
-                    }
+                if let Some(c) = c
+                    && let Err(e) = register_ns(&c, &ns)
+                {
+                    log::error!("nvme {ctrlr}: new namespace {}: {e}", ns.nsid);
                 }
             }));
         }
