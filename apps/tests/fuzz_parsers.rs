@@ -195,7 +195,18 @@ fn fuzz_jsonrpc_parser_and_framer() {
         };
         let rest = input.len() - out.len();
         assert!(f.buffered() <= rest, "framer invented bytes");
-        let trimmed = input.trim_ascii();
+        // JSON's whitespace (RFC 8259): space, tab, LF, CR — not the form
+        // feed and vertical tab that `trim_ascii` would also take.
+        let json_ws = |c: &u8| matches!(c, b' ' | b'\t' | b'\n' | b'\r');
+        let start = input
+            .iter()
+            .position(|c| !json_ws(c))
+            .unwrap_or(input.len());
+        let end = input
+            .iter()
+            .rposition(|c| !json_ws(c))
+            .map_or(start, |e| e + 1);
+        let trimmed = &input[start..end];
         let single = matches!(trimmed.first(), Some(b'{' | b'['))
             && serde_json::from_slice::<serde_json::Value>(trimmed).is_ok();
         if single {
