@@ -302,9 +302,11 @@ pub(crate) fn spawn_here<T: 'static>(
     JoinHandle::waiting(r.core, rx)
 }
 
-/// Runs a future to completion on the calling (non-reactor) thread, parking
-/// between wake-ups.
-pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
+/// Runs a future to completion on the calling thread, parking between
+/// wake-ups: how a thread that is not a reactor (a launcher, an RPC
+/// connection thread) waits for a [`JoinHandle`]. Never call it on a reactor:
+/// the thread would park instead of polling.
+pub fn block_on<F: Future>(future: F) -> F::Output {
     struct ThreadWaker(std::thread::Thread);
     impl Wake for ThreadWaker {
         fn wake(self: Arc<Self>) {

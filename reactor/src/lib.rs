@@ -108,7 +108,7 @@ use std::time::Duration;
 pub use channel::{IoChannel, IoDevice, register_io_device};
 pub use cpuset::{CpuSet, MAX_CORES};
 pub use error::Error;
-pub use executor::{JoinHandle, spawn};
+pub use executor::{JoinHandle, block_on as block_on_thread, spawn};
 pub use message::INLINE_BYTES;
 pub use poller::{PollStatus, Poller, current_poller, register_poller, register_timed_poller};
 pub use runtime::{Builder, Handle, IdleStrategy, Runtime, TrySendError};
