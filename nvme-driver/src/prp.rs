@@ -56,23 +56,15 @@ pub struct Prps {
     pub bytes: usize,
 }
 
-/// Builds the PRPs for `segments` (IOVA, length) with memory page size `page`
-/// (a power of two). List entries are written through `list(index, entry)`
-/// into a list of at most `list_cap` entries located at `list_iova` (page
-/// aligned). Nothing is written on error.
-pub fn build(
-    segments: &[(u64, usize)],
-    page: usize,
-    list_iova: u64,
-    list_cap: usize,
-    mut list: impl FnMut(usize, u64),
-) -> Result<Prps, PrpError> {
+/// Checks `segments` against the PRP rules (see the module docs) without
+/// building anything; returns (pages touched, bytes). What a device's
+/// "can it take these buffers" test needs, at the cost of one pass.
+pub fn validate(segments: &[(u64, usize)], page: usize) -> Result<(usize, usize), PrpError> {
     debug_assert!(page.is_power_of_two());
     let mask = page as u64 - 1;
     if segments.is_empty() {
         return Err(PrpError::Empty { segment: 0 });
     }
-    // First pass: validate and count pages.
     let mut pages = 0usize;
     let mut bytes = 0usize;
     let last = segments.len() - 1;
@@ -95,6 +87,22 @@ pub fn build(
         pages += ((last_page - first_page) / page as u64) as usize + 1;
         bytes += len;
     }
+    Ok((pages, bytes))
+}
+
+/// Builds the PRPs for `segments` (IOVA, length) with memory page size `page`
+/// (a power of two). List entries are written through `list(index, entry)`
+/// into a list of at most `list_cap` entries located at `list_iova` (page
+/// aligned). Nothing is written on error.
+pub fn build(
+    segments: &[(u64, usize)],
+    page: usize,
+    list_iova: u64,
+    list_cap: usize,
+    mut list: impl FnMut(usize, u64),
+) -> Result<Prps, PrpError> {
+    let (pages, bytes) = validate(segments, page)?;
+    let mask = page as u64 - 1;
     if pages > list_cap + 1 {
         return Err(PrpError::TooLarge {
             bytes,

@@ -212,6 +212,17 @@ impl<C> IoQpair<C> {
         if let Err(kind) = self.check_ready() {
             return Err(SubmitError { kind, ctx });
         }
+        self.submit_ready(sqe, segments, ctx)
+    }
+
+    /// [`IoQpair::submit_raw`] once the queue state has been checked.
+    #[inline]
+    fn submit_ready(
+        &mut self,
+        sqe: Sqe,
+        segments: &[(u64, usize)],
+        ctx: C,
+    ) -> Result<(), SubmitError<C>> {
         match self.core.submit(sqe, segments, ctx) {
             Ok(_) => {
                 self.stats.submitted += 1;
@@ -241,13 +252,10 @@ impl<C> IoQpair<C> {
         ctx: C,
     ) -> Result<(), SubmitError<C>> {
         let fail = |kind, ctx| Err(SubmitError { kind, ctx });
-        if let Err(kind) = self.check_ready() {
+        if let Err(kind) = self.check_namespace(nsid) {
             return fail(kind, ctx);
         }
         let bs = self.shared.block_size(nsid);
-        if bs == 0 {
-            return fail(SubmitErrorKind::InvalidNamespace(nsid), ctx);
-        }
         if !(1..=65536).contains(&blocks) {
             return fail(SubmitErrorKind::BadBlockCount(blocks), ctx);
         }
@@ -269,7 +277,7 @@ impl<C> IoQpair<C> {
                 ctx,
             );
         }
-        self.submit_raw(sqe_of(blocks as u32), segments, ctx)
+        self.submit_ready(sqe_of(blocks as u32), segments, ctx)
     }
 
     /// Reads `blocks` logical blocks at `lba` into `segments` (IOVA, length),
@@ -343,7 +351,7 @@ impl<C> IoQpair<C> {
         if let Err(kind) = self.check_namespace(nsid) {
             return Err(SubmitError { kind, ctx });
         }
-        self.submit_raw(iocmd::flush(nsid), &[], ctx)
+        self.submit_ready(iocmd::flush(nsid), &[], ctx)
     }
 
     /// Writes zeroes over `blocks` logical blocks at `lba` (deallocating them
@@ -368,7 +376,7 @@ impl<C> IoQpair<C> {
                 ctx,
             });
         }
-        self.submit_raw(
+        self.submit_ready(
             iocmd::write_zeroes(nsid, lba, blocks as u32, deallocate),
             &[],
             ctx,
@@ -394,9 +402,6 @@ impl<C> IoQpair<C> {
                 kind: SubmitErrorKind::BadRangeCount(ranges.len()),
                 ctx,
             });
-        }
-        if let Err(kind) = self.check_ready() {
-            return Err(SubmitError { kind, ctx });
         }
         let sqe = iocmd::deallocate(nsid, ranges.len() as u32);
         let fill = |page: &mut dma::DmaBuf| {

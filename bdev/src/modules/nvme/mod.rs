@@ -232,7 +232,8 @@ impl BdevOps for NvmeNs {
         for (s, v) in segs.iter_mut().zip(iovs) {
             *s = (v.iova, v.len);
         }
-        nvme_driver::prp::build(&segs[..iovs.len()], 4096, 0, 512, |_, _| {}).is_ok()
+        // Rules only; the length limit is the layer's split (max transfer).
+        nvme_driver::prp::validate(&segs[..iovs.len()], 4096).is_ok()
     }
 
     fn dump_info_json(&self) -> serde_json::Value {
