@@ -437,6 +437,53 @@ impl BdevChannel {
             .map_err(|(e, _)| e)
     }
 
+    /// Opens a zero-copy window on `num_blocks` at `offset_blocks` (SPDK's
+    /// `spdk_bdev_zcopy_start`): the module lends the memory that holds
+    /// those blocks — filled with their data when `populate` — and `cb`
+    /// gets it as [`BdevIo::iovs`]. The window lasts for the callback,
+    /// which reads or writes the segments in place and ends it with
+    /// [`BdevIo::zcopy_end`] (committing or not). Only modules whose
+    /// [`crate::Bdev::io_type_supported`] says so for [`IoType::Zcopy`]
+    /// take it (malloc); for the rest `cb` gets NOT-SUPPORTED.
+    ///
+    /// The segments are the device's memory: writes to them outside a
+    /// window meant to be committed, or after the callback, are the
+    /// caller's bug.
+    ///
+    /// # Errors
+    /// Bounds and pool errors at once; [`BdevError::ReadOnly`] for a window
+    /// that is not populated (so meant for writing) on a read-only
+    /// descriptor.
+    pub fn zcopy_start(
+        &self,
+        offset_blocks: u64,
+        num_blocks: u64,
+        populate: bool,
+        cb: IoCallback,
+        ctx: usize,
+    ) -> Result<(), BdevError> {
+        if !populate && !self.desc.write {
+            return Err(BdevError::ReadOnly(self.state().bdev.props.name.clone()));
+        }
+        self.check(IoType::Zcopy, offset_blocks, num_blocks, None)?;
+        let s = self.state();
+        let Some(mut p) = s.alloc_io() else {
+            return Err(BdevError::NoMem(s.pool_size));
+        };
+        // SAFETY: freshly allocated from the pool; exclusively ours.
+        let io = unsafe { p.as_mut() };
+        io.ty = IoType::Zcopy;
+        io.offset_blocks = offset_blocks;
+        io.num_blocks = num_blocks;
+        io.cb = Some(cb);
+        io.ctx = ctx;
+        io.zcopy.populate = populate;
+        io.zcopy.writable = self.desc.write;
+        s.outstanding.set(s.outstanding.get() + 1);
+        submit(s, p);
+        Ok(())
+    }
+
     /// Runs one I/O to its end as a future (control path, tests, NBD):
     /// resolves to the status and the buffer.
     pub async fn io(
@@ -736,25 +783,95 @@ fn finish(s: &Rc<ChanState>, mut p: NonNull<BdevIo>, status: IoStatus) {
         continue_split(s, parent);
         return;
     }
-    let bytes = match io.ty {
-        IoType::Read | IoType::Write | IoType::Compare | IoType::Unmap | IoType::WriteZeroes => {
-            io.num_blocks * s.bdev.props.block_size as u64
-        }
-        _ => 0,
-    };
-    let ok = status.is_success() || (io.ty == IoType::Compare && status == IoStatus::Miscompare);
-    s.stats.record(
-        io.ty,
-        bytes,
-        reactor::clock_ns().saturating_sub(io.start),
-        ok,
-    );
+    if io.ty == IoType::Zcopy && io.zcopy.end.is_none() {
+        return zcopy_started(s, p, status);
+    }
+    if io.ty != IoType::Zcopy {
+        let bytes = match io.ty {
+            IoType::Read
+            | IoType::Write
+            | IoType::Compare
+            | IoType::Unmap
+            | IoType::WriteZeroes => io.num_blocks * s.bdev.props.block_size as u64,
+            _ => 0,
+        };
+        let ok =
+            status.is_success() || (io.ty == IoType::Compare && status == IoStatus::Miscompare);
+        s.stats.record(
+            io.ty,
+            bytes,
+            reactor::clock_ns().saturating_sub(io.start),
+            ok,
+        );
+    }
     s.outstanding.set(s.outstanding.get() - 1);
+    let status = if io.zcopy.refused {
+        IoStatus::Failed
+    } else {
+        status
+    };
     if let Some(cb) = io.cb.take() {
         cb(io, status);
     }
     s.free_io(p);
     retry_nomem(s);
+}
+
+/// The start phase of a zero-copy I/O is done: its statistics (SPDK counts
+/// the data of a window at its start: a read if populated, else a write),
+/// the submitter's callback with the window, then the end phase the
+/// callback asked for (or an end without commit), sent back to the module.
+fn zcopy_started(s: &Rc<ChanState>, mut p: NonNull<BdevIo>, mut status: IoStatus) {
+    // SAFETY: the I/O is in flight and handed back to the layer.
+    let io = unsafe { p.as_mut() };
+    let bytes = io.num_blocks * s.bdev.props.block_size as u64;
+    if status.is_success() && io.data_len() as u64 != bytes {
+        log::error!(
+            "bdev {}: zero-copy start lent {} bytes for {bytes}: failing it",
+            s.bdev.props.name,
+            io.data_len()
+        );
+        status = IoStatus::Failed;
+    }
+    let ty = if io.zcopy.populate {
+        IoType::Read
+    } else {
+        IoType::Write
+    };
+    let latency = reactor::clock_ns().saturating_sub(io.start);
+    s.stats.record(ty, bytes, latency, status.is_success());
+    let cb = io.cb.take();
+    if !status.is_success() {
+        // No window was opened: nothing to end.
+        s.outstanding.set(s.outstanding.get() - 1);
+        if let Some(cb) = cb {
+            cb(io, status);
+        }
+        s.free_io(p);
+        return retry_nomem(s);
+    }
+    if let Some(cb) = cb {
+        cb(io, status);
+    }
+    let (mut commit, cb, ctx) = match io.zcopy.end_req.take() {
+        Some((commit, cb, ctx)) => (commit, Some(cb), ctx),
+        None => (false, None, 0),
+    };
+    if commit && !io.zcopy.writable {
+        log::error!(
+            "bdev {}: zero-copy commit through a read-only descriptor refused",
+            s.bdev.props.name
+        );
+        commit = false;
+        // The end still goes to the module (it may hold resources for the
+        // window); its callback learns of the refusal.
+        io.zcopy.refused = true;
+    }
+    io.zcopy.end = Some(commit);
+    io.cb = cb;
+    io.ctx = ctx;
+    io.start = reactor::clock_ns();
+    submit(s, p);
 }
 
 /// Submits again what a module refused for lack of resources.

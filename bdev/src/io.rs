@@ -31,6 +31,41 @@ pub(crate) struct Split {
     pub failed: Option<IoStatus>,
 }
 
+/// The phase of a zero-copy I/O ([`IoType::Zcopy`]) as its module sees
+/// it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ZcopyPhase {
+    /// Lend memory for the range: give its segments with
+    /// [`BdevIo::set_zcopy_iovs`] and complete. With `populate` they must
+    /// hold the blocks' data; without, their contents are undefined (the
+    /// submitter is about to overwrite them).
+    Start {
+        /// Whether the segments must hold the blocks' current data.
+        populate: bool,
+    },
+    /// The submitter is done with the segments lent at the start: with
+    /// `commit`, what it wrote there becomes the blocks' data (a module
+    /// whose segments are the medium itself has nothing to do).
+    End {
+        /// Whether to make the segments' contents the blocks' data.
+        commit: bool,
+    },
+}
+
+/// The zero-copy state of an I/O.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Zcopy {
+    /// `Some(commit)` once in the end phase.
+    pub end: Option<bool>,
+    pub populate: bool,
+    /// Whether the descriptor may write (commit).
+    pub writable: bool,
+    /// The end the start callback asked for: commit, callback, context.
+    pub end_req: Option<(bool, IoCallback, usize)>,
+    /// A commit was asked through a read-only descriptor: the end fails.
+    pub refused: bool,
+}
+
 /// One I/O.
 pub struct BdevIo {
     pub(crate) ty: IoType,
@@ -50,6 +85,7 @@ pub struct BdevIo {
     pub(crate) orig_iovcnt: usize,
     /// Submission time, [`reactor::clock_ns`].
     pub(crate) start: u64,
+    pub(crate) zcopy: Zcopy,
     /// Inline scratch space for the module handling the I/O.
     pub module_ctx: [u64; MODULE_CTX_WORDS],
     /// A DMA buffer the module may attach (dropped, freed, when the I/O ends
@@ -76,6 +112,7 @@ impl BdevIo {
             orig_iov: [IoVec::EMPTY; MAX_IOV],
             orig_iovcnt: 0,
             start: 0,
+            zcopy: Zcopy::default(),
             module_ctx: [0; MODULE_CTX_WORDS],
             module_buf: None,
         }
@@ -124,6 +161,53 @@ impl BdevIo {
     /// The buffer given with the safe submission API.
     pub fn buf(&self) -> Option<&DmaBuf> {
         self.buf.as_ref()
+    }
+
+    /// The phase of a zero-copy I/O; `None` for other types.
+    pub fn zcopy_phase(&self) -> Option<ZcopyPhase> {
+        (self.ty == IoType::Zcopy).then(|| match self.zcopy.end {
+            None => ZcopyPhase::Start {
+                populate: self.zcopy.populate,
+            },
+            Some(commit) => ZcopyPhase::End { commit },
+        })
+    }
+
+    /// For the module, in the start phase of a zero-copy I/O: the segments
+    /// of its own memory that hold the I/O's blocks, in order (exactly
+    /// `num_blocks` blocks; they must stay valid until the end phase
+    /// completes).
+    ///
+    /// # Errors
+    /// [`BdevError::Invalid`] when this is not a zero-copy start or there
+    /// are more than [`MAX_IOV`] segments.
+    pub fn set_zcopy_iovs(&mut self, iovs: &[IoVec]) -> Result<(), crate::BdevError> {
+        if self.zcopy_phase().is_none_or(|p| matches!(p, ZcopyPhase::End { .. })) {
+            return Err(crate::BdevError::invalid(
+                "I/O",
+                "segments are lent only in a zero-copy start",
+            ));
+        }
+        if iovs.len() > MAX_IOV {
+            return Err(crate::BdevError::invalid(
+                "iovs",
+                format!("{} segments, at most {MAX_IOV}", iovs.len()),
+            ));
+        }
+        self.iov[..iovs.len()].copy_from_slice(iovs);
+        self.iovcnt = iovs.len();
+        Ok(())
+    }
+
+    /// For the submitter, inside the callback of a successful
+    /// [`crate::BdevChannel::zcopy_start`]: ends the window once the
+    /// callback returns — with `commit`, what was written into
+    /// [`BdevIo::iovs`] becomes the blocks' data — and calls `cb` with
+    /// `ctx` when the module is done. A start callback that does not call
+    /// this ends the window without commit and without a callback. A commit
+    /// through a read-only descriptor fails the end ([`IoStatus::Failed`]).
+    pub fn zcopy_end(&mut self, commit: bool, cb: IoCallback, ctx: usize) {
+        self.zcopy.end_req = Some((commit, cb, ctx));
     }
 
     /// Copies `src` into the data segments from byte `offset` (for modules
@@ -190,6 +274,7 @@ impl BdevIo {
         self.orig_iovcnt = 0;
         self.module_buf = None;
         self.fua = false;
+        self.zcopy = Zcopy::default();
     }
 }
 

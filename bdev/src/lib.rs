@@ -52,7 +52,7 @@ pub use channel::BdevChannel;
 pub use desc::{Desc, EventCallback, open};
 pub use env::{handle, memory, set_io_pool_size, set_memory, set_runtime};
 pub use error::BdevError;
-pub use io::{BdevIo, IoCallback, IoHandle, MAX_IOV, MODULE_CTX_WORDS};
+pub use io::{BdevIo, IoCallback, IoHandle, MAX_IOV, MODULE_CTX_WORDS, ZcopyPhase};
 pub use ops::{BdevModule, BdevOps, ExamineFuture};
 pub use registry::{
     examines_in_flight, get, list, modules as registered_modules, new_uuid, register,

@@ -24,7 +24,7 @@ fn add(c: &AtomicU64, v: u64) {
 /// Counters of one channel.
 #[derive(Debug, Default)]
 pub(crate) struct ChannelStats {
-    types: [TypeCounters; 7],
+    types: [TypeCounters; IoType::ALL.len()],
 }
 
 impl ChannelStats {
@@ -86,7 +86,7 @@ pub struct TypeStats {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IoStats {
     /// Per I/O type, indexed by [`IoType::index`].
-    pub types: [TypeStats; 7],
+    pub types: [TypeStats; IoType::ALL.len()],
 }
 
 impl IoStats {

@@ -19,11 +19,16 @@ pub enum IoType {
     Reset,
     /// Compare blocks with the buffer.
     Compare,
+    /// Zero-copy window (SPDK's `zcopy`): the module lends its own memory
+    /// for a block range — filled with the blocks (`populate`) or not —
+    /// and the submitter reads or writes it in place, then ends the window,
+    /// committing what it wrote or not ([`crate::BdevChannel::zcopy_start`]).
+    Zcopy,
 }
 
 impl IoType {
     /// Every type, in a fixed order (statistics index).
-    pub const ALL: [IoType; 7] = [
+    pub const ALL: [IoType; 8] = [
         IoType::Read,
         IoType::Write,
         IoType::Flush,
@@ -31,6 +36,7 @@ impl IoType {
         IoType::WriteZeroes,
         IoType::Reset,
         IoType::Compare,
+        IoType::Zcopy,
     ];
 
     /// The name SPDK uses in `supported_io_types`.
@@ -43,6 +49,7 @@ impl IoType {
             IoType::WriteZeroes => "write_zeroes",
             IoType::Reset => "reset",
             IoType::Compare => "compare",
+            IoType::Zcopy => "zcopy",
         }
     }
 

@@ -673,8 +673,11 @@ async fn read_blocks(ch: &bdev::BdevChannel, lba: u64, n: u64, bs: usize) -> Vec
 
 /// Writes through the crypto bdev from cut segments, reads back, checks
 /// what lies in the base against the cipher, and every other I/O type.
-fn round_trip(bs: usize, key: &str, key2: &str, seed: u64) {
-    let tag = format!("{bs}_{}", key.len() * 4);
+/// Directly over malloc the crypto bdev uses malloc's zero-copy windows;
+/// with `via_passthru` (malloc → passthru → crypto) it writes through its
+/// DMA buffers and decrypts in place.
+fn round_trip(bs: usize, key: &str, key2: &str, seed: u64, via_passthru: bool) {
+    let tag = format!("{bs}_{}_{}", key.len() * 4, via_passthru as u8);
     let (kname, mname, cname) = (
         format!("k_rt{tag}"),
         format!("m_rt{tag}"),
@@ -683,7 +686,19 @@ fn round_trip(bs: usize, key: &str, key2: &str, seed: u64) {
     crypto::key_create(&kname, "AES_XTS", key, key2, None).unwrap();
     let blocks = (4 << 20) / bs as u64;
     malloc::create(&mname, blocks, bs as u32, None).unwrap();
-    let b = crypto::create(&mname, &cname, &kname).unwrap();
+    let pname = format!("p_rt{tag}");
+    let base = if via_passthru {
+        passthru::create(&mname, &pname, None).unwrap();
+        pname.as_str()
+    } else {
+        mname.as_str()
+    };
+    assert_eq!(
+        bdev::get(base).unwrap().io_type_supported(IoType::Zcopy),
+        !via_passthru
+    );
+    let b = crypto::create(base, &cname, &kname).unwrap();
+    assert!(!b.io_type_supported(IoType::Zcopy));
     assert_eq!((b.block_size() as usize, b.num_blocks()), (bs, blocks));
     assert_eq!(b.module(), "crypto");
     for ty in [
@@ -698,13 +713,13 @@ fn round_trip(bs: usize, key: &str, key2: &str, seed: u64) {
     }
     assert!(!b.io_type_supported(IoType::Compare));
     let info = b.dump_info_json();
-    assert_eq!(info["crypto"]["base_bdev_name"], mname.as_str());
+    assert_eq!(info["crypto"]["base_bdev_name"], base);
     assert_eq!(info["crypto"]["key_name"], kname.as_str());
     let cfg = b.write_config_json().unwrap();
     assert_eq!(cfg["method"], "bdev_crypto_create");
     assert_eq!(cfg["params"]["key_name"], kname.as_str());
     assert_eq!(
-        bdev::get(&mname).unwrap().claimed_by().as_deref(),
+        bdev::get(base).unwrap().claimed_by().as_deref(),
         Some("crypto")
     );
     let x = XtsCipher::new(&unhex(key), &unhex(key2)).unwrap();
@@ -765,9 +780,23 @@ fn round_trip(bs: usize, key: &str, key2: &str, seed: u64) {
             assert!(at_rest != data, "write {i}: plaintext at rest");
             assert!(at_rest == want, "write {i}: not XTS(LBA) at rest");
         }
-        // Write zeroes (more than a chunk): zeroes read back, ciphertext
-        // at rest.
-        let (zl, zn) = (7, (200 << 10) / bs as u64 + 3);
+        // A write with FUA (the DMA-buffer path even over a zero-copy
+        // base): read back, ciphertext at rest.
+        let (fl, fnb) = (blocks - 9, 9);
+        let fdata = rng.bytes(fnb as usize * bs);
+        let (st, _) = ch
+            .io(IoType::Write, Some(dma(&fdata, 0)), fl, fnb, true)
+            .await
+            .unwrap();
+        assert_eq!(st, IoStatus::Success);
+        expected[fl as usize * bs..][..fdata.len()].copy_from_slice(&fdata);
+        assert!(read_blocks(&ch, fl, fnb, bs).await == fdata, "FUA write");
+        let mut want = fdata.clone();
+        x.encrypt_units(&mut want, bs, fl as u128);
+        assert!(read_blocks(&raw, fl, fnb, bs).await == want, "FUA at rest");
+        // Write zeroes (more than a DMA chunk and a zero-copy window):
+        // zeroes read back, ciphertext at rest.
+        let (zl, zn) = (7, (1200 << 10) / bs as u64 + 3);
         let (st, _) = ch
             .io(IoType::WriteZeroes, None, zl, zn, false)
             .await
@@ -818,6 +847,9 @@ fn round_trip(bs: usize, key: &str, key2: &str, seed: u64) {
     assert!(st.of(IoType::Write).ops >= 40 && st.of(IoType::Read).ops > 40);
     on(0, move || async move {
         crypto::delete(&cname).await.unwrap();
+        if via_passthru {
+            passthru::delete(&pname).await.unwrap();
+        }
         assert!(bdev::get(&mname).unwrap().claimed_by().is_none());
         malloc::delete(&mname).await.unwrap();
     });
@@ -826,12 +858,22 @@ fn round_trip(bs: usize, key: &str, key2: &str, seed: u64) {
 
 #[test]
 fn round_trip_over_malloc_512_aes128() {
-    round_trip(512, HEX_A128, HEX_B128, 11);
+    round_trip(512, HEX_A128, HEX_B128, 11, false);
+}
+
+#[test]
+fn round_trip_over_passthru_512_aes128() {
+    round_trip(512, HEX_A128, HEX_B128, 12, true);
 }
 
 #[test]
 fn round_trip_over_malloc_4096_aes256() {
-    round_trip(4096, K256_1, K256_2, 12);
+    round_trip(4096, K256_1, K256_2, 13, false);
+}
+
+#[test]
+fn round_trip_over_passthru_4096_aes256() {
+    round_trip(4096, K256_1, K256_2, 14, true);
 }
 
 /// Both cores write and read their own halves at once, many I/Os in

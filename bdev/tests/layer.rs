@@ -666,3 +666,185 @@ fn names_uuids_and_config() {
         Err(BdevError::NotFound(_))
     ));
 }
+
+/// What a zero-copy window's start callback does, and what it saw.
+#[derive(Debug)]
+struct Window {
+    /// Bytes to write into the window (then commit), or none (read it).
+    write: Option<Vec<u8>>,
+    /// Whether to ask for the end (with commit when writing, or with
+    /// `force_commit`).
+    end: bool,
+    force_commit: bool,
+    seen: Vec<u8>,
+    segments: usize,
+    start: Option<IoStatus>,
+    end_status: Option<IoStatus>,
+}
+
+impl Window {
+    fn new(write: Option<Vec<u8>>) -> std::rc::Rc<std::cell::RefCell<Window>> {
+        std::rc::Rc::new(std::cell::RefCell::new(Window {
+            write,
+            end: true,
+            force_commit: false,
+            seen: Vec::new(),
+            segments: 0,
+            start: None,
+            end_status: None,
+        }))
+    }
+}
+
+type WinRef = std::rc::Rc<std::cell::RefCell<Window>>;
+
+fn window_started(io: &mut bdev::BdevIo, st: IoStatus) {
+    // SAFETY: `ctx` is a pointer from `Rc::as_ptr` of a window the test
+    // keeps alive until the end callback has run.
+    let w = unsafe { &*(io.ctx() as *const std::cell::RefCell<Window>) };
+    let mut w = w.borrow_mut();
+    w.start = Some(st);
+    if !st.is_success() {
+        return;
+    }
+    w.segments = io.iovs().len();
+    let mut off = 0;
+    for v in io.iovs() {
+        // SAFETY: the window's segments are valid during this callback.
+        let seg = unsafe { std::slice::from_raw_parts_mut(v.ptr, v.len) };
+        w.seen.extend_from_slice(seg);
+        if let Some(data) = &w.write {
+            seg.copy_from_slice(&data[off..off + v.len]);
+        }
+        off += v.len;
+    }
+    if w.end {
+        let commit = w.write.is_some() || w.force_commit;
+        io.zcopy_end(commit, window_ended, io.ctx());
+    }
+}
+
+fn window_ended(io: &mut bdev::BdevIo, st: IoStatus) {
+    // SAFETY: as in `window_started`.
+    let w = unsafe { &*(io.ctx() as *const std::cell::RefCell<Window>) };
+    w.borrow_mut().end_status = Some(st);
+}
+
+/// Opens a window, lets the callbacks run, returns the window's record.
+async fn window(
+    ch: &bdev::BdevChannel,
+    lba: u64,
+    n: u64,
+    populate: bool,
+    w: WinRef,
+) -> Result<WinRef, BdevError> {
+    ch.zcopy_start(lba, n, populate, window_started, std::rc::Rc::as_ptr(&w) as usize)?;
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        {
+            let r = w.borrow();
+            let done = match r.start {
+                Some(s) if !s.is_success() => true,
+                Some(_) => !r.end || r.end_status.is_some(),
+                None => false,
+            };
+            if done && ch.outstanding() == 0 {
+                break;
+            }
+        }
+        assert!(Instant::now() < until, "window never ended");
+        reactor::yield_now().await;
+    }
+    Ok(w)
+}
+
+#[test]
+fn zero_copy_windows_over_malloc() {
+    malloc::create("m_zc", 64, 512, None).unwrap();
+    null::create("n_zc", 64, 512, None, null::ReadFill::Zeroes).unwrap();
+    malloc::create("m_zc2", 64, 512, None).unwrap();
+    passthru::create("m_zc2", "p_zc", None).unwrap();
+    assert!(bdev::get("m_zc").unwrap().io_type_supported(IoType::Zcopy));
+    assert!(!bdev::get("n_zc").unwrap().io_type_supported(IoType::Zcopy));
+    assert!(!bdev::get("p_zc").unwrap().io_type_supported(IoType::Zcopy));
+    on(0, || async {
+        // The window lends the disk's own memory: a populated one holds
+        // what a normal write put there.
+        let rw = bdev::open("m_zc", true, nop).unwrap();
+        let ch = rw.get_io_channel().unwrap();
+        let a: Vec<u8> = (0..8 * 512).map(|i| (i * 7 + 3) as u8).collect();
+        let mut wb = buf(a.len(), 0);
+        wb.write_at(0, &a);
+        let (st, _) = ch.io(IoType::Write, Some(wb), 8, 8, false).await.unwrap();
+        assert_eq!(st, IoStatus::Success);
+        let before = bdev::get("m_zc").unwrap().stats();
+        let w = window(&ch, 8, 8, true, Window::new(None)).await.unwrap();
+        let w = w.borrow();
+        assert_eq!(
+            (w.start, w.end_status),
+            (Some(IoStatus::Success), Some(IoStatus::Success))
+        );
+        assert_eq!(w.segments, 1);
+        assert!(w.seen == a, "populated window holds the blocks");
+        // SPDK counts a window at its start: populated = a read.
+        let after = bdev::get("m_zc").unwrap().stats();
+        assert_eq!(
+            after.of(IoType::Read).bytes - before.of(IoType::Read).bytes,
+            8 * 512
+        );
+        drop(w);
+        // A window written and committed is what a normal read returns.
+        let b: Vec<u8> = (0..4 * 512).map(|i| (i * 13 + 1) as u8).collect();
+        let w = window(&ch, 20, 4, false, Window::new(Some(b.clone())))
+            .await
+            .unwrap();
+        assert_eq!(w.borrow().end_status, Some(IoStatus::Success));
+        let (st, rb) = ch
+            .io(IoType::Read, Some(buf(4 * 512, 0xee)), 20, 4, false)
+            .await
+            .unwrap();
+        assert_eq!(st, IoStatus::Success);
+        let mut got = vec![0; 4 * 512];
+        rb.unwrap().read_at(0, &mut got);
+        assert!(got == b, "committed window reads back");
+        // A start callback that asks for no end: the layer ends the window
+        // (no commit, no callback) and the I/O is not lost.
+        let w = Window::new(None);
+        w.borrow_mut().end = false;
+        let w = window(&ch, 0, 64, true, w).await.unwrap();
+        assert_eq!(w.borrow().start, Some(IoStatus::Success));
+        assert_eq!(ch.outstanding(), 0);
+        // Bounds as for any I/O.
+        let e = window(&ch, 60, 8, true, Window::new(None)).await.unwrap_err();
+        assert!(matches!(e, BdevError::OutOfRange { .. }), "{e}");
+        let e = window(&ch, 0, 0, true, Window::new(None)).await.unwrap_err();
+        assert!(matches!(e, BdevError::OutOfRange { .. }), "{e}");
+        // Read-only descriptors: no write windows, no commits.
+        let ro = bdev::open("m_zc", false, nop).unwrap();
+        let rch = ro.get_io_channel().unwrap();
+        let e = window(&rch, 0, 1, false, Window::new(None)).await.unwrap_err();
+        assert_eq!(e, BdevError::ReadOnly("m_zc".into()));
+        let w = Window::new(None);
+        w.borrow_mut().force_commit = true;
+        let w = window(&rch, 0, 1, true, w).await.unwrap();
+        assert_eq!(
+            (w.borrow().start, w.borrow().end_status),
+            (Some(IoStatus::Success), Some(IoStatus::Failed)),
+            "a commit through a read-only descriptor fails its end"
+        );
+        // Bdevs that do not lend memory answer NOT-SUPPORTED.
+        for name in ["n_zc"] {
+            let d = bdev::open(name, true, nop).unwrap();
+            let c = d.get_io_channel().unwrap();
+            let w = window(&c, 0, 1, true, Window::new(None)).await.unwrap();
+            assert_eq!(w.borrow().start, Some(IoStatus::NotSupported), "{name}");
+            assert_eq!(w.borrow().end_status, None);
+        }
+        drop((ch, rch));
+        drop((rw, ro));
+        passthru::delete("p_zc").await.unwrap();
+        malloc::delete("m_zc").await.unwrap();
+        malloc::delete("m_zc2").await.unwrap();
+        null::delete("n_zc").await.unwrap();
+    });
+}

@@ -9,6 +9,12 @@
 //!   caller <──read(plain)─── crypto <──decrypt in place─── base read
 //! ```
 //!
+//! Over a base that lends its memory ([`IoType::Zcopy`]: malloc), there is
+//! no copy besides the cipher's own pass: writes encrypt from the caller's
+//! buffer straight into a zero-copy window on the base (committed), reads
+//! decrypt from a populated window straight into the caller's buffer.
+//! Writes with FUA take the DMA-buffer path (a window has no FUA).
+//!
 //! * Keys are named and kept by [`key_create`] (SPDK's
 //!   `accel_crypto_key_create`); a crypto bdev names its key
 //!   ([`create`]) and the key cannot be destroyed while a bdev uses it.
@@ -52,6 +58,10 @@ use crate::{
 /// the other.
 pub const CHUNK_BYTES: usize = 128 * 1024;
 
+/// Most bytes one zero-copy window on the base carries (bounds the time one
+/// write-zeroes spends in the cipher before the reactor gets the core back).
+pub const ZCOPY_CHUNK_BYTES: usize = 1024 * 1024;
+
 // Words of `BdevIo::module_ctx` used by this module.
 const CTX_CHANNEL: usize = 0;
 const CTX_NEXT: usize = 1;
@@ -76,6 +86,9 @@ pub struct CryptoChannel {
     block_size: usize,
     unit_len: usize,
     chunk_blocks: u64,
+    /// Whether the base lends its memory (zero-copy windows).
+    zcopy: bool,
+    zcopy_chunk_blocks: u64,
 }
 
 impl CryptoChannel {
@@ -133,12 +146,21 @@ fn fail_status(e: &BdevError) -> IoStatus {
     }
 }
 
-/// Reads from the base into the caller's segments; decrypts in place when
-/// the base is done.
+/// Reads from the base into the caller's segments and decrypts in place
+/// when the base is done; over a zero-copy base, decrypts from the base's
+/// window into the caller's segments.
 fn read(ch: &CryptoChannel, mut io: IoHandle) {
     io.io_mut().module_ctx[CTX_CHANNEL] = ch as *const CryptoChannel as u64;
     let r = io.io();
     let (off, n) = (r.offset_blocks(), r.num_blocks());
+    if ch.zcopy {
+        let raw = io.into_raw();
+        if let Err(e) = ch.base.zcopy_start(off, n, true, read_window, raw) {
+            // SAFETY: the window was not started: the handle is still ours.
+            unsafe { IoHandle::from_raw(raw) }.complete(fail_status(&e));
+        }
+        return;
+    }
     let mut iovs = [IoVec::EMPTY; MAX_IOV];
     let cnt = r.iovs().len();
     iovs[..cnt].copy_from_slice(r.iovs());
@@ -179,8 +201,43 @@ fn read_done(child: &mut BdevIo, status: IoStatus) {
     parent.complete(status);
 }
 
+/// The base's populated window is open: decrypt it into the caller's
+/// segments, then close it.
+fn read_window(child: &mut BdevIo, status: IoStatus) {
+    // SAFETY: `ctx` is the parent handle passed down in `read`.
+    let parent = unsafe { IoHandle::from_raw(child.ctx()) };
+    if !status.is_success() {
+        return parent.complete(status);
+    }
+    let p = parent.io();
+    // SAFETY: recorded in `read`.
+    let ch = unsafe { channel_of(p) };
+    // SAFETY: the window's segments are the base's memory for exactly these
+    // blocks, valid during this callback and only read; the parent's
+    // segments are the caller's, valid until it completes, and distinct.
+    unsafe {
+        ch.crypt(
+            Direction::Decrypt,
+            child.iovs(),
+            0,
+            p.iovs(),
+            0,
+            p.offset_blocks(),
+            p.num_blocks(),
+        )
+    };
+    child.zcopy_end(false, read_window_closed, parent.into_raw());
+}
+
+fn read_window_closed(child: &mut BdevIo, status: IoStatus) {
+    // SAFETY: `ctx` is the parent handle passed on in `read_window`.
+    unsafe { IoHandle::from_raw(child.ctx()) }.complete(status);
+}
+
 /// Starts a write or write-zeroes: chunks of at most [`CHUNK_BYTES`],
-/// encrypted into a DMA buffer and written one after the other.
+/// encrypted into a DMA buffer and written one after the other — or, over
+/// a zero-copy base, chunks of at most [`ZCOPY_CHUNK_BYTES`] encrypted
+/// straight into a window on the base and committed.
 fn write(ch: &CryptoChannel, mut io: IoHandle, zeroes: bool) {
     let (off, n) = (io.io().offset_blocks(), io.io().num_blocks());
     let ctx = &mut io.io_mut().module_ctx;
@@ -199,6 +256,16 @@ fn write_chunk(ch: &CryptoChannel, mut io: IoHandle) {
         r.module_ctx[CTX_ZEROES] != 0,
     );
     debug_assert!(next < end);
+    if ch.zcopy && !r.fua() {
+        let n = (end - next).min(ch.zcopy_chunk_blocks);
+        io.io_mut().module_ctx[CTX_CHUNK] = n;
+        let raw = io.into_raw();
+        if let Err(e) = ch.base.zcopy_start(next, n, false, write_window, raw) {
+            // SAFETY: the window was not started: the handle is still ours.
+            unsafe { IoHandle::from_raw(raw) }.complete(fail_status(&e));
+        }
+        return;
+    }
     let n = (end - next).min(ch.chunk_blocks);
     let len = n as usize * ch.block_size;
     let buf = match ch.cache.borrow_mut().alloc(len) {
@@ -245,6 +312,37 @@ fn write_chunk(ch: &CryptoChannel, mut io: IoHandle) {
     }
 }
 
+/// The base's window for this chunk is open: encrypt the caller's blocks
+/// (or zeroes) into it, then commit it.
+fn write_window(child: &mut BdevIo, status: IoStatus) {
+    // SAFETY: `ctx` is the parent handle passed down in `write_chunk`.
+    let parent = unsafe { IoHandle::from_raw(child.ctx()) };
+    if !status.is_success() {
+        return parent.complete(status);
+    }
+    let r = parent.io();
+    // SAFETY: recorded in `write`.
+    let ch = unsafe { channel_of(r) };
+    let (next, n) = (r.module_ctx[CTX_NEXT], r.module_ctx[CTX_CHUNK]);
+    let window = child.iovs();
+    if r.module_ctx[CTX_ZEROES] != 0 {
+        for v in window {
+            // SAFETY: the window is the base's memory for these blocks,
+            // lent to us for writing during this callback.
+            unsafe { std::ptr::write_bytes(v.ptr, 0, v.len) };
+        }
+        // SAFETY: as above, in place.
+        unsafe { ch.crypt(Direction::Encrypt, window, 0, window, 0, next, n) };
+    } else {
+        let skip = (next - r.offset_blocks()) as usize * ch.block_size;
+        // SAFETY: the caller's segments are valid until the I/O completes
+        // and only read; the window is the base's memory, lent for writing,
+        // and does not overlap them.
+        unsafe { ch.crypt(Direction::Encrypt, r.iovs(), skip, window, 0, next, n) };
+    }
+    child.zcopy_end(true, write_done, parent.into_raw());
+}
+
 fn write_done(child: &mut BdevIo, status: IoStatus) {
     // SAFETY: `ctx` is the parent handle passed down in `write_chunk`.
     let mut parent = unsafe { IoHandle::from_raw(child.ctx()) };
@@ -279,6 +377,8 @@ impl BdevOps for Crypto {
             block_size: self.block_size,
             unit_len,
             chunk_blocks: (CHUNK_BYTES / self.block_size).max(1) as u64,
+            zcopy: self.base.bdev.io_type_supported(IoType::Zcopy),
+            zcopy_chunk_blocks: (ZCOPY_CHUNK_BYTES / self.block_size).max(1) as u64,
         })
     }
 
@@ -288,8 +388,8 @@ impl BdevOps for Crypto {
             IoType::Write => write(ch, io, false),
             IoType::WriteZeroes => write(ch, io, true),
             IoType::Flush | IoType::Unmap | IoType::Reset => pass_down(&ch.base, io),
-            // Not announced in `io_type_supported`: never reaches here.
-            IoType::Compare => io.complete(IoStatus::NotSupported),
+            // Not announced in `io_type_supported`: never reach here.
+            IoType::Compare | IoType::Zcopy => io.complete(IoStatus::NotSupported),
         }
     }
 
@@ -300,7 +400,7 @@ impl BdevOps for Crypto {
                 base.io_type_supported(ty)
             }
             IoType::WriteZeroes => base.io_type_supported(IoType::Write),
-            IoType::Compare => false,
+            IoType::Compare | IoType::Zcopy => false,
         }
     }
 

@@ -198,7 +198,7 @@ impl BdevOps for NvmeNs {
                 }
                 q.deallocate(nsid, &ranges[..k], io)
             }
-            IoType::Reset => {
+            IoType::Reset | IoType::Zcopy => {
                 drop(q);
                 return io.complete(IoStatus::NotSupported);
             }
@@ -223,7 +223,7 @@ impl BdevOps for NvmeNs {
             IoType::Compare => self.supports_compare,
             IoType::WriteZeroes => self.supports_write_zeroes,
             IoType::Unmap => self.supports_dsm,
-            IoType::Reset => false,
+            IoType::Reset | IoType::Zcopy => false,
         }
     }
 

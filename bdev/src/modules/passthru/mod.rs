@@ -133,7 +133,9 @@ impl BdevOps for Passthru {
     }
 
     fn io_type_supported(&self, ty: IoType) -> bool {
-        self.base.bdev.io_type_supported(ty)
+        // Zero-copy windows are not passed through (the window would have
+        // to stay open across the base's and this bdev's callbacks).
+        ty != IoType::Zcopy && self.base.bdev.io_type_supported(ty)
     }
 
     fn dump_info_json(&self) -> serde_json::Value {
