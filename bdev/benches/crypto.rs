@@ -3,15 +3,25 @@
 //! 1. the cipher: our AES-XTS-128 and -256 on 4 KiB data units (encrypt and
 //!    decrypt, 64 KiB in place per call), against `openssl speed -evp
 //!    aes-<bits>-xts` (encrypt and `-decrypt`, 4096- and 16384-byte
-//!    buffers, wall clock) run pinned to the same core, and the `xts-mode`
-//!    crate (one block at a time) for scale;
+//!    buffers, user CPU time) run pinned to the same core, the `xts-mode`
+//!    crate (one block at a time) for scale, and ours out of place over a
+//!    4 MiB working set (the bdev runs' buffers) to show what the memory
+//!    hierarchy costs;
 //! 2. the bdev: 128 KiB sequential writes and reads at queue depth 32
 //!    through crypto over a null bdev (4096-byte blocks, buffers untouched)
-//!    and a malloc bdev, with both key sizes, next to the bare null and
-//!    malloc bdevs.
+//!    and a 256 MiB malloc bdev, with both key sizes, next to the bare null
+//!    and malloc bdevs; each bdev sample paired with a raw cipher sample
+//!    taken just before it on the same thread.
 //!
-//! `cargo bench -p bdev --bench crypto` (`-- --seconds N`, default 2;
-//! `-- --cipher-only` stops after part 1).
+//! Buffers and disks are in 2 MiB hugepages when some are reserved (as
+//! the appliance and bdevperf run), else in anonymous memory; the first
+//! line says which. The machine is shared, so every figure is the median
+//! of `--reps` samples (default 5), ours and OpenSSL's taken in turn so
+//! that a change of load hits both.
+//!
+//! `cargo bench -p bdev --bench crypto` (`-- --seconds N`: CPU-seconds per
+//! sample, default 1; `--reps R`; `--cipher-only` stops after part 1;
+//! `--profile-write null|malloc` runs only AES-128 writes, for `perf`).
 
 use std::cell::Cell;
 use std::process::Command;
@@ -96,6 +106,35 @@ fn ours(key: (&str, &str), dir: crypto::Direction, secs: f64) -> f64 {
             crypto::Direction::Encrypt => x.encrypt_units(&mut buf, UNIT, lba),
             crypto::Direction::Decrypt => x.decrypt_units(&mut buf, UNIT, lba),
         }
+    })
+}
+
+/// Ours as the write path over null uses it: 128 KiB from one of 32
+/// buffers (4 MiB, as the bdev runs' QD32) into one destination, in
+/// layer DMA memory.
+fn ours_streaming(key: (&str, &str), dir: crypto::Direction, secs: f64) -> f64 {
+    let x = crypto::XtsCipher::new(&unhex(key.0), &unhex(key.1)).unwrap();
+    let mem = bdev::memory();
+    let srcs: Vec<dma::DmaBuf> = (0..QD)
+        .map(|i| {
+            let mut b = mem.alloc(IO, 4096).unwrap();
+            b.fill(i as u8);
+            b
+        })
+        .collect();
+    let mut dst = mem.alloc(IO, 4096).unwrap();
+    dst.fill(0);
+    rate(secs, IO, |i| {
+        let s = &srcs[i as usize % QD];
+        // SAFETY: distinct live buffers of `IO` bytes each; the source is
+        // only read.
+        let (src, d) = unsafe {
+            (
+                std::slice::from_raw_parts(s.as_ptr(), IO),
+                std::slice::from_raw_parts_mut(dst.as_ptr(), IO),
+            )
+        };
+        x.crypt_units_to(dir, src, d, UNIT, i as u128 * (IO / UNIT) as u128);
     })
 }
 
@@ -244,18 +283,79 @@ async fn seq(name: &str, write: bool, secs: f64) -> f64 {
     (n as usize * IO) as f64 / el
 }
 
+/// The layer's memory as a storage appliance or bdevperf has it: 2 MiB
+/// hugepages (512 MiB at most) when they can be had, else anonymous memory.
+/// Says which.
+fn use_hugepages() -> &'static str {
+    let mem = dma::DmaMemory::new(dma::DmaConfig {
+        grow_step: 8 << 20,
+        ..dma::DmaConfig::hugepages(512 << 20)
+    });
+    match mem {
+        Ok(m) if m.alloc(4096, 4096).is_ok() => {
+            bdev::set_memory(m);
+            "2 MiB hugepages"
+        }
+        _ => "anonymous memory (no hugepages reserved)",
+    }
+}
+
+/// `--profile-write null|malloc`: only 128 KiB writes through an AES-128
+/// crypto bdev over that base, for `secs` (to run under `perf`).
+fn profile_write(base: &str, secs: f64) {
+    let rt = reactor::Runtime::builder("0x1".parse().unwrap())
+        .idle(reactor::IdleStrategy::Spin)
+        .start()
+        .expect("one reactor on core 0");
+    bdev::set_runtime(rt.handle());
+    bdev::set_io_pool_size(QD * 4);
+    if base == "null" {
+        null::create("pb", 1 << 20, 4096, None, null::ReadFill::Untouched).unwrap();
+    } else {
+        malloc::create("pb", (256 << 20) / 4096, 4096, None).unwrap();
+    }
+    crypto::key_create("pk", "AES_XTS", KEY128.0, KEY128.1, None).unwrap();
+    crypto::create("pb", "pc", "pk").unwrap();
+    let w = rt
+        .block_on(0, move || async move { seq("pc", true, secs).await })
+        .unwrap();
+    println!("write through crypto AES-128 over {base}: {}", gb(w));
+    rt.shutdown().unwrap();
+}
+
 fn gb(x: f64) -> String {
     format!("{:.2} GB/s", x / 1e9)
 }
 
-fn main() {
-    let secs: f64 = std::env::args()
-        .skip_while(|a| a != "--seconds")
+/// The median of the samples (the mean of the middle two for an even
+/// count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// `--name value` from the command line.
+fn arg<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::args()
+        .skip_while(|a| a != name)
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or(2.0);
+}
+
+fn main() {
+    let secs: f64 = arg("--seconds").unwrap_or(1.0);
+    let memory = use_hugepages();
+    if let Some(only) = arg::<String>("--profile-write") {
+        return profile_write(&only, secs);
+    }
+    let reps: usize = arg("--reps").unwrap_or(5).max(1);
     println!(
-        "AES-XTS on core 0, {secs} CPU-seconds per figure, bytes per CPU-second; aes crate hardware acceleration: {}",
+        "AES-XTS on core 0, medians of {reps} samples of {secs} CPU-seconds, bytes per CPU-second; aes crate hardware acceleration: {}; buffers and disks in {memory}",
         aes::hardware_accelerated()
     );
     // 1. The cipher, with the bench thread on core 0 and openssl pinned
@@ -272,10 +372,16 @@ fn main() {
             .enumerate()
         {
             let dec = dir == crypto::Direction::Decrypt;
-            let o = ours(key, dir, secs);
+            let (mut os, mut s4s, mut s16s) = (vec![], vec![], vec![]);
+            for _ in 0..reps {
+                os.push(ours(key, dir, secs));
+                s4s.extend(openssl(bits, dec, 4096, secs));
+                s16s.extend(openssl(bits, dec, 16384, secs));
+            }
+            let o = median(os);
             raw[ki][di] = o;
-            let s4 = openssl(bits, dec, 4096, secs);
-            let s16 = openssl(bits, dec, 16384, secs);
+            let s4 = (!s4s.is_empty()).then(|| median(s4s));
+            let s16 = (!s16s.is_empty()).then(|| median(s16s));
             let ratio = |s: Option<f64>| s.map_or("-".into(), |s| format!("{:.2}", o / s));
             println!(
                 "| AES-{bits}-XTS {} | {} | {} | {} | {} , {} |",
@@ -304,6 +410,15 @@ fn main() {
         raw[1][0] / r256
     );
 
+    println!(
+        "\nours, 128 KiB out of place from 32 rotating buffers (4 MiB) into one, encrypt / decrypt: \
+         AES-128 {} / {}, AES-256 {} / {}",
+        gb(ours_streaming(KEY128, crypto::Direction::Encrypt, secs)),
+        gb(ours_streaming(KEY128, crypto::Direction::Decrypt, secs)),
+        gb(ours_streaming(KEY256, crypto::Direction::Encrypt, secs)),
+        gb(ours_streaming(KEY256, crypto::Direction::Decrypt, secs)),
+    );
+
     if std::env::args().any(|a| a == "--cipher-only") {
         return;
     }
@@ -323,29 +438,58 @@ fn main() {
         "\n| bdev, 128 KiB sequential, QD{QD} | write | read | write / raw encrypt | read / raw decrypt |"
     );
     println!("|---|---|---|---|---|");
-    for base in ["bn_null", "bn_malloc"] {
-        let run = |name: &str| {
-            let (w, r) = (name.to_owned(), name.to_owned());
-            let wr = rt
-                .block_on(0, move || async move { seq(&w, true, secs).await })
-                .unwrap();
-            let rd = rt
-                .block_on(0, move || async move { seq(&r, false, secs).await })
-                .unwrap();
-            (wr, rd)
+    // Each bdev sample is paired with a raw cipher sample taken just
+    // before it on the reactor thread (the same thread and core): the ratio
+    // columns are the medians of the per-pair ratios, so a change of the
+    // host's load between the cipher table and this one does not show up
+    // as a ratio.
+    let sample = |name: &str, write: bool, key: Option<(&str, &str)>| -> (f64, Option<f64>) {
+        let raw = key.map(|k| {
+            let k = (k.0.to_owned(), k.1.to_owned());
+            let dir = if write {
+                crypto::Direction::Encrypt
+            } else {
+                crypto::Direction::Decrypt
+            };
+            rt.block_on(0, move || async move { ours((&k.0, &k.1), dir, secs) })
+                .unwrap()
+        });
+        let n = name.to_owned();
+        let b = rt
+            .block_on(0, move || async move { seq(&n, write, secs).await })
+            .unwrap();
+        (b, raw)
+    };
+    let run = |name: &str, key: Option<(&str, &str)>| {
+        let (mut ws, mut rs, mut wq, mut rq) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..reps {
+            let (w, rw) = sample(name, true, key);
+            let (r, rr) = sample(name, false, key);
+            ws.push(w);
+            rs.push(r);
+            wq.extend(rw.map(|x| w / x));
+            rq.extend(rr.map(|x| r / x));
+        }
+        let ratio = |q: Vec<f64>| {
+            if q.is_empty() {
+                String::new()
+            } else {
+                format!("{:.2}", median(q))
+            }
         };
-        let (w, r) = run(base);
+        (median(ws), median(rs), ratio(wq), ratio(rq))
+    };
+    for base in ["bn_null", "bn_malloc"] {
+        let (w, r, _, _) = run(base, None);
         println!("| {base} (no crypto) | {} | {} | | |", gb(w), gb(r));
-        for (ki, bits) in [128u32, 256].into_iter().enumerate() {
+        for (bits, key) in [(128u32, KEY128), (256, KEY256)] {
             let name = format!("bc{bits}_{base}");
             crypto::create(base, &name, &format!("bk{bits}")).unwrap();
-            let (w, r) = run(&name);
+            let (w, r, wq, rq) = run(&name, Some(key));
             println!(
-                "| crypto AES-{bits} over {base} | {} | {} | {:.2} | {:.2} |",
+                "| crypto AES-{bits} over {base} | {} | {} | {wq} | {rq} |",
                 gb(w),
                 gb(r),
-                w / raw[ki][0],
-                r / raw[ki][1]
             );
             let n2 = name.clone();
             rt.block_on(0, move || async move { crypto::delete(&n2).await.unwrap() })

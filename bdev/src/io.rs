@@ -182,7 +182,10 @@ impl BdevIo {
     /// [`BdevError::Invalid`] when this is not a zero-copy start or there
     /// are more than [`MAX_IOV`] segments.
     pub fn set_zcopy_iovs(&mut self, iovs: &[IoVec]) -> Result<(), crate::BdevError> {
-        if self.zcopy_phase().is_none_or(|p| matches!(p, ZcopyPhase::End { .. })) {
+        if self
+            .zcopy_phase()
+            .is_none_or(|p| matches!(p, ZcopyPhase::End { .. }))
+        {
             return Err(crate::BdevError::invalid(
                 "I/O",
                 "segments are lent only in a zero-copy start",

@@ -738,7 +738,13 @@ async fn window(
     populate: bool,
     w: WinRef,
 ) -> Result<WinRef, BdevError> {
-    ch.zcopy_start(lba, n, populate, window_started, std::rc::Rc::as_ptr(&w) as usize)?;
+    ch.zcopy_start(
+        lba,
+        n,
+        populate,
+        window_started,
+        std::rc::Rc::as_ptr(&w) as usize,
+    )?;
     let until = Instant::now() + Duration::from_secs(10);
     loop {
         {
@@ -815,14 +821,20 @@ fn zero_copy_windows_over_malloc() {
         assert_eq!(w.borrow().start, Some(IoStatus::Success));
         assert_eq!(ch.outstanding(), 0);
         // Bounds as for any I/O.
-        let e = window(&ch, 60, 8, true, Window::new(None)).await.unwrap_err();
+        let e = window(&ch, 60, 8, true, Window::new(None))
+            .await
+            .unwrap_err();
         assert!(matches!(e, BdevError::OutOfRange { .. }), "{e}");
-        let e = window(&ch, 0, 0, true, Window::new(None)).await.unwrap_err();
+        let e = window(&ch, 0, 0, true, Window::new(None))
+            .await
+            .unwrap_err();
         assert!(matches!(e, BdevError::OutOfRange { .. }), "{e}");
         // Read-only descriptors: no write windows, no commits.
         let ro = bdev::open("m_zc", false, nop).unwrap();
         let rch = ro.get_io_channel().unwrap();
-        let e = window(&rch, 0, 1, false, Window::new(None)).await.unwrap_err();
+        let e = window(&rch, 0, 1, false, Window::new(None))
+            .await
+            .unwrap_err();
         assert_eq!(e, BdevError::ReadOnly("m_zc".into()));
         let w = Window::new(None);
         w.borrow_mut().force_commit = true;
