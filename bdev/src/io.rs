@@ -165,7 +165,10 @@ impl BdevIo {
 
     /// The phase of a zero-copy I/O; `None` for other types.
     pub fn zcopy_phase(&self) -> Option<ZcopyPhase> {
-        (self.ty == IoType::Zcopy).then(|| match self.zcopy.end {
+        if self.ty != IoType::Zcopy {
+            return None;
+        }
+        Some(match self.zcopy.end {
             None => ZcopyPhase::Start {
                 populate: self.zcopy.populate,
             },
