@@ -785,20 +785,21 @@ fn zero_copy_windows_over_malloc() {
         assert_eq!(st, IoStatus::Success);
         let before = bdev::get("m_zc").unwrap().stats();
         let w = window(&ch, 8, 8, true, Window::new(None)).await.unwrap();
-        let w = w.borrow();
-        assert_eq!(
-            (w.start, w.end_status),
-            (Some(IoStatus::Success), Some(IoStatus::Success))
-        );
-        assert_eq!(w.segments, 1);
-        assert!(w.seen == a, "populated window holds the blocks");
+        {
+            let w = w.borrow();
+            assert_eq!(
+                (w.start, w.end_status),
+                (Some(IoStatus::Success), Some(IoStatus::Success))
+            );
+            assert_eq!(w.segments, 1);
+            assert!(w.seen == a, "populated window holds the blocks");
+        }
         // SPDK counts a window at its start: populated = a read.
         let after = bdev::get("m_zc").unwrap().stats();
         assert_eq!(
             after.of(IoType::Read).bytes - before.of(IoType::Read).bytes,
             8 * 512
         );
-        drop(w);
         // A window written and committed is what a normal read returns.
         let b: Vec<u8> = (0..4 * 512).map(|i| (i * 13 + 1) as u8).collect();
         let w = window(&ch, 20, 4, false, Window::new(Some(b.clone())))
