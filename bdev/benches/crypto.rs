@@ -21,7 +21,8 @@
 //!
 //! `cargo bench -p bdev --bench crypto` (`-- --seconds N`: CPU-seconds per
 //! sample, default 1; `--reps R`; `--cipher-only` stops after part 1;
-//! `--profile-write null|malloc` runs only AES-128 writes, for `perf`).
+//! `--profile-write null|malloc` or `--profile-read null|malloc` runs only
+//! AES-128 writes or reads, for `perf`).
 
 use std::cell::Cell;
 use std::process::Command;
@@ -300,9 +301,10 @@ fn use_hugepages() -> &'static str {
     }
 }
 
-/// `--profile-write null|malloc`: only 128 KiB writes through an AES-128
-/// crypto bdev over that base, for `secs` (to run under `perf`).
-fn profile_write(base: &str, secs: f64) {
+/// `--profile-write null|malloc` (or `--profile-read`): only 128 KiB writes
+/// (reads) through an AES-128 crypto bdev over that base, for `secs` (to
+/// run under `perf`).
+fn profile(base: &str, write: bool, secs: f64) {
     let rt = reactor::Runtime::builder("0x1".parse().unwrap())
         .idle(reactor::IdleStrategy::Spin)
         .start()
@@ -317,9 +319,10 @@ fn profile_write(base: &str, secs: f64) {
     crypto::key_create("pk", "AES_XTS", KEY128.0, KEY128.1, None).unwrap();
     crypto::create("pb", "pc", "pk").unwrap();
     let w = rt
-        .block_on(0, move || async move { seq("pc", true, secs).await })
+        .block_on(0, move || async move { seq("pc", write, secs).await })
         .unwrap();
-    println!("write through crypto AES-128 over {base}: {}", gb(w));
+    let what = if write { "write" } else { "read" };
+    println!("{what} through crypto AES-128 over {base}: {}", gb(w));
     rt.shutdown().unwrap();
 }
 
@@ -351,7 +354,10 @@ fn main() {
     let secs: f64 = arg("--seconds").unwrap_or(1.0);
     let memory = use_hugepages();
     if let Some(only) = arg::<String>("--profile-write") {
-        return profile_write(&only, secs);
+        return profile(&only, true, secs);
+    }
+    if let Some(only) = arg::<String>("--profile-read") {
+        return profile(&only, false, secs);
     }
     let reps: usize = arg("--reps").unwrap_or(5).max(1);
     println!(

@@ -3,7 +3,7 @@
 //! bounce buffers, statistics; its modules live in `modules/<name>/`.
 //!
 //! Owns: every bdev and virtual bdev (malloc, null, delay, error, nvme,
-//! passthrough, and later crypto, RAID and logical volumes).
+//! passthrough, crypto, and later RAID and logical volumes).
 //!
 //! Must not: allocate, lock or hop cores on the I/O path, or complete an I/O
 //! type it does not support with anything but a NOT-SUPPORTED status.
@@ -31,6 +31,12 @@
 //!   function and a context word) on the submitting core; completions that
 //!   happen inside a submission are deferred to the channel's poller so
 //!   callbacks never recurse.
+//! * Zero-copy windows ([`BdevChannel::zcopy_start`], SPDK's zcopy): a
+//!   module that keeps data in memory (malloc) lends that memory for a
+//!   block range; the submitter reads or writes it in place inside its
+//!   callback and ends the window ([`BdevIo::zcopy_end`], with or without
+//!   commit). The crypto vbdev ciphers straight into and out of such
+//!   windows. Vbdevs do not pass windows through.
 //! * Nothing is allocated per I/O: `BdevIo`s come from the channel's pool
 //!   ([`set_io_pool_size`]), module context lives inline
 //!   ([`BdevIo::module_ctx`]), bounce buffers come from the core's DMA cache.

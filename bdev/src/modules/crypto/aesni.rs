@@ -239,7 +239,8 @@ macro_rules! round_tweak {
 /// Registers: `xmm0`-`xmm7` the blocks, `xmm8` the round's key, `xmm13`
 /// `k0 ^ k_last`.
 macro_rules! xts8 {
-    ($op:literal, $last:literal, [$($koff:literal),*], $src:ident, $dst:ident, $groups:ident,
+    ($op:literal, $last:literal, $st:literal, [$($koff:literal),*], $src:ident, $dst:ident,
+     $groups:ident,
      $cur:ident, $nxt:ident, $wr:ident, $keys:expr, $kl:expr, $lo:ident, $hi:ident,
      $k0kl:expr) => {
         std::arch::asm!(
@@ -294,14 +295,14 @@ macro_rules! xts8 {
             concat!($last, " xmm5, [{cur} + 80]"),
             concat!($last, " xmm6, [{cur} + 96]"),
             concat!($last, " xmm7, [{cur} + 112]"),
-            "movdqu [{dst}], xmm0",
-            "movdqu [{dst} + 16], xmm1",
-            "movdqu [{dst} + 32], xmm2",
-            "movdqu [{dst} + 48], xmm3",
-            "movdqu [{dst} + 64], xmm4",
-            "movdqu [{dst} + 80], xmm5",
-            "movdqu [{dst} + 96], xmm6",
-            "movdqu [{dst} + 112], xmm7",
+            concat!($st, " [{dst}], xmm0"),
+            concat!($st, " [{dst} + 16], xmm1"),
+            concat!($st, " [{dst} + 32], xmm2"),
+            concat!($st, " [{dst} + 48], xmm3"),
+            concat!($st, " [{dst} + 64], xmm4"),
+            concat!($st, " [{dst} + 80], xmm5"),
+            concat!($st, " [{dst} + 96], xmm6"),
+            concat!($st, " [{dst} + 112], xmm7"),
             // cur <- nxt <- wr <- cur.
             "mov {tmp}, {cur}",
             "mov {cur}, {nxt}",
@@ -335,6 +336,13 @@ macro_rules! xts8 {
             options(nostack),
         )
     };
+}
+
+/// Orders the non-temporal stores of [`NiKeys::run`] before what follows.
+pub(crate) fn sfence() {
+    // SAFETY: SSE is part of the x86-64 baseline; `sfence` only orders
+    // stores.
+    unsafe { std::arch::x86_64::_mm_sfence() }
 }
 
 #[inline(always)]
@@ -374,6 +382,11 @@ impl<const N: usize> NiKeys<N> {
     /// The CPU has AES-NI; `src` is readable and `dst` writable for
     /// `16 * blocks` bytes; the two are equal or do not overlap.
     #[target_feature(enable = "aes")]
+    ///
+    /// With `stream`, and `dst` 16-byte aligned, the whole groups are
+    /// written with non-temporal stores (`movntdq`): for data the CPU will
+    /// not read again soon; the caller ends with [`sfence`] before anyone
+    /// else may read it.
     pub(crate) unsafe fn run(
         &self,
         dir: Direction,
@@ -381,6 +394,7 @@ impl<const N: usize> NiKeys<N> {
         mut dst: *mut u8,
         mut blocks: usize,
         t: &mut Lane,
+        stream: bool,
     ) {
         let keys = match dir {
             Direction::Encrypt => &self.enc,
@@ -425,10 +439,12 @@ impl<const N: usize> NiKeys<N> {
             unsafe {
                 // N is 11 or 15 (the only `new`s), checked at build time.
                 const { assert!(N == 11 || N == 15) };
-                match (dir, N) {
-                    (Direction::Encrypt, 11) => xts8!(
+                let nt = stream && (dst as usize).is_multiple_of(16);
+                match (dir, N, nt) {
+                    (Direction::Encrypt, 11, false) => xts8!(
                         "aesenc",
                         "aesenclast",
+                        "movdqu",
                         ["144"],
                         src,
                         dst,
@@ -442,9 +458,27 @@ impl<const N: usize> NiKeys<N> {
                         hi,
                         k0kl
                     ),
-                    (Direction::Decrypt, 11) => xts8!(
+                    (Direction::Encrypt, 11, true) => xts8!(
+                        "aesenc",
+                        "aesenclast",
+                        "movntdq",
+                        ["144"],
+                        src,
+                        dst,
+                        groups,
+                        cur,
+                        nxt,
+                        wr,
+                        kp,
+                        klp,
+                        lo,
+                        hi,
+                        k0kl
+                    ),
+                    (Direction::Decrypt, 11, _) => xts8!(
                         "aesdec",
                         "aesdeclast",
+                        "movdqu",
                         ["144"],
                         src,
                         dst,
@@ -458,9 +492,10 @@ impl<const N: usize> NiKeys<N> {
                         hi,
                         k0kl
                     ),
-                    (Direction::Encrypt, _) => xts8!(
+                    (Direction::Encrypt, _, false) => xts8!(
                         "aesenc",
                         "aesenclast",
+                        "movdqu",
                         ["144", "160", "176", "192", "208"],
                         src,
                         dst,
@@ -474,9 +509,27 @@ impl<const N: usize> NiKeys<N> {
                         hi,
                         k0kl
                     ),
-                    (Direction::Decrypt, _) => xts8!(
+                    (Direction::Encrypt, _, true) => xts8!(
+                        "aesenc",
+                        "aesenclast",
+                        "movntdq",
+                        ["144", "160", "176", "192", "208"],
+                        src,
+                        dst,
+                        groups,
+                        cur,
+                        nxt,
+                        wr,
+                        kp,
+                        klp,
+                        lo,
+                        hi,
+                        k0kl
+                    ),
+                    (Direction::Decrypt, _, _) => xts8!(
                         "aesdec",
                         "aesdeclast",
+                        "movdqu",
                         ["144", "160", "176", "192", "208"],
                         src,
                         dst,

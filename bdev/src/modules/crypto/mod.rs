@@ -45,7 +45,7 @@ use serde_json::json;
 pub use keys::{
     CIPHER_AES_XTS, Key, TweakMode, key_create, key_destroy, keys_config_json, keys_get,
 };
-pub use xts::{Direction, TWEAK_BATCH, XtsCipher};
+pub use xts::{Direction, Store, TWEAK_BATCH, XtsCipher};
 
 use super::passthru::{Base, pass_down};
 use crate::{
@@ -101,6 +101,7 @@ impl CryptoChannel {
     unsafe fn crypt(
         &self,
         dir: Direction,
+        store: Store,
         src: &[IoVec],
         src_skip: usize,
         dst: &[IoVec],
@@ -120,6 +121,7 @@ impl CryptoChannel {
                 dst_skip,
                 self.unit_len,
                 n * per_block,
+                store,
                 |u| mode.tweak(lba, per_block, u),
             )
         }
@@ -189,6 +191,7 @@ fn read_done(child: &mut BdevIo, status: IoStatus) {
         unsafe {
             ch.crypt(
                 Direction::Decrypt,
+                Store::Cached,
                 p.iovs(),
                 0,
                 p.iovs(),
@@ -218,6 +221,7 @@ fn read_window(child: &mut BdevIo, status: IoStatus) {
     unsafe {
         ch.crypt(
             Direction::Decrypt,
+            Store::Cached,
             child.iovs(),
             0,
             p.iovs(),
@@ -283,13 +287,24 @@ fn write_chunk(ch: &CryptoChannel, mut io: IoHandle) {
         // touches it until it is submitted below.
         unsafe {
             std::ptr::write_bytes(buf.as_ptr(), 0, len);
-            ch.crypt(Direction::Encrypt, &seg, 0, &seg, 0, next, n);
+            ch.crypt(Direction::Encrypt, Store::Cached, &seg, 0, &seg, 0, next, n);
         }
     } else {
         let skip = (next - r.offset_blocks()) as usize * ch.block_size;
         // SAFETY: the caller's segments are valid until the I/O completes
         // and only read; the buffer is ours and does not overlap them.
-        unsafe { ch.crypt(Direction::Encrypt, r.iovs(), skip, &seg, 0, next, n) };
+        unsafe {
+            ch.crypt(
+                Direction::Encrypt,
+                Store::Streaming,
+                r.iovs(),
+                skip,
+                &seg,
+                0,
+                next,
+                n,
+            )
+        };
     }
     let fua = r.fua();
     let m = io.io_mut();
@@ -332,13 +347,35 @@ fn write_window(child: &mut BdevIo, status: IoStatus) {
             unsafe { std::ptr::write_bytes(v.ptr, 0, v.len) };
         }
         // SAFETY: as above, in place.
-        unsafe { ch.crypt(Direction::Encrypt, window, 0, window, 0, next, n) };
+        unsafe {
+            ch.crypt(
+                Direction::Encrypt,
+                Store::Cached,
+                window,
+                0,
+                window,
+                0,
+                next,
+                n,
+            )
+        };
     } else {
         let skip = (next - r.offset_blocks()) as usize * ch.block_size;
         // SAFETY: the caller's segments are valid until the I/O completes
         // and only read; the window is the base's memory, lent for writing,
         // and does not overlap them.
-        unsafe { ch.crypt(Direction::Encrypt, r.iovs(), skip, window, 0, next, n) };
+        unsafe {
+            ch.crypt(
+                Direction::Encrypt,
+                Store::Streaming,
+                r.iovs(),
+                skip,
+                window,
+                0,
+                next,
+                n,
+            )
+        };
     }
     child.zcopy_end(true, write_done, parent.into_raw());
 }
