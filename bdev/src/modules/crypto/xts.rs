@@ -2,7 +2,8 @@
 //!
 //! The `xts-mode` crate encrypts one 16-byte block at a time. Here, on
 //! x86-64 CPUs with AES-NI (detected at run time), a kernel keeps eight blocks
-//! and their tweaks in registers (`aesni.rs`); elsewhere the engine hands
+//! in registers and doubles their tweaks in general-purpose registers
+//! between the rounds (`aesni.rs`); elsewhere the engine hands
 //! the `aes` crate as many blocks as its backend takes at once
 //! (`ParBlocksSize`: 8 with AES-NI, 30 or 64 with VAES), whitening them with
 //! tweaks computed in the same pass. Tweaks double in GF(2^128) with the
