@@ -271,6 +271,13 @@ impl BdevChannel {
         ctx: usize,
     ) -> Result<(), (BdevError, Option<DmaBuf>)> {
         let s = self.state();
+        if ty == IoType::Zcopy {
+            // Its rights and phases are set up by `zcopy_start` only.
+            return Err((
+                BdevError::invalid("I/O type", "zero-copy windows open with zcopy_start"),
+                buf,
+            ));
+        }
         if iovs.len() > MAX_IOV {
             return Err((
                 BdevError::invalid(
@@ -825,7 +832,10 @@ fn zcopy_started(s: &Rc<ChanState>, mut p: NonNull<BdevIo>, mut status: IoStatus
     // SAFETY: the I/O is in flight and handed back to the layer.
     let io = unsafe { p.as_mut() };
     let bytes = io.num_blocks * s.bdev.props.block_size as u64;
-    if status.is_success() && io.data_len() as u64 != bytes {
+    // A window of the wrong size is the module's bug: the submitter gets
+    // a failure, the module still gets its end (it may hold resources).
+    let misfit = status.is_success() && io.data_len() as u64 != bytes;
+    if misfit {
         log::error!(
             "bdev {}: zero-copy start lent {} bytes for {bytes}: failing it",
             s.bdev.props.name,
@@ -841,6 +851,16 @@ fn zcopy_started(s: &Rc<ChanState>, mut p: NonNull<BdevIo>, mut status: IoStatus
     let latency = reactor::clock_ns().saturating_sub(io.start);
     s.stats.record(ty, bytes, latency, status.is_success());
     let cb = io.cb.take();
+    if misfit {
+        if let Some(cb) = cb {
+            cb(io, status);
+        }
+        io.zcopy.end_req = None;
+        io.zcopy.end = Some(false);
+        io.zcopy.refused = true;
+        io.start = reactor::clock_ns();
+        return submit(s, p);
+    }
     if !status.is_success() {
         // No window was opened: nothing to end.
         s.outstanding.set(s.outstanding.get() - 1);

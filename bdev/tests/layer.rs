@@ -821,6 +821,16 @@ fn zero_copy_windows_over_malloc() {
         let w = window(&ch, 0, 64, true, w).await.unwrap();
         assert_eq!(w.borrow().start, Some(IoStatus::Success));
         assert_eq!(ch.outstanding(), 0);
+        // Windows open only with zcopy_start (which sets up their rights
+        // and phases), not through the generic submissions.
+        let e = ch.io(IoType::Zcopy, None, 0, 1, false).await.unwrap_err();
+        assert!(matches!(e, BdevError::Invalid { .. }), "{e}");
+        fn never(_: &mut bdev::BdevIo, _: IoStatus) {
+            panic!("a refused submission has no callback");
+        }
+        let e = ch.submit_nodata(IoType::Zcopy, 0, 1, never, 0).unwrap_err();
+        assert!(matches!(e, BdevError::Invalid { .. }), "{e}");
+        assert_eq!(ch.outstanding(), 0);
         // Bounds as for any I/O.
         let e = window(&ch, 60, 8, true, Window::new(None))
             .await

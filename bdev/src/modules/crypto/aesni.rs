@@ -13,8 +13,9 @@
 
 use std::arch::x86_64::{
     __m128i, _mm_aesdec_si128, _mm_aesdeclast_si128, _mm_aesenc_si128, _mm_aesenclast_si128,
-    _mm_aesimc_si128, _mm_aeskeygenassist_si128, _mm_loadu_si128, _mm_setzero_si128,
-    _mm_shuffle_epi32, _mm_slli_si128, _mm_storeu_si128, _mm_xor_si128,
+    _mm_aesimc_si128, _mm_aeskeygenassist_si128, _mm_loadu_si128, _mm_set_epi64x,
+    _mm_setzero_si128, _mm_shuffle_epi32, _mm_slli_si128, _mm_store_si128, _mm_storeu_si128,
+    _mm_xor_si128,
 };
 
 use super::xts::{Direction, Lane};
@@ -411,16 +412,12 @@ impl<const N: usize> NiKeys<N> {
             let base = slots.as_mut_ptr().cast::<u8>();
             let (mut lo, mut hi) = halves(tw);
             for i in 0..2 * WIDE {
-                // SAFETY: slot i of the first two sets, 16 bytes in
-                // `slots`.
-                unsafe {
-                    base.add(16 * i)
-                        .cast::<u64>()
-                        .write_unaligned((lo ^ kl_lo).to_le());
-                    base.add(16 * i + 8)
-                        .cast::<u64>()
-                        .write_unaligned((hi ^ kl_hi).to_le());
-                }
+                // One 16-byte store per slot: the loop's 16-byte loads of
+                // these slots must not wait on two 8-byte stores.
+                let slot = _mm_set_epi64x((hi ^ kl_hi) as i64, (lo ^ kl_lo) as i64);
+                // SAFETY: slot i of the first two sets, 16 bytes in `slots`,
+                // 16-aligned.
+                unsafe { _mm_store_si128(base.add(16 * i).cast(), slot) };
                 (lo, hi) = double_halves(lo, hi);
             }
             let mut cur = base;
