@@ -253,11 +253,11 @@ macro_rules! xts8 {
             // fault, past the end of the data too.
             "prefetcht0 [{src} + 2048]",
             "prefetcht0 [{src} + 2112]",
-            // The destination too, for writing, unless it is written past
-            // the caches: a read's plaintext into the caller's buffers
-            // (4 MiB of them at QD32 x 128 KiB) otherwise waits for each
-            // line to be read before it is written (+6 % decrypting from a
-            // malloc disk here; no difference in place or in L2).
+            // The destination too, for writing, when it is written through
+            // the caches and is not the source: a read's plaintext into the
+            // caller's buffers (4 MiB of them at QD32 x 128 KiB) otherwise
+            // waits for each line to be read before it is written (+3-6 %
+            // decrypting from a malloc disk here).
             $pfw,
             "movdqu xmm0, [{src}]",
             "movdqu xmm1, [{src} + 16]",
@@ -357,6 +357,17 @@ fn double(t: __m128i) -> __m128i {
     Lane(t).double().0
 }
 
+/// Where the kernel's output goes.
+#[derive(Clone, Copy)]
+enum Out {
+    /// Past the caches (non-temporal stores).
+    Stream,
+    /// Through the caches, to other memory than the source.
+    Apart,
+    /// Over the source.
+    InPlace,
+}
+
 /// Three sets of eight 16-byte tweak slots, aligned for the 16-byte loads.
 #[repr(C, align(16))]
 struct Slots([[u8; 16]; 3 * WIDE]);
@@ -442,27 +453,19 @@ impl<const N: usize> NiKeys<N> {
             unsafe {
                 // N is 11 or 15 (the only `new`s), checked at build time.
                 const { assert!(N == 11 || N == 15) };
-                let nt = stream && (dst as usize).is_multiple_of(16);
-                match (dir, N, nt) {
-                    (Direction::Encrypt, 11, false) => xts8!(
-                        "aesenc",
-                        "aesenclast",
-                        "movdqu",
-                        "prefetchw [{dst} + 2048]\nprefetchw [{dst} + 2112]",
-                        ["144"],
-                        src,
-                        dst,
-                        groups,
-                        cur,
-                        nxt,
-                        wr,
-                        kp,
-                        klp,
-                        lo,
-                        hi,
-                        k0kl
-                    ),
-                    (Direction::Encrypt, 11, true) => xts8!(
+                // Non-temporal stores when asked and aligned (encryption
+                // only); else the destination is prefetched for writing
+                // unless it is the source (in place, the source's prefetch
+                // already brings the line: measured 3-8 % slower with both).
+                let out = if stream && (dst as usize).is_multiple_of(16) {
+                    Out::Stream
+                } else if dst.cast_const() != src {
+                    Out::Apart
+                } else {
+                    Out::InPlace
+                };
+                match (dir, N, out) {
+                    (Direction::Encrypt, 11, Out::Stream) => xts8!(
                         "aesenc",
                         "aesenclast",
                         "movntdq",
@@ -480,7 +483,43 @@ impl<const N: usize> NiKeys<N> {
                         hi,
                         k0kl
                     ),
-                    (Direction::Decrypt, 11, _) => xts8!(
+                    (Direction::Encrypt, 11, Out::Apart) => xts8!(
+                        "aesenc",
+                        "aesenclast",
+                        "movdqu",
+                        "prefetchw [{dst} + 2048]\nprefetchw [{dst} + 2112]",
+                        ["144"],
+                        src,
+                        dst,
+                        groups,
+                        cur,
+                        nxt,
+                        wr,
+                        kp,
+                        klp,
+                        lo,
+                        hi,
+                        k0kl
+                    ),
+                    (Direction::Encrypt, 11, Out::InPlace) => xts8!(
+                        "aesenc",
+                        "aesenclast",
+                        "movdqu",
+                        "",
+                        ["144"],
+                        src,
+                        dst,
+                        groups,
+                        cur,
+                        nxt,
+                        wr,
+                        kp,
+                        klp,
+                        lo,
+                        hi,
+                        k0kl
+                    ),
+                    (Direction::Decrypt, 11, Out::Apart) => xts8!(
                         "aesdec",
                         "aesdeclast",
                         "movdqu",
@@ -498,12 +537,12 @@ impl<const N: usize> NiKeys<N> {
                         hi,
                         k0kl
                     ),
-                    (Direction::Encrypt, _, false) => xts8!(
-                        "aesenc",
-                        "aesenclast",
+                    (Direction::Decrypt, 11, Out::InPlace | Out::Stream) => xts8!(
+                        "aesdec",
+                        "aesdeclast",
                         "movdqu",
-                        "prefetchw [{dst} + 2048]\nprefetchw [{dst} + 2112]",
-                        ["144", "160", "176", "192", "208"],
+                        "",
+                        ["144"],
                         src,
                         dst,
                         groups,
@@ -516,7 +555,7 @@ impl<const N: usize> NiKeys<N> {
                         hi,
                         k0kl
                     ),
-                    (Direction::Encrypt, _, true) => xts8!(
+                    (Direction::Encrypt, _, Out::Stream) => xts8!(
                         "aesenc",
                         "aesenclast",
                         "movntdq",
@@ -534,11 +573,65 @@ impl<const N: usize> NiKeys<N> {
                         hi,
                         k0kl
                     ),
-                    (Direction::Decrypt, _, _) => xts8!(
+                    (Direction::Encrypt, _, Out::Apart) => xts8!(
+                        "aesenc",
+                        "aesenclast",
+                        "movdqu",
+                        "prefetchw [{dst} + 2048]\nprefetchw [{dst} + 2112]",
+                        ["144", "160", "176", "192", "208"],
+                        src,
+                        dst,
+                        groups,
+                        cur,
+                        nxt,
+                        wr,
+                        kp,
+                        klp,
+                        lo,
+                        hi,
+                        k0kl
+                    ),
+                    (Direction::Encrypt, _, Out::InPlace) => xts8!(
+                        "aesenc",
+                        "aesenclast",
+                        "movdqu",
+                        "",
+                        ["144", "160", "176", "192", "208"],
+                        src,
+                        dst,
+                        groups,
+                        cur,
+                        nxt,
+                        wr,
+                        kp,
+                        klp,
+                        lo,
+                        hi,
+                        k0kl
+                    ),
+                    (Direction::Decrypt, _, Out::Apart) => xts8!(
                         "aesdec",
                         "aesdeclast",
                         "movdqu",
                         "prefetchw [{dst} + 2048]\nprefetchw [{dst} + 2112]",
+                        ["144", "160", "176", "192", "208"],
+                        src,
+                        dst,
+                        groups,
+                        cur,
+                        nxt,
+                        wr,
+                        kp,
+                        klp,
+                        lo,
+                        hi,
+                        k0kl
+                    ),
+                    (Direction::Decrypt, _, Out::InPlace | Out::Stream) => xts8!(
+                        "aesdec",
+                        "aesdeclast",
+                        "movdqu",
+                        "",
                         ["144", "160", "176", "192", "208"],
                         src,
                         dst,
