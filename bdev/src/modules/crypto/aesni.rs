@@ -175,32 +175,13 @@ macro_rules! round {
     };
 }
 
-/// One middle round of the eight blocks that also stores the running tweak
-/// (`{lo}`, `{hi}`), xored with the last round key, to slot `$slot` of
-/// `{wr}`, and doubles it: the bit leaving `hi` folds back into `lo` as
-/// 0x87, the bit leaving `lo` enters `hi` (`add`/`adc`).
-macro_rules! round_tweak {
-    ($op:literal, $koff:literal, $slot:literal, $slot_hi:literal) => {
+/// Stores the running tweak (`{lo}`, `{hi}`), xored with the last round
+/// key, to slot `$slot` of `{wr}`, and doubles it: the bit leaving `hi`
+/// folds back into `lo` as 0x87, the bit leaving `lo` enters `hi`
+/// (`add`/`adc`). Issued after one middle round's AES instructions.
+macro_rules! tweak {
+    ($slot:literal, $slot_hi:literal) => {
         concat!(
-            "movdqa xmm8, [{keys} + ",
-            $koff,
-            "]\n",
-            $op,
-            " xmm0, xmm8\n",
-            $op,
-            " xmm1, xmm8\n",
-            $op,
-            " xmm2, xmm8\n",
-            $op,
-            " xmm3, xmm8\n",
-            $op,
-            " xmm4, xmm8\n",
-            $op,
-            " xmm5, xmm8\n",
-            $op,
-            " xmm6, xmm8\n",
-            $op,
-            " xmm7, xmm8\n",
             "mov {tmp}, {lo}\n",
             "xor {tmp}, [{kl}]\n",
             "mov [{wr} + ",
@@ -285,14 +266,22 @@ macro_rules! xts8 {
             "pxor xmm7, xmm13",
             // Rounds 1..=8, each with one tweak of the group after next;
             // then the other middle rounds (1 for AES-128, 5 for AES-256).
-            round_tweak!($op, "16", "0", "8"),
-            round_tweak!($op, "32", "16", "24"),
-            round_tweak!($op, "48", "32", "40"),
-            round_tweak!($op, "64", "48", "56"),
-            round_tweak!($op, "80", "64", "72"),
-            round_tweak!($op, "96", "80", "88"),
-            round_tweak!($op, "112", "96", "104"),
-            round_tweak!($op, "128", "112", "120"),
+            round!($op, "16"),
+            tweak!("0", "8"),
+            round!($op, "32"),
+            tweak!("16", "24"),
+            round!($op, "48"),
+            tweak!("32", "40"),
+            round!($op, "64"),
+            tweak!("48", "56"),
+            round!($op, "80"),
+            tweak!("64", "72"),
+            round!($op, "96"),
+            tweak!("80", "88"),
+            round!($op, "112"),
+            tweak!("96", "104"),
+            round!($op, "128"),
+            tweak!("112", "120"),
             $(round!($op, $koff),)*
             concat!($last, " xmm0, [{cur}]"),
             concat!($last, " xmm1, [{cur} + 16]"),
@@ -464,187 +453,55 @@ impl<const N: usize> NiKeys<N> {
                 } else {
                     Out::InPlace
                 };
-                match (dir, N, out) {
-                    (Direction::Encrypt, 11, Out::Stream) => xts8!(
-                        "aesenc",
-                        "aesenclast",
-                        "movntdq",
-                        "",
-                        ["144"],
-                        src,
-                        dst,
-                        groups,
-                        cur,
-                        nxt,
-                        wr,
-                        kp,
-                        klp,
-                        lo,
-                        hi,
-                        k0kl
-                    ),
-                    (Direction::Encrypt, 11, Out::Apart) => xts8!(
-                        "aesenc",
-                        "aesenclast",
-                        "movdqu",
-                        "prefetchw [{dst} + 2048]\nprefetchw [{dst} + 2112]",
-                        ["144"],
-                        src,
-                        dst,
-                        groups,
-                        cur,
-                        nxt,
-                        wr,
-                        kp,
-                        klp,
-                        lo,
-                        hi,
-                        k0kl
-                    ),
-                    (Direction::Encrypt, 11, Out::InPlace) => xts8!(
-                        "aesenc",
-                        "aesenclast",
-                        "movdqu",
-                        "",
-                        ["144"],
-                        src,
-                        dst,
-                        groups,
-                        cur,
-                        nxt,
-                        wr,
-                        kp,
-                        klp,
-                        lo,
-                        hi,
-                        k0kl
-                    ),
-                    (Direction::Decrypt, 11, Out::Apart) => xts8!(
-                        "aesdec",
-                        "aesdeclast",
-                        "movdqu",
-                        "prefetchw [{dst} + 2048]\nprefetchw [{dst} + 2112]",
-                        ["144"],
-                        src,
-                        dst,
-                        groups,
-                        cur,
-                        nxt,
-                        wr,
-                        kp,
-                        klp,
-                        lo,
-                        hi,
-                        k0kl
-                    ),
-                    (Direction::Decrypt, 11, Out::InPlace | Out::Stream) => xts8!(
-                        "aesdec",
-                        "aesdeclast",
-                        "movdqu",
-                        "",
-                        ["144"],
-                        src,
-                        dst,
-                        groups,
-                        cur,
-                        nxt,
-                        wr,
-                        kp,
-                        klp,
-                        lo,
-                        hi,
-                        k0kl
-                    ),
-                    (Direction::Encrypt, _, Out::Stream) => xts8!(
-                        "aesenc",
-                        "aesenclast",
-                        "movntdq",
-                        "",
-                        ["144", "160", "176", "192", "208"],
-                        src,
-                        dst,
-                        groups,
-                        cur,
-                        nxt,
-                        wr,
-                        kp,
-                        klp,
-                        lo,
-                        hi,
-                        k0kl
-                    ),
-                    (Direction::Encrypt, _, Out::Apart) => xts8!(
-                        "aesenc",
-                        "aesenclast",
-                        "movdqu",
-                        "prefetchw [{dst} + 2048]\nprefetchw [{dst} + 2112]",
-                        ["144", "160", "176", "192", "208"],
-                        src,
-                        dst,
-                        groups,
-                        cur,
-                        nxt,
-                        wr,
-                        kp,
-                        klp,
-                        lo,
-                        hi,
-                        k0kl
-                    ),
-                    (Direction::Encrypt, _, Out::InPlace) => xts8!(
-                        "aesenc",
-                        "aesenclast",
-                        "movdqu",
-                        "",
-                        ["144", "160", "176", "192", "208"],
-                        src,
-                        dst,
-                        groups,
-                        cur,
-                        nxt,
-                        wr,
-                        kp,
-                        klp,
-                        lo,
-                        hi,
-                        k0kl
-                    ),
-                    (Direction::Decrypt, _, Out::Apart) => xts8!(
-                        "aesdec",
-                        "aesdeclast",
-                        "movdqu",
-                        "prefetchw [{dst} + 2048]\nprefetchw [{dst} + 2112]",
-                        ["144", "160", "176", "192", "208"],
-                        src,
-                        dst,
-                        groups,
-                        cur,
-                        nxt,
-                        wr,
-                        kp,
-                        klp,
-                        lo,
-                        hi,
-                        k0kl
-                    ),
-                    (Direction::Decrypt, _, Out::InPlace | Out::Stream) => xts8!(
-                        "aesdec",
-                        "aesdeclast",
-                        "movdqu",
-                        "",
-                        ["144", "160", "176", "192", "208"],
-                        src,
-                        dst,
-                        groups,
-                        cur,
-                        nxt,
-                        wr,
-                        kp,
-                        klp,
-                        lo,
-                        hi,
-                        k0kl
-                    ),
+                // The kernel for one choice of instructions; the operands
+                // are always these.
+                macro_rules! go {
+                    ($op:literal, $last:literal, $st:literal, $pfw:literal, $r:tt) => {
+                        xts8!(
+                            $op, $last, $st, $pfw, $r, src, dst, groups, cur, nxt, wr, kp, klp, lo,
+                            hi, k0kl
+                        )
+                    };
+                }
+                // Encryption with each kind of output, decryption with
+                // cached output (it never streams).
+                macro_rules! both {
+                    ($r:tt) => {
+                        match (dir, out) {
+                            (Direction::Encrypt, Out::Stream) => {
+                                go!("aesenc", "aesenclast", "movntdq", "", $r)
+                            }
+                            (Direction::Encrypt, Out::Apart) => {
+                                go!(
+                                    "aesenc",
+                                    "aesenclast",
+                                    "movdqu",
+                                    "prefetchw [{dst} + 2048]\nprefetchw [{dst} + 2112]",
+                                    $r
+                                )
+                            }
+                            (Direction::Encrypt, Out::InPlace) => {
+                                go!("aesenc", "aesenclast", "movdqu", "", $r)
+                            }
+                            (Direction::Decrypt, Out::Apart) => {
+                                go!(
+                                    "aesdec",
+                                    "aesdeclast",
+                                    "movdqu",
+                                    "prefetchw [{dst} + 2048]\nprefetchw [{dst} + 2112]",
+                                    $r
+                                )
+                            }
+                            (Direction::Decrypt, Out::InPlace | Out::Stream) => {
+                                go!("aesdec", "aesdeclast", "movdqu", "", $r)
+                            }
+                        }
+                    };
+                }
+                if N == 11 {
+                    both!(["144"])
+                } else {
+                    both!(["144", "160", "176", "192", "208"])
                 }
             }
             blocks %= WIDE;
