@@ -156,12 +156,7 @@ fn read(ch: &CryptoChannel, mut io: IoHandle) {
     let r = io.io();
     let (off, n) = (r.offset_blocks(), r.num_blocks());
     if ch.zcopy {
-        let raw = io.into_raw();
-        if let Err(e) = ch.base.zcopy_start(off, n, true, read_window, raw) {
-            // SAFETY: the window was not started: the handle is still ours.
-            unsafe { IoHandle::from_raw(raw) }.complete(fail_status(&e));
-        }
-        return;
+        return open_window(ch, io, off, n, true, read_window);
     }
     let mut iovs = [IoVec::EMPTY; MAX_IOV];
     let cnt = r.iovs().len();
@@ -202,6 +197,23 @@ fn read_done(child: &mut BdevIo, status: IoStatus) {
         };
     }
     parent.complete(status);
+}
+
+/// Opens a window on the base for blocks `lba..lba + n` on behalf of `io`
+/// (the window's context word); `cb` gets it open.
+fn open_window(
+    ch: &CryptoChannel,
+    io: IoHandle,
+    lba: u64,
+    n: u64,
+    populate: bool,
+    cb: crate::IoCallback,
+) {
+    let raw = io.into_raw();
+    if let Err(e) = ch.base.zcopy_start(lba, n, populate, cb, raw) {
+        // SAFETY: the window was not started: the handle is still ours.
+        unsafe { IoHandle::from_raw(raw) }.complete(fail_status(&e));
+    }
 }
 
 /// The base's populated window is open: decrypt it into the caller's
@@ -263,12 +275,7 @@ fn write_chunk(ch: &CryptoChannel, mut io: IoHandle) {
     if ch.zcopy && !r.fua() {
         let n = (end - next).min(ch.zcopy_chunk_blocks);
         io.io_mut().module_ctx[CTX_CHUNK] = n;
-        let raw = io.into_raw();
-        if let Err(e) = ch.base.zcopy_start(next, n, false, write_window, raw) {
-            // SAFETY: the window was not started: the handle is still ours.
-            unsafe { IoHandle::from_raw(raw) }.complete(fail_status(&e));
-        }
-        return;
+        return open_window(ch, io, next, n, false, write_window);
     }
     let n = (end - next).min(ch.chunk_blocks);
     let len = n as usize * ch.block_size;
@@ -282,30 +289,9 @@ fn write_chunk(ch: &CryptoChannel, mut io: IoHandle) {
         }
     };
     let seg = [IoVec::of(&buf, 0, len)];
-    if zeroes {
-        // SAFETY: the buffer is ours and `len` bytes long; nothing else
-        // touches it until it is submitted below.
-        unsafe {
-            std::ptr::write_bytes(buf.as_ptr(), 0, len);
-            ch.crypt(Direction::Encrypt, Store::Cached, &seg, 0, &seg, 0, next, n);
-        }
-    } else {
-        let skip = (next - r.offset_blocks()) as usize * ch.block_size;
-        // SAFETY: the caller's segments are valid until the I/O completes
-        // and only read; the buffer is ours and does not overlap them.
-        unsafe {
-            ch.crypt(
-                Direction::Encrypt,
-                Store::Streaming,
-                r.iovs(),
-                skip,
-                &seg,
-                0,
-                next,
-                n,
-            )
-        };
-    }
+    // SAFETY: the buffer is ours, `len` bytes, and nothing else touches it
+    // until it is submitted below.
+    unsafe { encrypt_chunk(ch, r, &seg, next, n, zeroes) };
     let fua = r.fua();
     let m = io.io_mut();
     m.module_ctx[CTX_CHUNK] = n;
@@ -327,6 +313,48 @@ fn write_chunk(ch: &CryptoChannel, mut io: IoHandle) {
     }
 }
 
+/// Puts the ciphertext of blocks `next..next + n` of write `r` into `dst`:
+/// the caller's blocks encrypted (written past the caches: the CPU does not
+/// read ciphertext back), or, for write zeroes, encrypted zeroes.
+///
+/// # Safety
+/// `dst` is memory lent to us for writing, exactly `n` blocks, that does
+/// not overlap the caller's segments.
+unsafe fn encrypt_chunk(
+    ch: &CryptoChannel,
+    r: &BdevIo,
+    dst: &[IoVec],
+    next: u64,
+    n: u64,
+    zeroes: bool,
+) {
+    if zeroes {
+        for v in dst {
+            // SAFETY: `dst` is ours to write (this function's contract).
+            unsafe { std::ptr::write_bytes(v.ptr, 0, v.len) };
+        }
+        // SAFETY: as above, in place.
+        unsafe { ch.crypt(Direction::Encrypt, Store::Cached, dst, 0, dst, 0, next, n) };
+    } else {
+        let skip = (next - r.offset_blocks()) as usize * ch.block_size;
+        // SAFETY: the caller's segments are valid until the I/O completes
+        // and only read; `dst` does not overlap them (this function's
+        // contract).
+        unsafe {
+            ch.crypt(
+                Direction::Encrypt,
+                Store::Streaming,
+                r.iovs(),
+                skip,
+                dst,
+                0,
+                next,
+                n,
+            )
+        };
+    }
+}
+
 /// The base's window for this chunk is open: encrypt the caller's blocks
 /// (or zeroes) into it, then commit it.
 fn write_window(child: &mut BdevIo, status: IoStatus) {
@@ -339,44 +367,9 @@ fn write_window(child: &mut BdevIo, status: IoStatus) {
     // SAFETY: recorded in `write`.
     let ch = unsafe { channel_of(r) };
     let (next, n) = (r.module_ctx[CTX_NEXT], r.module_ctx[CTX_CHUNK]);
-    let window = child.iovs();
-    if r.module_ctx[CTX_ZEROES] != 0 {
-        for v in window {
-            // SAFETY: the window is the base's memory for these blocks,
-            // lent to us for writing during this callback.
-            unsafe { std::ptr::write_bytes(v.ptr, 0, v.len) };
-        }
-        // SAFETY: as above, in place.
-        unsafe {
-            ch.crypt(
-                Direction::Encrypt,
-                Store::Cached,
-                window,
-                0,
-                window,
-                0,
-                next,
-                n,
-            )
-        };
-    } else {
-        let skip = (next - r.offset_blocks()) as usize * ch.block_size;
-        // SAFETY: the caller's segments are valid until the I/O completes
-        // and only read; the window is the base's memory, lent for writing,
-        // and does not overlap them.
-        unsafe {
-            ch.crypt(
-                Direction::Encrypt,
-                Store::Streaming,
-                r.iovs(),
-                skip,
-                window,
-                0,
-                next,
-                n,
-            )
-        };
-    }
+    // SAFETY: the window is the base's memory for exactly these blocks,
+    // lent to us for writing during this callback.
+    unsafe { encrypt_chunk(ch, r, child.iovs(), next, n, r.module_ctx[CTX_ZEROES] != 0) };
     child.zcopy_end(true, write_done, parent.into_raw());
 }
 
