@@ -270,7 +270,6 @@ impl BdevChannel {
         cb: IoCallback,
         ctx: usize,
     ) -> Result<(), (BdevError, Option<DmaBuf>)> {
-        let s = self.state();
         if ty == IoType::Zcopy {
             // Its rights and phases are set up by `zcopy_start` only.
             return Err((
@@ -278,6 +277,20 @@ impl BdevChannel {
                 buf,
             ));
         }
+        let args = (ty, offset_blocks, num_blocks, fua, cb, ctx);
+        self.launch(args, iovs, buf, |_| {})
+    }
+
+    /// Takes an I/O from the pool, fills it, lets `setup` add to it, and
+    /// sends it to the module.
+    fn launch(
+        &self,
+        (ty, offset_blocks, num_blocks, fua, cb, ctx): (IoType, u64, u64, bool, IoCallback, usize),
+        iovs: &[IoVec],
+        buf: Option<DmaBuf>,
+        setup: impl FnOnce(&mut BdevIo),
+    ) -> Result<(), (BdevError, Option<DmaBuf>)> {
+        let s = self.state();
         if iovs.len() > MAX_IOV {
             return Err((
                 BdevError::invalid(
@@ -301,6 +314,7 @@ impl BdevChannel {
         io.cb = Some(cb);
         io.ctx = ctx;
         io.buf = buf;
+        setup(io);
         s.outstanding.set(s.outstanding.get() + 1);
         submit(s, p);
         Ok(())
@@ -473,22 +487,13 @@ impl BdevChannel {
             return Err(BdevError::ReadOnly(self.state().bdev.props.name.clone()));
         }
         self.check(IoType::Zcopy, offset_blocks, num_blocks, None)?;
-        let s = self.state();
-        let Some(mut p) = s.alloc_io() else {
-            return Err(BdevError::NoMem(s.pool_size));
-        };
-        // SAFETY: freshly allocated from the pool; exclusively ours.
-        let io = unsafe { p.as_mut() };
-        io.ty = IoType::Zcopy;
-        io.offset_blocks = offset_blocks;
-        io.num_blocks = num_blocks;
-        io.cb = Some(cb);
-        io.ctx = ctx;
-        io.zcopy.populate = populate;
-        io.zcopy.writable = self.desc.write;
-        s.outstanding.set(s.outstanding.get() + 1);
-        submit(s, p);
-        Ok(())
+        let writable = self.desc.write;
+        let args = (IoType::Zcopy, offset_blocks, num_blocks, false, cb, ctx);
+        self.launch(args, &[], None, |io| {
+            io.zcopy.populate = populate;
+            io.zcopy.writable = writable;
+        })
+        .map_err(|(e, _)| e)
     }
 
     /// Runs one I/O to its end as a future (control path, tests, NBD):
@@ -851,17 +856,7 @@ fn zcopy_started(s: &Rc<ChanState>, mut p: NonNull<BdevIo>, mut status: IoStatus
     let latency = reactor::clock_ns().saturating_sub(io.start);
     s.stats.record(ty, bytes, latency, status.is_success());
     let cb = io.cb.take();
-    if misfit {
-        if let Some(cb) = cb {
-            cb(io, status);
-        }
-        io.zcopy.end_req = None;
-        io.zcopy.end = Some(false);
-        io.zcopy.refused = true;
-        io.start = reactor::clock_ns();
-        return submit(s, p);
-    }
-    if !status.is_success() {
+    if !status.is_success() && !misfit {
         // No window was opened: nothing to end.
         s.outstanding.set(s.outstanding.get() - 1);
         if let Some(cb) = cb {
@@ -873,9 +868,11 @@ fn zcopy_started(s: &Rc<ChanState>, mut p: NonNull<BdevIo>, mut status: IoStatus
     if let Some(cb) = cb {
         cb(io, status);
     }
+    // A misfit window ends without commit or callback, failed.
+    io.zcopy.refused = misfit;
     let (mut commit, cb, ctx) = match io.zcopy.end_req.take() {
-        Some((commit, cb, ctx)) => (commit, Some(cb), ctx),
-        None => (false, None, 0),
+        Some((commit, cb, ctx)) if !misfit => (commit, Some(cb), ctx),
+        _ => (false, None, 0),
     };
     if commit && !io.zcopy.writable {
         log::error!(
