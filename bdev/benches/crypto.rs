@@ -301,16 +301,22 @@ fn use_hugepages() -> &'static str {
     }
 }
 
-/// `--profile-write null|malloc` (or `--profile-read`): only 128 KiB writes
-/// (reads) through an AES-128 crypto bdev over that base, for `secs` (to
-/// run under `perf`).
-fn profile(base: &str, write: bool, secs: f64) {
+/// One spinning reactor on core 0, the bdev layer's, with I/O for QD32.
+fn bdev_reactor() -> reactor::Runtime {
     let rt = reactor::Runtime::builder("0x1".parse().unwrap())
         .idle(reactor::IdleStrategy::Spin)
         .start()
         .expect("one reactor on core 0");
     bdev::set_runtime(rt.handle());
     bdev::set_io_pool_size(QD * 4);
+    rt
+}
+
+/// `--profile-write null|malloc` (or `--profile-read`): only 128 KiB writes
+/// (reads) through an AES-128 crypto bdev over that base, for `secs` (to
+/// run under `perf`).
+fn profile(base: &str, write: bool, secs: f64) {
+    let rt = bdev_reactor();
     if base == "null" {
         null::create("pb", 1 << 20, 4096, None, null::ReadFill::Untouched).unwrap();
     } else {
@@ -430,12 +436,7 @@ fn main() {
     }
 
     // 2. The bdev on one reactor (core 0).
-    let rt = reactor::Runtime::builder("0x1".parse().unwrap())
-        .idle(reactor::IdleStrategy::Spin)
-        .start()
-        .expect("one reactor on core 0");
-    bdev::set_runtime(rt.handle());
-    bdev::set_io_pool_size(QD * 4);
+    let rt = bdev_reactor();
     null::create("bn_null", 1 << 20, 4096, None, null::ReadFill::Untouched).unwrap();
     malloc::create("bn_malloc", (256 << 20) / 4096, 4096, None).unwrap();
     crypto::key_create("bk128", "AES_XTS", KEY128.0, KEY128.1, None).unwrap();
