@@ -8,8 +8,8 @@
 //! every block makes two extra trips through memory and the batches cannot
 //! overlap, which cost a third of the throughput here. This kernel keeps
 //! them in registers. It is used only when the CPU has AES-NI (detected at
-//! run time, never assumed at build time); otherwise the `aes` crate path
-//! runs. Round keys are zeroized when dropped.
+//! run time, never assumed at build time: [`super::Engine`]); otherwise the
+//! `aes` crate path runs. Round keys are zeroized when dropped.
 
 use std::arch::x86_64::{
     __m128i, _mm_aesdec_si128, _mm_aesdeclast_si128, _mm_aesenc_si128, _mm_aesenclast_si128,
@@ -38,11 +38,6 @@ impl<const N: usize> Drop for NiKeys<N> {
             unsafe { std::ptr::write_volatile(k, _mm_setzero_si128()) };
         }
     }
-}
-
-/// Whether this CPU runs the kernel.
-pub(crate) fn available() -> bool {
-    std::arch::is_x86_feature_detected!("aes")
 }
 
 /// One step of the key schedule (Intel's AES-NI white paper): `t1` with its
@@ -382,6 +377,14 @@ fn double_halves(lo: u64, hi: u64) -> (u64, u64) {
 }
 
 impl<const N: usize> NiKeys<N> {
+    /// The round keys for `dir` (the VAES kernels broadcast them).
+    pub(crate) fn round_keys(&self, dir: Direction) -> &[__m128i; N] {
+        match dir {
+            Direction::Encrypt => &self.enc,
+            Direction::Decrypt => &self.dec,
+        }
+    }
+
     /// XTS over `blocks` whole blocks from `src` to `dst` (may be equal),
     /// starting from tweak `t` and leaving it at the next block's.
     ///

@@ -33,7 +33,10 @@
 
 #[cfg(target_arch = "x86_64")]
 mod aesni;
+mod engine;
 mod keys;
+#[cfg(target_arch = "x86_64")]
+mod vaes;
 mod xts;
 
 use std::cell::RefCell;
@@ -42,6 +45,7 @@ use std::sync::Arc;
 use dma::DmaCache;
 use serde_json::json;
 
+pub use engine::{ENGINE_ENV, Engine};
 pub use keys::{
     CIPHER_AES_XTS, Key, TweakMode, key_create, key_destroy, keys_config_json, keys_get,
 };

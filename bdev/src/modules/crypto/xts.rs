@@ -24,6 +24,7 @@ use aes::cipher::{
 };
 use aes::{Aes128, Aes256};
 
+use super::Engine;
 use crate::{BdevError, IoVec};
 
 /// Data units whose first tweaks are encrypted together.
@@ -363,16 +364,22 @@ enum Ciphers {
     Aes256 { data: Aes256, tweak: Aes256 },
 }
 
-/// An XTS-AES-128 or XTS-AES-256 cipher: the expanded data and tweak keys.
-/// `Debug` shows the key size, never key material.
+/// An XTS-AES-128 or XTS-AES-256 cipher: the expanded data and tweak keys,
+/// and the [`Engine`] that runs it. `Debug` shows the key size and the
+/// engine, never key material.
 pub struct XtsCipher {
     c: Ciphers,
-    /// The AES-NI kernel's keys, when the CPU has AES-NI.
+    /// The AES-NI round keys, for the `aesni` and `vaes*` engines.
     #[cfg(target_arch = "x86_64")]
     ni: Option<Ni>,
+    engine: Engine,
+    /// `vaes256` folds tweak carries with `vpclmulqdq` (when the CPU has
+    /// it; else with shifts, as on QEMU's TCG CPU).
+    #[cfg(target_arch = "x86_64")]
+    clmul: bool,
 }
 
-/// Round keys for the AES-NI kernel.
+/// Round keys for the AES-NI and VAES kernels.
 #[cfg(target_arch = "x86_64")]
 enum Ni {
     Aes128(Box<super::aesni::NiKeys<11>>),
@@ -381,19 +388,41 @@ enum Ni {
 
 impl std::fmt::Debug for XtsCipher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "XtsCipher(AES-{}, keys redacted)", self.key_bits())
+        write!(
+            f,
+            "XtsCipher(AES-{}, engine {}, keys redacted)",
+            self.key_bits(),
+            self.engine
+        )
     }
 }
 
 impl XtsCipher {
     /// A cipher from the data key `key` and the tweak key `key2`, 16 bytes
-    /// each (XTS-AES-128) or 32 bytes each (XTS-AES-256). Equal keys are
-    /// accepted here (IEEE 1619's first vector uses them);
-    /// [`super::key_create`] refuses them.
+    /// each (XTS-AES-128) or 32 bytes each (XTS-AES-256), on the process's
+    /// engine ([`Engine::process_default`]). Equal keys are accepted here
+    /// (IEEE 1619's first vector uses them); [`super::key_create`] refuses
+    /// them.
     ///
     /// # Errors
-    /// [`BdevError::Invalid`] naming `key` or `key2` for a bad length.
+    /// [`BdevError::Invalid`] naming `key` or `key2` for a bad length, or
+    /// `CRYPTO_ENGINE` for an engine this CPU cannot run.
     pub fn new(key: &[u8], key2: &[u8]) -> Result<XtsCipher, BdevError> {
+        XtsCipher::with_engine(key, key2, Engine::process_default()?)
+    }
+
+    /// As [`XtsCipher::new`], on `engine`.
+    ///
+    /// # Errors
+    /// As [`XtsCipher::new`]; [`BdevError::Invalid`] naming `engine` when
+    /// this CPU cannot run it.
+    pub fn with_engine(key: &[u8], key2: &[u8], engine: Engine) -> Result<XtsCipher, BdevError> {
+        if !engine.available() {
+            return Err(BdevError::invalid(
+                "engine",
+                format!("{engine} needs {}, which this CPU lacks", engine.needs()),
+            ));
+        }
         let bad = |what: &str, n: usize| {
             BdevError::invalid(what, format!("{n} bytes; XTS-AES takes 16 or 32 bytes"))
         };
@@ -420,9 +449,10 @@ impl XtsCipher {
             n => return Err(bad("key", n)),
         };
         #[cfg(target_arch = "x86_64")]
-        let ni = if super::aesni::available() {
+        let ni = if engine != Engine::Soft {
             use super::aesni::NiKeys;
-            // SAFETY: AES-NI is present (checked just above).
+            // SAFETY: every engine but `soft` needs AES-NI, and `engine`
+            // is available (checked above).
             unsafe {
                 Some(
                     match (<&[u8; 16]>::try_from(key), <&[u8; 32]>::try_from(key)) {
@@ -439,30 +469,15 @@ impl XtsCipher {
             c,
             #[cfg(target_arch = "x86_64")]
             ni,
+            engine,
+            #[cfg(target_arch = "x86_64")]
+            clmul: std::arch::is_x86_feature_detected!("vpclmulqdq"),
         })
     }
 
-    /// The same cipher without the AES-NI kernel: XTS on the `aes` crate's
-    /// parallel blocks only (the path of CPUs without AES-NI; for tests).
-    #[doc(hidden)]
-    pub fn portable(mut self) -> XtsCipher {
-        #[cfg(target_arch = "x86_64")]
-        {
-            self.ni = None;
-        }
-        self
-    }
-
-    /// Whether the AES-NI kernel runs this cipher.
-    pub fn uses_aesni(&self) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            self.ni.is_some()
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
+    /// The engine that runs this cipher.
+    pub fn engine(&self) -> Engine {
+        self.engine
     }
 
     /// 128 or 256.
@@ -617,6 +632,7 @@ impl XtsCipher {
         }
         #[cfg(target_arch = "x86_64")]
         if stream && self.ni.is_some() {
+            // Orders the AES-NI and VAES kernels' non-temporal stores.
             super::aesni::sfence();
         }
     }
@@ -635,12 +651,21 @@ impl XtsCipher {
     ) {
         #[cfg(target_arch = "x86_64")]
         if let Some(ni) = &self.ni {
-            // SAFETY: `ni` exists only when the CPU has AES-NI; the caller
-            // vouches for the blocks.
+            use super::vaes::{self, Width};
+            let width = match self.engine {
+                Engine::Vaes512 => Some(Width::Z512),
+                Engine::Vaes256 => Some(Width::Y256 { clmul: self.clmul }),
+                Engine::Aesni | Engine::Soft => None,
+            };
+            // SAFETY: `ni` exists only for engines that need AES-NI, and
+            // the engine was checked available at construction (the VAES
+            // widths' features too); the caller vouches for the blocks.
             unsafe {
-                match ni {
-                    Ni::Aes128(k) => k.run(dir, src, dst, blocks, t, stream),
-                    Ni::Aes256(k) => k.run(dir, src, dst, blocks, t, stream),
+                match (ni, width) {
+                    (Ni::Aes128(k), Some(w)) => vaes::run(k, w, dir, src, dst, blocks, t, stream),
+                    (Ni::Aes256(k), Some(w)) => vaes::run(k, w, dir, src, dst, blocks, t, stream),
+                    (Ni::Aes128(k), None) => k.run(dir, src, dst, blocks, t, stream),
+                    (Ni::Aes256(k), None) => k.run(dir, src, dst, blocks, t, stream),
                 }
             }
             return;
@@ -789,28 +814,51 @@ mod tests {
         }
     }
 
-    /// The AES-NI kernel and the `aes` crate path agree (on a CPU without
-    /// AES-NI both are the crate path).
+    /// Every engine this CPU runs (and `vaes256` with its tweak carries
+    /// folded by shifts as well as by `vpclmulqdq`) gives the `soft`
+    /// engine's bytes: random keys, tweaks, unit lengths from 1 to 40
+    /// blocks (whole loop groups, whole registers and single blocks left
+    /// over), in place and apart, cached and streaming. The cross-engine
+    /// tests that say by name which engines this CPU lacks are in
+    /// `tests/crypto.rs`.
     #[test]
-    fn aesni_kernel_matches_the_aes_crate_path() {
+    fn every_engine_here_matches_soft() {
+        let mut engines: Vec<(Engine, bool)> = Engine::ALL
+            .into_iter()
+            .filter(|e| e.available() && *e != Engine::Soft)
+            .map(|e| (e, true))
+            .collect();
+        if Engine::Vaes256.available() {
+            engines.push((Engine::Vaes256, false));
+        }
         let mut seed = 0x0ddb_a11c_afe5_eed5u64;
-        for round in 0..100 {
+        for round in 0..200 {
             let klen = if round % 2 == 0 { 16 } else { 32 };
             let key: Vec<u8> = (0..klen).map(|_| rng(&mut seed) as u8).collect();
             let key2: Vec<u8> = (0..klen).map(|_| rng(&mut seed) as u8).collect();
-            let fast = XtsCipher::new(&key, &key2).unwrap();
-            let slow = XtsCipher::new(&key, &key2).unwrap().portable();
-            assert!(!slow.uses_aesni());
-            // Units of 1 to 40 blocks: whole groups and tails.
+            let slow = XtsCipher::with_engine(&key, &key2, Engine::Soft).unwrap();
             let unit = 16 * (1 + (rng(&mut seed) % 40) as usize);
             let units = 1 + (rng(&mut seed) % 6) as usize;
-            let first = rng(&mut seed) as u128;
+            let first = u128::from(rng(&mut seed)) << 64 | u128::from(rng(&mut seed));
             let data: Vec<u8> = (0..unit * units).map(|_| rng(&mut seed) as u8).collect();
             for dir in [Direction::Encrypt, Direction::Decrypt] {
-                let (mut a, mut b) = (vec![0; data.len()], vec![0; data.len()]);
-                fast.crypt_units_to(dir, &data, &mut a, unit, first);
-                slow.crypt_units_to(dir, &data, &mut b, unit, first);
-                assert_eq!(a, b, "round {round}: {dir:?}, {unit}-byte units");
+                let mut want = vec![0; data.len()];
+                slow.crypt_units_to(dir, &data, &mut want, unit, first);
+                for &(engine, clmul) in &engines {
+                    #[allow(unused_mut)]
+                    let mut fast = XtsCipher::with_engine(&key, &key2, engine).unwrap();
+                    #[cfg(target_arch = "x86_64")]
+                    {
+                        fast.clmul &= clmul;
+                    }
+                    let what = format!("round {round}: {engine} (clmul {clmul}) {dir:?}");
+                    let mut got = vec![0; data.len()];
+                    fast.crypt_units_to(dir, &data, &mut got, unit, first);
+                    assert!(got == want, "{what}, {unit}-byte units, apart");
+                    let mut inplace = data.clone();
+                    fast.units_in_place(dir, &mut inplace, unit, first);
+                    assert!(inplace == want, "{what}, {unit}-byte units, in place");
+                }
             }
         }
     }
