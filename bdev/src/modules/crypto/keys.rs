@@ -250,6 +250,7 @@ pub fn key_create(
         ));
     }
     let xts = XtsCipher::new(&key, &key2)?;
+    let engine = xts.engine();
     let mut all = keys();
     if all.contains_key(name) {
         return Err(BdevError::invalid(
@@ -269,9 +270,10 @@ pub fn key_create(
         }),
     );
     log::info!(
-        "crypto key {name} created ({CIPHER_AES_XTS}, {} bits, {})",
+        "crypto key {name} created ({CIPHER_AES_XTS}, {} bits, {}, engine {})",
         8 * key_hex.len() / 2,
-        tweak_mode.name()
+        tweak_mode.name(),
+        engine
     );
     Ok(())
 }

@@ -443,6 +443,7 @@ impl BdevOps for Crypto {
             "base_bdev_name": self.base.bdev.name(),
             "name": self.name,
             "key_name": self.key.name(),
+            "engine": self.key.xts().engine().name(),
         } })
     }
 
