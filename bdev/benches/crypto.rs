@@ -1,7 +1,9 @@
 //! The crypto vbdev's cost, in one run on one core:
 //!
 //! 1. the cipher: our AES-XTS-128 and -256 on 4 KiB data units (encrypt and
-//!    decrypt, 64 KiB in place per call), against `openssl speed -evp
+//!    decrypt, 64 KiB in place per call) on the process's engine (the best
+//!    this CPU runs, or `CRYPTO_ENGINE`), with every other engine it runs
+//!    in the last column, against `openssl speed -evp
 //!    aes-<bits>-xts` (encrypt and `-decrypt`, 4096- and 16384-byte
 //!    buffers, user CPU time) run pinned to the same core, the `xts-mode`
 //!    crate (one block at a time) for scale, and ours out of place over a
@@ -98,8 +100,18 @@ fn rate(secs: f64, bytes: usize, mut f: impl FnMut(u64)) -> f64 {
     (n as usize * bytes) as f64 / (cpu_now() - t)
 }
 
-fn ours(key: (&str, &str), dir: crypto::Direction, secs: f64) -> f64 {
-    let x = crypto::XtsCipher::new(&unhex(key.0), &unhex(key.1)).unwrap();
+/// Our cipher on the process's engine (`None`) or on `engine`.
+fn ours_on(
+    engine: Option<crypto::Engine>,
+    key: (&str, &str),
+    dir: crypto::Direction,
+    secs: f64,
+) -> f64 {
+    let (k1, k2) = (unhex(key.0), unhex(key.1));
+    let x = match engine {
+        Some(e) => crypto::XtsCipher::with_engine(&k1, &k2, e).unwrap(),
+        None => crypto::XtsCipher::new(&k1, &k2).unwrap(),
+    };
     let mut buf = vec![0x5au8; CALL];
     rate(secs, CALL, |i| {
         let lba = i as u128 * (CALL / UNIT) as u128;
@@ -108,6 +120,10 @@ fn ours(key: (&str, &str), dir: crypto::Direction, secs: f64) -> f64 {
             crypto::Direction::Decrypt => x.decrypt_units(&mut buf, UNIT, lba),
         }
     })
+}
+
+fn ours(key: (&str, &str), dir: crypto::Direction, secs: f64) -> f64 {
+    ours_on(None, key, dir, secs)
 }
 
 /// Ours as the write path over null uses it: 128 KiB from one of 32
@@ -366,8 +382,16 @@ fn main() {
         return profile(&only, false, secs);
     }
     let reps: usize = arg("--reps").unwrap_or(5).max(1);
+    let engine = crypto::XtsCipher::new(&[1; 16], &[2; 16]).unwrap().engine();
+    // The other engines this CPU runs, for the cipher table (`soft` is the
+    // `aes` crate: the ECB line below shows its scale).
+    let others: Vec<crypto::Engine> = crypto::Engine::ALL
+        .into_iter()
+        .filter(|e| *e != engine && *e != crypto::Engine::Soft && e.available())
+        .collect();
     println!(
-        "AES-XTS on core 0, medians of {reps} samples of {secs} CPU-seconds, bytes per CPU-second; aes crate hardware acceleration: {}; buffers and disks in {memory}",
+        "AES-XTS on core 0, medians of {reps} samples of {secs} CPU-seconds, bytes per CPU-second; engine {engine} (CRYPTO_ENGINE={}); aes crate hardware acceleration: {}; buffers and disks in {memory}",
+        std::env::var(crypto::ENGINE_ENV).unwrap_or_else(|_| "unset".into()),
         aes::hardware_accelerated()
     );
     // 1. The cipher, with the bench thread on core 0 and openssl pinned
@@ -375,9 +399,9 @@ fn main() {
     pin_to_core0();
     let mut raw = [[0f64; 2]; 2];
     println!(
-        "\n| cipher | ours 4 KiB units | openssl 4096 B | openssl 16384 B | ours / openssl (4096, 16384) |"
+        "\n| cipher | ours ({engine}) 4 KiB units | openssl 4096 B | openssl 16384 B | ours / openssl (4096, 16384) | other engines, 4 KiB units |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|");
     for (ki, (bits, key)) in [(128u32, KEY128), (256, KEY256)].into_iter().enumerate() {
         for (di, dir) in [crypto::Direction::Encrypt, crypto::Direction::Decrypt]
             .into_iter()
@@ -385,18 +409,28 @@ fn main() {
         {
             let dec = dir == crypto::Direction::Decrypt;
             let (mut os, mut s4s, mut s16s) = (vec![], vec![], vec![]);
+            let mut xs: Vec<Vec<f64>> = vec![vec![]; others.len()];
             for _ in 0..reps {
                 os.push(ours(key, dir, secs));
                 s4s.extend(openssl(bits, dec, 4096, secs));
                 s16s.extend(openssl(bits, dec, 16384, secs));
+                for (e, x) in others.iter().zip(&mut xs) {
+                    x.push(ours_on(Some(*e), key, dir, secs));
+                }
             }
+            let other = others
+                .iter()
+                .zip(xs)
+                .map(|(e, x)| format!("{e} {}", gb(median(x))))
+                .collect::<Vec<_>>()
+                .join(", ");
             let o = median(os);
             raw[ki][di] = o;
             let s4 = (!s4s.is_empty()).then(|| median(s4s));
             let s16 = (!s16s.is_empty()).then(|| median(s16s));
             let ratio = |s: Option<f64>| s.map_or("-".into(), |s| format!("{:.2}", o / s));
             println!(
-                "| AES-{bits}-XTS {} | {} | {} | {} | {} , {} |",
+                "| AES-{bits}-XTS {} | {} | {} | {} | {} , {} | {other} |",
                 if dec { "decrypt" } else { "encrypt" },
                 gb(o),
                 s4.map_or("openssl missing".into(), gb),
