@@ -406,3 +406,48 @@ fn start_up_errors_are_clear() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("in use"));
     assert!(a.call("spdk_get_version", Value::Null).is_ok());
 }
+
+/// `CRYPTO_ENGINE` picks the AES-XTS engine for the whole appliance:
+/// `bdev_get_bdevs` and the log name it; a name that is not an engine (or
+/// one this CPU lacks) makes key creation fail (-22, the log naming the
+/// variable), and the appliance keeps serving.
+#[test]
+fn crypto_engine_override_is_used_and_reported() {
+    let dir = TempDir::new("engine");
+    let key = [
+        "accel_crypto_key_create",
+        "-c",
+        "AES_XTS",
+        "-k",
+        "00112233445566778899aabbccddeeff",
+        "-e",
+        "ffeeddccbbaa99887766554433221100",
+        "-n",
+        "k0",
+    ];
+    let a = Appliance::start_with_env(&dir, "soft", &[], &[("CRYPTO_ENGINE", "soft")]);
+    assert_eq!(a.ok(&key).trim(), "true");
+    a.ok(&["bdev_null_create", "N0", "8", "512"]);
+    a.ok(&["bdev_crypto_create", "N0", "C0", "-n", "k0"]);
+    let b = a.json(&["bdev_get_bdevs", "-b", "C0"]);
+    assert_eq!(b[0]["driver_specific"]["crypto"]["engine"], "soft", "{b}");
+    assert!(
+        a.log_text()
+            .contains("AES-XTS engine soft (set by CRYPTO_ENGINE)"),
+        "{}",
+        a.log_text()
+    );
+    drop(a);
+
+    // As SPDK, the answer is the errno (-22 "Invalid argument") and the
+    // log says what was wrong.
+    let a = Appliance::start_with_env(&dir, "bad", &[], &[("CRYPTO_ENGINE", "turbo")]);
+    expect_error(&a, &key, -22, "Invalid argument");
+    let log = a.log_text();
+    assert!(
+        log.contains("invalid CRYPTO_ENGINE") && log.contains("\"turbo\""),
+        "the log names the variable and the value: {log}"
+    );
+    assert!(a.call("spdk_get_version", Value::Null).is_ok());
+    assert_eq!(a.json(&["accel_crypto_keys_get"]), json!([]));
+}

@@ -15,22 +15,9 @@ use aes::cipher::{Array, KeyInit};
 use bdev::modules::crypto::{self, Direction, Engine, XtsCipher};
 use bdev::modules::{malloc, null, passthru};
 use bdev::{BdevError, BdevEvent, BdevIo, IoStatus, IoType, IoVec};
-use common::on;
+use common::{Rng, on};
 use dma::DmaBuf;
 use xts_mode::{Xts128, get_tweak_default};
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
 
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);

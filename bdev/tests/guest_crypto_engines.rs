@@ -14,6 +14,7 @@
 //!   VPCLMULQDQ), must pass every check, so hosts without VAES still test
 //!   the VAES kernel.
 
+mod common;
 mod xts_engines;
 
 use bdev::modules::crypto::{Engine, XtsCipher};

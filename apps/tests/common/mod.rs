@@ -73,6 +73,17 @@ impl Appliance {
     /// Starts the appliance with its RPC socket in `dir` and `extra`
     /// arguments, and waits for the socket.
     pub fn start(dir: &TempDir, name: &str, extra: &[&str]) -> Appliance {
+        Appliance::start_with_env(dir, name, extra, &[])
+    }
+
+    /// As [`Appliance::start`], with `env` (name, value) pairs added to its
+    /// environment.
+    pub fn start_with_env(
+        dir: &TempDir,
+        name: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Appliance {
         let sock = dir.join(&format!("{name}.sock"));
         let log = dir.join(&format!("{name}.log"));
         let logf = std::fs::File::create(&log).unwrap();
@@ -81,6 +92,7 @@ impl Appliance {
             .arg("-r")
             .arg(&sock)
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(logf.try_clone().unwrap())
             .stderr(logf);

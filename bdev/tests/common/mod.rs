@@ -30,13 +30,21 @@ pub fn on<T: Send + 'static, F: std::future::Future<Output = T> + 'static>(
     runtime().block_on(core, f).unwrap()
 }
 
-struct Rng(u64);
+/// xorshift64: the tests' seeded random numbers.
+pub struct Rng(pub u64);
+
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
     }
 }
 

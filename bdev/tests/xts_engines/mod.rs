@@ -4,7 +4,8 @@
 //! independent implementation (the `xts-mode` crate, one block at a time)
 //! for random keys, tweaks, unit lengths, buffer alignments and segment
 //! cuts, in place and apart, cached and streaming. Every engine that
-//! passes gives byte-identical results to every other.
+//! passes gives byte-identical results to every other. Its includers
+//! declare `mod common;` too.
 
 #![allow(dead_code)]
 
@@ -13,6 +14,8 @@ use aes::{Aes128, Aes256};
 use bdev::IoVec;
 use bdev::modules::crypto::{Direction, Engine, Store, XtsCipher};
 use xts_mode::{Xts128, get_tweak_default};
+
+use super::common::Rng;
 
 pub fn unhex(s: &str) -> Vec<u8> {
     (0..s.len())
@@ -369,20 +372,6 @@ pub fn reference(
                 Direction::Decrypt => x.decrypt_area(data, unit, first, get_tweak_default),
             }
         }
-    }
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
     }
 }
 

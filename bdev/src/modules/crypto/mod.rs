@@ -23,6 +23,10 @@
 //!   dm-crypt's `aes-xts-plain64` with the same key (`key || key2`) and
 //!   sector size (`--iv-large-sectors` for 4096-byte blocks) opens the
 //!   volume. The other SPDK tweak modes are there too.
+//! * The cipher runs on the fastest [`Engine`] the CPU has (VAES on zmm or
+//!   ymm registers, AES-NI, or the `aes` crate), each checked by a
+//!   known-answer self-test before first use; `CRYPTO_ENGINE` overrides
+//!   the choice and `dump_info_json` names it (`engine`).
 //! * Flush and Reset pass through. Unmap passes through: unmapped blocks
 //!   then read back as whatever the base returns, decrypted — undefined
 //!   data, not zeroes (as in SPDK). Write zeroes writes encrypted zeroes,

@@ -1,15 +1,16 @@
-//! AES-XTS (IEEE 1619) on the `aes` crate's parallel block API.
+//! AES-XTS (IEEE 1619) over segment lists, on one of four engines
+//! ([`Engine`], chosen per cipher: the process's default unless named).
 //!
 //! The `xts-mode` crate encrypts one 16-byte block at a time. Here, on
-//! x86-64 CPUs with AES-NI (detected at run time), a kernel keeps eight blocks
-//! in registers and doubles their tweaks in general-purpose registers
-//! between the rounds (`aesni.rs`); elsewhere the engine hands
-//! the `aes` crate as many blocks as its backend takes at once
-//! (`ParBlocksSize`: 8 with AES-NI, 30 or 64 with VAES), whitening them with
-//! tweaks computed in the same pass. Tweaks double in GF(2^128) with the
-//! 0x87 polynomial (on SSE2 registers on x86-64), and the first tweaks of up
-//! to [`TWEAK_BATCH`] data units are encrypted with one parallel call.
-//! Nothing here needs `-C target-cpu=native`.
+//! x86-64, the VAES kernels (`vaes.rs`) cipher 16 blocks per iteration on
+//! ymm or zmm registers, and the AES-NI kernel (`aesni.rs`) keeps eight
+//! blocks in registers and doubles their tweaks in general-purpose
+//! registers between the rounds; the `soft` engine hands the `aes` crate
+//! as many blocks as its backend takes at once (`ParBlocksSize`),
+//! whitening them with tweaks computed in the same pass. Tweaks double in
+//! GF(2^128) with the 0x87 polynomial (on SSE2 registers on x86-64), and
+//! the first tweaks of up to [`TWEAK_BATCH`] data units are encrypted with
+//! one parallel call. Nothing here needs `-C target-cpu=native`.
 //!
 //! Data units are whole 16-byte blocks: no ciphertext stealing (a logical
 //! block is 512..65536 bytes). Segments may be cut at any byte, even inside
