@@ -100,6 +100,9 @@ impl AdminQueue {
                 }
             }
         });
+        // Nothing on the admin queue waits to be submitted after a
+        // completion: the completion doorbell goes now.
+        self.core.ring();
         match self.result.take() {
             Some(r) => {
                 self.in_flight = false;

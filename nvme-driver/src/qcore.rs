@@ -34,6 +34,12 @@ pub(crate) struct QueueCore<C> {
     sq_db: usize,
     cq_db: usize,
     doorbell_pending: bool,
+    /// The completion head moved since the last completion doorbell.
+    cq_head_pending: bool,
+    /// Submission-queue tail doorbell writes (MMIO) so far.
+    pub sq_doorbells: u64,
+    /// Completion-queue head doorbell writes (MMIO) so far.
+    pub cq_doorbells: u64,
     page_size: usize,
     pub outstanding: usize,
     pub now: Instant,
@@ -78,6 +84,9 @@ impl<C> QueueCore<C> {
             cq_db: cq_doorbell(qid, stride),
             regs,
             doorbell_pending: false,
+            cq_head_pending: false,
+            sq_doorbells: 0,
+            cq_doorbells: 0,
             page_size,
             outstanding: 0,
             now,
@@ -167,18 +176,37 @@ impl<C> QueueCore<C> {
     }
 
     /// Rings the submission doorbell once for everything placed since the
-    /// last ring.
+    /// last ring, then the completion doorbell for everything reaped since
+    /// the last ring: new commands reach the controller first.
+    ///
+    /// Why this order: a completion callback usually submits the next
+    /// command, and the controller can start on it only once the submission
+    /// doorbell is written; the completion head only returns slots. Written
+    /// the other way round (as this driver did), QEMU's emulated controller
+    /// at queue depth 1 served 14.6-15.7 K IOPS against SPDK's 18.8-20.8 K
+    /// in the same guest; in this order 24.2-25.7 K against SPDK's
+    /// 22.5-23.5 K (docs/BENCHMARKS.md, nvme-perf vs spdk_nvme_perf), with
+    /// the same two MMIO writes per I/O. A controller that finds the
+    /// completion queue full in between waits for the head, as the
+    /// specification requires.
     #[inline]
     pub fn ring(&mut self) {
         if self.doorbell_pending {
             wmb();
             self.regs.write32(self.sq_db, self.sq.tail() as u32);
             self.doorbell_pending = false;
+            self.sq_doorbells += 1;
+        }
+        if self.cq_head_pending {
+            self.regs.write32(self.cq_db, self.cq.head() as u32);
+            self.cq_head_pending = false;
+            self.cq_doorbells += 1;
         }
     }
 
-    /// Reaps up to `max` completions, calling `f(ctx, cqe)` for each, then
-    /// rings the completion doorbell once.
+    /// Reaps up to `max` completions, calling `f(ctx, cqe)` for each; the
+    /// completion doorbell for them is written by the next [`Self::ring`],
+    /// after the submission doorbell for what their callers submit.
     #[inline]
     pub fn reap(&mut self, max: usize, mut f: impl FnMut(C, &Cqe)) -> usize {
         let mut n = 0;
@@ -207,7 +235,7 @@ impl<C> QueueCore<C> {
             f(ctx, &cqe);
         }
         if n > 0 {
-            self.regs.write32(self.cq_db, self.cq.head() as u32);
+            self.cq_head_pending = true;
         }
         n
     }
@@ -234,6 +262,7 @@ impl<C> QueueCore<C> {
         self.sq.reset();
         self.cq.reset();
         self.doorbell_pending = false;
+        self.cq_head_pending = false;
     }
 }
 
@@ -285,7 +314,10 @@ mod tests {
         let mut done = Vec::new();
         assert_eq!(q.reap(16, |ctx, _| done.push(ctx)), 1);
         assert_eq!(done, vec![100]);
-        // The completion doorbell was written with the new head.
+        // The completion doorbell is written by the next ring, with the
+        // new head.
+        assert_eq!(regs.0.lock().unwrap().len(), 1);
+        q.ring();
         assert_eq!(*regs.0.lock().unwrap().last().unwrap(), (0x1000 + 3 * 4, 1));
         // cid 0 is free again and handed out next.
         assert_eq!(q.submit(Sqe::new(2, 1), &[], 102).unwrap(), 0);
@@ -312,5 +344,30 @@ mod tests {
         failed.sort();
         assert_eq!(failed, vec![200, 201, 202]);
         assert_eq!(q.outstanding, 0);
+    }
+
+    /// A command submitted after reaping (the next I/O of a completion's
+    /// caller) reaches the controller before the completion head: one ring
+    /// writes the submission doorbell, then the completion doorbell.
+    #[test]
+    fn submission_doorbell_precedes_completion_doorbell() {
+        let mem = DmaMemory::new(DmaConfig::anonymous(16 << 20)).unwrap();
+        let regs = Arc::new(Recorder::default());
+        let mut q: QueueCore<u32> = QueueCore::new(1, 3, &mem, regs.clone(), 4, 4096).unwrap();
+        q.submit(Sqe::new(2, 1), &[], 1).unwrap();
+        q.ring();
+        post(&q, 0, 0, true);
+        let mut done = Vec::new();
+        assert_eq!(q.reap(16, |ctx, _| done.push(ctx)), 1);
+        q.submit(Sqe::new(2, 1), &[], 2).unwrap();
+        q.ring();
+        let (sq, cq) = (0x1000 + 2 * 4, 0x1000 + 3 * 4);
+        assert_eq!(
+            regs.0.lock().unwrap().as_slice(),
+            &[(sq, 1), (sq, 2), (cq, 1)]
+        );
+        assert_eq!((q.sq_doorbells, q.cq_doorbells), (2, 1));
+        q.ring(); // nothing new: no write
+        assert_eq!(regs.0.lock().unwrap().len(), 3);
     }
 }

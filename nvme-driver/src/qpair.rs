@@ -37,6 +37,14 @@ pub struct QpairStats {
     pub queue_full: u64,
     /// Times the queue was re-created after a controller reset.
     pub reconnects: u64,
+    /// Submission doorbell writes (MMIO): one per ring with new commands.
+    pub sq_doorbells: u64,
+    /// Completion doorbell writes (MMIO): one per ring after reaping.
+    pub cq_doorbells: u64,
+    /// Calls of [`IoQpair::process_completions`].
+    pub polls: u64,
+    /// Polls that found no completion.
+    pub empty_polls: u64,
 }
 
 /// An I/O queue pair whose commands carry a context of type `C` (the
@@ -166,7 +174,11 @@ impl<C> IoQpair<C> {
 
     /// Counters.
     pub fn stats(&self) -> QpairStats {
-        self.stats
+        QpairStats {
+            sq_doorbells: self.core.sq_doorbells,
+            cq_doorbells: self.core.cq_doorbells,
+            ..self.stats
+        }
     }
 
     /// Enables per-command timeouts: a command outstanding longer than
@@ -432,16 +444,22 @@ impl<C> IoQpair<C> {
     }
 
     /// Rings the submission doorbell for everything submitted since the last
-    /// ring. [`IoQpair::process_completions`] does it too.
+    /// ring, then the completion doorbell for what was reaped since.
+    /// [`IoQpair::process_completions`] does it too.
     #[inline]
     pub fn ring_doorbell(&mut self) {
         self.core.ring();
     }
 
-    /// Rings the doorbell for pending submissions, then reaps up to `max`
-    /// completions, calling `on_complete(ctx, result)` for each (DW0 of the
-    /// completion, or why the command failed). Returns how many completed.
-    /// Also handles controller resets (see the module docs) and timeouts.
+    /// Rings the doorbells for pending submissions and for what the last
+    /// poll reaped, then reaps up to `max` completions, calling
+    /// `on_complete(ctx, result)` for each (DW0 of the completion, or why
+    /// the command failed). Returns how many completed. The completion
+    /// doorbell for them is written by the next [`IoQpair::ring_doorbell`]
+    /// or poll, after the submission doorbell for what the caller submits
+    /// in between (the order that keeps the controller busy: see
+    /// `QueueCore::ring`). Also handles controller resets (see the module
+    /// docs) and timeouts.
     #[inline]
     pub fn process_completions(
         &mut self,
@@ -458,6 +476,7 @@ impl<C> IoQpair<C> {
         }
         self.core.ring();
         let stats = &mut self.stats;
+        stats.polls += 1;
         let n = self.core.reap(max, |ctx, cqe| {
             let r = result_of(cqe);
             if r.is_ok() {
@@ -467,8 +486,11 @@ impl<C> IoQpair<C> {
             }
             on_complete(ctx, r)
         });
-        if n == 0 && self.core.outstanding > 0 {
-            self.idle_checks(&mut on_complete);
+        if n == 0 {
+            self.stats.empty_polls += 1;
+            if self.core.outstanding > 0 {
+                self.idle_checks(&mut on_complete);
+            }
         }
         n
     }
