@@ -40,6 +40,43 @@ pub struct WorkerResult {
     pub batches: u64,
     /// Latencies of the I/Os completed inside the window.
     pub latency: LatencyStats,
+    /// The queue pair's own counters over the whole run (nvme-perf; none
+    /// for bdevperf).
+    pub queue: Option<QueueCounts>,
+}
+
+/// What an NVMe queue pair did over a whole run (warm-up and drain
+/// included): what an I/O costs in doorbell writes (MMIO, each a trap
+/// under virtualization or emulation) and in polls.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct QueueCounts {
+    /// Commands completed.
+    pub completions: u64,
+    /// Submission doorbell writes.
+    pub sq_doorbells: u64,
+    /// Completion doorbell writes.
+    pub cq_doorbells: u64,
+    /// Completion polls (with or without completions).
+    pub polls: u64,
+}
+
+impl QueueCounts {
+    fn add(&mut self, o: &QueueCounts) {
+        self.completions += o.completions;
+        self.sq_doorbells += o.sq_doorbells;
+        self.cq_doorbells += o.cq_doorbells;
+        self.polls += o.polls;
+    }
+
+    /// (SQ doorbells, CQ doorbells, polls) per completed command.
+    pub fn per_io(&self) -> (f64, f64, f64) {
+        let n = self.completions.max(1) as f64;
+        (
+            self.sq_doorbells as f64 / n,
+            self.cq_doorbells as f64 / n,
+            self.polls as f64 / n,
+        )
+    }
 }
 
 /// One line of the report.
@@ -76,6 +113,8 @@ pub struct Row {
     pub busy_ns_per_io: f64,
     /// Completions per poll that found any (how well the doorbells batch).
     pub completions_per_batch: f64,
+    /// The queue pairs' counters, when every worker had them.
+    pub queue: Option<QueueCounts>,
 }
 
 impl Row {
@@ -115,6 +154,7 @@ impl Row {
             } else {
                 0.0
             },
+            queue: None,
         }
     }
 
@@ -159,6 +199,18 @@ impl Row {
             unreachable!("obj builds an object")
         };
         o.extend(rest);
+        if let Some(q) = &self.queue {
+            let (sq, cq, polls) = q.per_io();
+            o.push((
+                "per_io".to_owned(),
+                obj([
+                    ("completions", q.completions.into()),
+                    ("sq_doorbells", sq.into()),
+                    ("cq_doorbells", cq.into()),
+                    ("polls", polls.into()),
+                ]),
+            ));
+        }
         Json::Obj(o)
     }
 }
@@ -198,6 +250,7 @@ impl Report {
                     &r.latency,
                 );
                 row.mismatches = r.mismatches;
+                row.queue = r.queue;
                 merged.merge(&r.latency);
                 for (s, c) in sums.iter_mut().zip(counts) {
                     *s += c;
@@ -217,6 +270,13 @@ impl Report {
         total.iops = iops;
         total.mib_s = mib_s;
         total.mismatches = mismatches;
+        if results.iter().all(|r| r.queue.is_some()) && !results.is_empty() {
+            let mut q = QueueCounts::default();
+            for r in results.iter().filter_map(|r| r.queue.as_ref()) {
+                q.add(r);
+            }
+            total.queue = Some(q);
+        }
         Report { rows, total }
     }
 
@@ -279,6 +339,14 @@ impl Report {
             t.busy_ns_per_io / 1000.0,
             t.completions_per_batch
         );
+        if let Some(q) = &t.queue {
+            let (sq, cq, polls) = q.per_io();
+            let _ = writeln!(
+                s,
+                "Queue (whole run, {} commands): per I/O {sq:.2} submission + {cq:.2} completion doorbell writes, {polls:.1} polls",
+                q.completions
+            );
+        }
         s
     }
 
@@ -315,6 +383,7 @@ mod tests {
             busy_ns: ios * 2_000,
             batches: ios / 4,
             latency,
+            queue: None,
         }
     }
 

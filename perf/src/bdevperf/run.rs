@@ -363,6 +363,7 @@ async fn job(
             busy_ns: 0,
             batches: 0,
             latency: j.latency.clone(),
+            queue: None,
         },
         notes,
     })

@@ -22,7 +22,7 @@ use nvme_driver::{CommandError, IoQpair, SubmitErrorKind};
 use crate::clock::{Clock, ClockKind};
 use crate::latency::LatencyStats;
 use crate::pattern;
-use crate::report::WorkerResult;
+use crate::report::{QueueCounts, WorkerResult};
 use crate::rng::{XorShift64, splitmix64};
 
 /// What one worker does.
@@ -407,6 +407,7 @@ impl Worker {
     pub fn into_result(self) -> (WorkerResult, Option<String>) {
         let Worker { qp, st } = self;
         let outstanding = qp.outstanding();
+        let qs = qp.stats();
         drop(qp);
         let end = st.draining.unwrap_or(st.window.end).min(st.window.end);
         let elapsed_ticks = end.saturating_sub(st.window.start);
@@ -429,6 +430,12 @@ impl Worker {
             busy_ns: st.clock.ticks_to_ns(st.busy_ticks),
             batches: st.batches,
             latency: st.latency,
+            queue: Some(QueueCounts {
+                completions: qs.completed + qs.failed,
+                sq_doorbells: qs.sq_doorbells,
+                cq_doorbells: qs.cq_doorbells,
+                polls: qs.polls,
+            }),
         };
         if outstanding > 0 {
             // The controller may still write into these buffers: never
