@@ -57,6 +57,19 @@ fn normalized(mut cfg: Value) -> Value {
     cfg
 }
 
+/// `spdk-rpc` arguments that create the AES-128-XTS key `k0`.
+const KEY_K0: [&str; 9] = [
+    "accel_crypto_key_create",
+    "-c",
+    "AES_XTS",
+    "-k",
+    "00112233445566778899aabbccddeeff",
+    "-e",
+    "ffeeddccbbaa99887766554433221100",
+    "-n",
+    "k0",
+];
+
 fn expect_error(a: &Appliance, args: &[&str], code: i64, message: &str) {
     let o = a.spdk_rpc(args);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
@@ -134,21 +147,7 @@ fn spdk_rpc_drives_the_appliance() {
         "P0"
     );
     // Crypto: a key, then a crypto bdev over its own null bdev.
-    assert_eq!(
-        a.ok(&[
-            "accel_crypto_key_create",
-            "-c",
-            "AES_XTS",
-            "-k",
-            "00112233445566778899aabbccddeeff",
-            "-e",
-            "ffeeddccbbaa99887766554433221100",
-            "-n",
-            "k0",
-        ])
-        .trim(),
-        "true"
-    );
+    assert_eq!(a.ok(&KEY_K0).trim(), "true");
     assert_eq!(a.ok(&["bdev_null_create", "N1", "8", "512"]).trim(), "N1");
     assert_eq!(
         a.ok(&["bdev_crypto_create", "N1", "C0", "-n", "k0"]).trim(),
@@ -414,17 +413,7 @@ fn start_up_errors_are_clear() {
 #[test]
 fn crypto_engine_override_is_used_and_reported() {
     let dir = TempDir::new("engine");
-    let key = [
-        "accel_crypto_key_create",
-        "-c",
-        "AES_XTS",
-        "-k",
-        "00112233445566778899aabbccddeeff",
-        "-e",
-        "ffeeddccbbaa99887766554433221100",
-        "-n",
-        "k0",
-    ];
+    let key = KEY_K0;
     let a = Appliance::start_with_env(&dir, "soft", &[], &[("CRYPTO_ENGINE", "soft")]);
     assert_eq!(a.ok(&key).trim(), "true");
     a.ok(&["bdev_null_create", "N0", "8", "512"]);
