@@ -238,6 +238,9 @@ impl Controller {
         self.shared
             .max_transfer
             .store(mdts.min(page_cap) as u64, Ordering::Relaxed);
+        self.shared
+            .sgl_align
+            .store(r.identify.sgl_alignment().unwrap_or(0), Ordering::Relaxed);
         self.identify = r.identify;
         self.aer_limit = (self.identify.aerl as usize + 1).min(4);
         {

@@ -82,7 +82,7 @@ fn result_of(cqe: &crate::spec::Cqe) -> Result<u32, CommandError> {
 impl<C> IoQpair<C> {
     /// Creates the queue pair on the controller (control path).
     pub(crate) fn create(shared: Arc<Shared>, qid: u16, depth: u16) -> Result<Self, NvmeError> {
-        let core = QueueCore::new(
+        let mut core = QueueCore::new(
             qid,
             depth,
             &shared.mem,
@@ -94,6 +94,7 @@ impl<C> IoQpair<C> {
             ctrlr: shared.name.clone(),
             source,
         })?;
+        core.sgl_align = shared.sgl_align.load(std::sync::atomic::Ordering::Relaxed);
         let generation = shared.generation();
         let mut qp = IoQpair {
             core,

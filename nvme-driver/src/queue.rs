@@ -55,6 +55,12 @@ impl SubmissionRing {
         self.mem.iova()
     }
 
+    /// The entry in `slot` (tests read back what was placed).
+    #[cfg(test)]
+    pub fn entry(&self, slot: u16) -> Sqe {
+        self.mem.read_volatile::<Sqe>(slot as usize * 64)
+    }
+
     /// Number of slots.
     pub fn entries(&self) -> u16 {
         self.entries

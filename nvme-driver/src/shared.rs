@@ -62,6 +62,8 @@ pub(crate) struct Shared {
     pub stride: usize,
     pub page_size: usize,
     pub max_transfer: AtomicU64,
+    /// SGL data blocks: the alignment they need, 0 = PRPs only.
+    pub sgl_align: AtomicU32,
     pub mqes: u32,
     state: AtomicU8,
     generation: AtomicU64,
@@ -93,6 +95,7 @@ impl Shared {
             stride,
             page_size,
             max_transfer: AtomicU64::new(u64::MAX),
+            sgl_align: AtomicU32::new(0),
             mqes,
             state: AtomicU8::new(CtrlrState::Initializing as u8),
             generation: AtomicU64::new(0),

@@ -33,6 +33,9 @@ pub struct SimConfig {
     pub namespaces: Vec<(u32, u64)>,
     /// Whether a volatile write cache is reported.
     pub volatile_write_cache: bool,
+    /// Whether SGLs (data block descriptors, no alignment rules) are
+    /// offered for I/O commands, as QEMU's controller does.
+    pub sgl: bool,
 }
 
 impl Default for SimConfig {
@@ -45,6 +48,7 @@ impl Default for SimConfig {
             max_queue_entries: 1024,
             namespaces: vec![(512, 8192), (4096, 1024)],
             volatile_write_cache: true,
+            sgl: true,
         }
     }
 }
@@ -304,9 +308,23 @@ impl SimController {
         Some(segs)
     }
 
-    /// Copies between `buf` and the memory the PRPs describe.
+    /// The segment one SGL Data Block descriptor in the data pointer
+    /// describes, when it covers `len` bytes (other descriptor types are
+    /// refused; whether SGLs were offered is the driver's to respect).
+    fn sgl_segments(sqe: &Sqe, len: usize) -> Option<Vec<(u64, usize)>> {
+        let kind = (sqe.prp2 >> 56) as u8;
+        let dlen = sqe.prp2 as u32 as usize;
+        (kind == 0 && dlen == len).then(|| vec![(sqe.prp1, len)])
+    }
+
+    /// Copies between `buf` and the memory the PRPs (or the SGL) describe.
     fn transfer(&self, sqe: &Sqe, buf: &mut [u8], to_host: bool) -> bool {
-        let Some(segs) = self.prp_segments(sqe.prp1, sqe.prp2, buf.len()) else {
+        let segs = if sqe.uses_sgl() {
+            Self::sgl_segments(sqe, buf.len())
+        } else {
+            self.prp_segments(sqe.prp1, sqe.prp2, buf.len())
+        };
+        let Some(segs) = segs else {
             return false;
         };
         let mut off = 0;
@@ -418,6 +436,7 @@ impl SimController {
                         b[516..520].copy_from_slice(&32u32.to_le_bytes());
                         b[520..522].copy_from_slice(&0b1101u16.to_le_bytes());
                         b[525] = st.cfg.volatile_write_cache as u8;
+                        b[536..540].copy_from_slice(&(st.cfg.sgl as u32).to_le_bytes());
                     }
                     0x00 => {
                         if let Some(ns) = st.namespaces.get(&c.nsid) {

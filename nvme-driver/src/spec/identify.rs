@@ -37,6 +37,9 @@ pub struct IdentifyController {
     pub oncs: u16,
     /// Volatile write cache present.
     pub vwc: u8,
+    /// SGL support (bits 1:0: 00b none, 01b without alignment rules, 10b
+    /// dword-aligned addresses and lengths).
+    pub sgls: u32,
     /// NVM subsystem NQN.
     pub subnqn: String,
 }
@@ -82,6 +85,7 @@ impl IdentifyController {
             nn: u32le(b, 516),
             oncs: u16le(b, 520),
             vwc: b[525],
+            sgls: u32le(b, 536),
             subnqn: text(&b[768..1024]),
         }
     }
@@ -120,6 +124,17 @@ impl IdentifyController {
     /// `min_page`, or `None` when unlimited.
     pub fn max_transfer(&self, min_page: usize) -> Option<usize> {
         (self.mdts != 0).then(|| min_page << self.mdts.min(20))
+    }
+
+    /// The alignment (1 or 4 bytes) an SGL data block's address and length
+    /// must have for NVM commands, or `None` when the controller takes no
+    /// SGLs.
+    pub fn sgl_alignment(&self) -> Option<u32> {
+        match self.sgls & 0b11 {
+            0b01 => Some(1),
+            0b10 => Some(4),
+            _ => None,
+        }
     }
 }
 
@@ -232,7 +247,9 @@ mod tests {
         b[516..520].copy_from_slice(&256u32.to_le_bytes());
         b[520..522].copy_from_slice(&0b1101u16.to_le_bytes());
         b[525] = 1;
+        b[536..540].copy_from_slice(&0x1_0001u32.to_le_bytes());
         let c = IdentifyController::parse(&b);
+        assert_eq!(c.sgl_alignment(), Some(1));
         assert_eq!(c.vid, 0x1b36);
         assert_eq!(c.serial, "RSS0001");
         assert_eq!(c.model, "QEMU NVMe Ctrl");
@@ -241,6 +258,10 @@ mod tests {
         assert_eq!(c.max_transfer(4096), Some(512 * 1024));
         assert!(c.supports_compare() && c.supports_dsm() && c.supports_write_zeroes());
         assert!(c.has_volatile_write_cache());
+        for (bits, want) in [(0, None), (2, Some(4)), (3, None)] {
+            b[536..540].copy_from_slice(&(bits as u32).to_le_bytes());
+            assert_eq!(IdentifyController::parse(&b).sgl_alignment(), want);
+        }
     }
 
     #[test]

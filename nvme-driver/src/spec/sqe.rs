@@ -61,6 +61,21 @@ impl Sqe {
     pub fn set_cid(&mut self, cid: u16) {
         self.cdw0 = (self.cdw0 & 0xffff) | ((cid as u32) << 16);
     }
+
+    /// Describes the data as one SGL Data Block descriptor (address,
+    /// length, type 0h subtype 0h) in the data pointer, and says so in PSDT
+    /// (01b: SGLs, metadata pointer contiguous).
+    pub fn set_sgl_data_block(&mut self, addr: u64, len: u32) {
+        self.cdw0 = (self.cdw0 & !(0b11 << 14)) | (0b01 << 14);
+        self.prp1 = addr;
+        // Bytes 8-11 the length, 12-14 reserved, 15 the descriptor type.
+        self.prp2 = len as u64;
+    }
+
+    /// Whether the data pointer holds SGLs (PSDT not 00b).
+    pub fn uses_sgl(&self) -> bool {
+        (self.cdw0 >> 14) & 0b11 != 0
+    }
 }
 
 /// A Dataset Management range (16 bytes).
