@@ -3,7 +3,10 @@
 //! queue pairs each owned by exactly one core.
 //!
 //! Owns: BAR0 registers, submission/completion rings, command encoding, PRP
-//! lists, completion polling, timeouts, abort and reset, async events.
+//! lists (and one SGL data block for single-segment data where the
+//! controller offers SGLs), completion polling with the submission doorbell
+//! written before the completion doorbell, timeouts, abort and reset, async
+//! events.
 //!
 //! Must not: take interrupts, lock or allocate on the submit/complete path,
 //! or create Rust references into memory the controller may write.
