@@ -179,10 +179,13 @@ pub fn validate(v: Value) -> Call {
         Some(Value::String(m)) => m,
         _ => return invalid("method must be a string"),
     };
+    // `"params": null` is no parameters, as SPDK's server takes it (Go's
+    // `encoding/json` writes a nil interface so: Longhorn's client sends it
+    // for every call without parameters).
     let params = match obj.remove("params") {
-        None => None,
+        None | Some(Value::Null) => None,
         Some(p @ (Value::Object(_) | Value::Array(_))) => Some(p),
-        Some(_) => return invalid("params must be an object or an array"),
+        Some(_) => return invalid("params must be an object, an array or null"),
     };
     Call::Valid(Request { id, method, params })
 }
@@ -366,6 +369,13 @@ mod tests {
             panic!("invalid")
         };
         assert_eq!(error.code, INVALID_REQUEST);
+        // Null params are no params.
+        let Incoming::Single(Call::Valid(r)) =
+            parse_request(br#"{"jsonrpc":"2.0","method":"m","params":null,"id":2}"#).unwrap()
+        else {
+            panic!("valid")
+        };
+        assert_eq!((r.params, r.id), (None, Some(json!(2))));
     }
 
     #[test]
