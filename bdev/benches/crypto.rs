@@ -339,7 +339,7 @@ fn profile(base: &str, write: bool, secs: f64) {
         malloc::create("pb", (256 << 20) / 4096, 4096, None).unwrap();
     }
     crypto::key_create("pk", "AES_XTS", KEY128.0, KEY128.1, None).unwrap();
-    crypto::create("pb", "pc", "pk").unwrap();
+    crypto::create("pb", "pc", "pk", None).unwrap();
     let w = rt
         .block_on(0, move || async move { seq("pc", write, secs).await })
         .unwrap();
@@ -525,7 +525,7 @@ fn main() {
         println!("| {base} (no crypto) | {} | {} | | |", gb(w), gb(r));
         for (bits, key) in [(128u32, KEY128), (256, KEY256)] {
             let name = format!("bc{bits}_{base}");
-            crypto::create(base, &name, &format!("bk{bits}")).unwrap();
+            crypto::create(base, &name, &format!("bk{bits}"), None).unwrap();
             let (w, r, wq, rq) = run(&name, Some(key));
             println!(
                 "| crypto AES-{bits} over {base} | {} | {} | {wq} | {rq} |",

@@ -272,7 +272,7 @@ fn keys_are_created_listed_refused_and_destroyed() {
 
     // Destroy: refused while a bdev uses the key, then allowed.
     malloc::create("m_keyuse", 64, 512, None).unwrap();
-    crypto::create("m_keyuse", "c_keyuse", "k_api").unwrap();
+    crypto::create("m_keyuse", "c_keyuse", "k_api", None).unwrap();
     let e = crypto::key_destroy("k_api").unwrap_err();
     assert!(
         matches!(&e, BdevError::Busy { bdev, .. } if bdev == "c_keyuse"),
@@ -280,7 +280,7 @@ fn keys_are_created_listed_refused_and_destroyed() {
     );
     assert!(e.to_string().contains("k_api"), "{e}");
     assert_eq!(
-        invalid_what(&crypto::create("m_keyuse", "c_keyuse2", "k_missing").unwrap_err()),
+        invalid_what(&crypto::create("m_keyuse", "c_keyuse2", "k_missing", None).unwrap_err()),
         "key_name"
     );
     on(0, || async {
@@ -299,7 +299,7 @@ fn keys_are_created_listed_refused_and_destroyed() {
 fn key_debug_output_is_redacted() {
     crypto::key_create("k_dbg", "AES_XTS", HEX_A128, HEX_B128, None).unwrap();
     malloc::create("m_dbg", 16, 512, None).unwrap();
-    let b = crypto::create("m_dbg", "c_dbg", "k_dbg").unwrap();
+    let b = crypto::create("m_dbg", "c_dbg", "k_dbg", None).unwrap();
     let x = XtsCipher::new(&unhex(HEX_A128), &unhex(HEX_B128)).unwrap();
     for s in [
         format!("{x:?}"),
@@ -398,7 +398,7 @@ fn round_trip(bs: usize, key: &str, key2: &str, seed: u64, via_passthru: bool) {
         bdev::get(base).unwrap().io_type_supported(IoType::Zcopy),
         !via_passthru
     );
-    let b = crypto::create(base, &cname, &kname).unwrap();
+    let b = crypto::create(base, &cname, &kname, None).unwrap();
     assert!(!b.io_type_supported(IoType::Zcopy));
     assert_eq!((b.block_size() as usize, b.num_blocks()), (bs, blocks));
     assert_eq!(b.module(), "crypto");
@@ -585,7 +585,7 @@ fn round_trip_over_passthru_4096_aes256() {
 fn io_from_both_cores_at_queue_depth() {
     crypto::key_create("k_cores", "AES_XTS", K256_1, K256_2, None).unwrap();
     malloc::create("m_cores_c", 2 * 4096, 4096, None).unwrap();
-    crypto::create("m_cores_c", "c_cores", "k_cores").unwrap();
+    crypto::create("m_cores_c", "c_cores", "k_cores", None).unwrap();
     let done: Vec<_> = [0u32, 1]
         .into_iter()
         .map(|core| {
@@ -654,7 +654,7 @@ fn tweak_modes_match_their_definition() {
             );
             crypto::key_create(&k, "AES_XTS", K128_1, K128_2, Some(mode.name())).unwrap();
             malloc::create(&m, 64, bs as u32, None).unwrap();
-            crypto::create(&m, &c, &k).unwrap();
+            crypto::create(&m, &c, &k, None).unwrap();
             let mut rng = Rng(7 + i as u64);
             let data = rng.bytes(5 * bs);
             let (c2, m2, d2) = (c.clone(), m.clone(), data.clone());
@@ -861,7 +861,7 @@ fn volume_decrypts_with_openssl() {
         );
         crypto::key_create(&k, "AES_XTS", key, key2, None).unwrap();
         malloc::create(&m, 256, bs as u32, None).unwrap();
-        crypto::create(&m, &c, &k).unwrap();
+        crypto::create(&m, &c, &k, None).unwrap();
         let first = 100 + i as u64 * 13;
         let data = Rng(99 + i as u64).bytes(24 * bs);
         let (c2, m2, d2) = (c.clone(), m.clone(), data.clone());
@@ -918,7 +918,7 @@ fn resize_follows(levels: &[&str], tag: &str) {
                 passthru::create(&below, &name, None).unwrap();
             }
             _ => {
-                crypto::create(&below, &name, &key).unwrap();
+                crypto::create(&below, &name, &key, None).unwrap();
             }
         }
         made.push(name.clone());
@@ -984,17 +984,17 @@ fn resize_reaches_crypto_over_passthru() {
 fn create_refuses_bad_bases_and_names() {
     crypto::key_create("k_refuse", "AES_XTS", HEX_A128, HEX_B128, None).unwrap();
     assert!(matches!(
-        crypto::create("nowhere", "c_refuse", "k_refuse"),
+        crypto::create("nowhere", "c_refuse", "k_refuse", None),
         Err(BdevError::NotFound(_))
     ));
     malloc::create("m_refuse", 16, 512, None).unwrap();
-    crypto::create("m_refuse", "c_refuse", "k_refuse").unwrap();
+    crypto::create("m_refuse", "c_refuse", "k_refuse", None).unwrap();
     assert!(matches!(
-        crypto::create("m_refuse", "c_refuse", "k_refuse"),
+        crypto::create("m_refuse", "c_refuse", "k_refuse", None),
         Err(BdevError::Exists(_))
     ));
     assert!(matches!(
-        crypto::create("m_refuse", "c_refuse2", "k_refuse"),
+        crypto::create("m_refuse", "c_refuse2", "k_refuse", None),
         Err(BdevError::Claimed { .. })
     ));
     // The failed creations left no user on the key.

@@ -480,7 +480,7 @@ fn splitting_and_bounce_buffers_with_odd_alignment() {
 #[test]
 fn error_injection_failure_corruption_and_nomem() {
     malloc::create("m_err", 64, 512, None).unwrap();
-    error::create("m_err").unwrap();
+    error::create("m_err", None).unwrap();
     on(0, || async {
         let desc = bdev::open("EE_m_err", true, nop).unwrap();
         let ch = desc.get_io_channel().unwrap();

@@ -21,7 +21,7 @@ fn a_corrupted_read_is_a_mismatch_and_a_failure() {
     bdev::set_runtime(rt.handle());
     run::build_bdevs(&cfg, &rt).unwrap();
     rt.block_on(0, || async {
-        bdev::modules::error::create("Malloc0").map(|_| ())
+        bdev::modules::error::create("Malloc0", None).map(|_| ())
     })
     .unwrap()
     .unwrap();

@@ -285,9 +285,9 @@ pub(super) fn bdev_delay_update_latency(ctx: &Arc<Ctx>, mut p: Params) -> RpcRes
 
 pub(super) fn bdev_error_create(ctx: &Arc<Ctx>, mut p: Params) -> RpcResult {
     let base = p.str("base_name")?;
-    p.unsupported("uuid", Value::Null)?;
+    let uuid = p.opt_str("uuid")?;
     p.finish()?;
-    ctx.on_reactor(move || async move { error::create(&base).map(|_| ()) })?
+    ctx.on_reactor(move || async move { error::create(&base, uuid.as_deref()).map(|_| ()) })?
         .map_err(bdev_err)?;
     Ok(json!(true))
 }

@@ -72,11 +72,7 @@ fn bdev_crypto_create(ctx: &Arc<Ctx>, mut p: Params) -> RpcResult {
             "'key_name' is required (create the key with accel_crypto_key_create; inline keys are not supported)",
         )
     })?;
-    // The crypto module makes its own UUID; a saved config names the old
-    // one, which is accepted and not kept.
-    if let Some(u) = p.opt_str("uuid")? {
-        log::info!("bdev_crypto_create {name}: uuid {u} is not kept (the module assigns one)");
-    }
+    let uuid = p.opt_str("uuid")?;
     p.ignore("crypto_pmd");
     for k in ["key", "key2", "cipher"] {
         p.unsupported(k, Value::Null)?;
@@ -86,7 +82,7 @@ fn bdev_crypto_create(ctx: &Arc<Ctx>, mut p: Params) -> RpcResult {
         return Err(RpcError::errno(-libc::ENOENT));
     }
     ctx.on_reactor(move || async move {
-        crypto::create(&base, &name, &key_name)
+        crypto::create(&base, &name, &key_name, uuid.as_deref())
             .map(|b| json!(b.name()))
             .map_err(bdev_err)
     })?

@@ -477,12 +477,22 @@ impl BdevOps for Crypto {
 /// [`BdevError::Exists`] for a taken name; [`BdevError::Invalid`]
 /// (`key_name`) for an unknown key, (`block_size`) for a base whose blocks
 /// are not whole 16-byte AES blocks (or not 512-byte multiples for the
-/// INCR_512 tweak modes); [`BdevError::NotFound`] for a missing base,
-/// [`BdevError::Claimed`] when it is claimed already.
-pub fn create(base_bdev_name: &str, name: &str, key_name: &str) -> Result<Bdev, BdevError> {
+/// INCR_512 tweak modes), (`uuid`) for a malformed `uuid`;
+/// [`BdevError::NotFound`] for a missing base, [`BdevError::Claimed`] when
+/// it is claimed already.
+pub fn create(
+    base_bdev_name: &str,
+    name: &str,
+    key_name: &str,
+    uuid: Option<&str>,
+) -> Result<Bdev, BdevError> {
     if crate::get(name).is_some() {
         return Err(BdevError::Exists(name.to_owned()));
     }
+    let uuid = match uuid {
+        Some(u) => super::check_uuid(u)?,
+        None => crate::new_uuid(),
+    };
     let key = keys::acquire(key_name, name)?;
     let made = (|| {
         let base = Base::open(base_bdev_name, name, "crypto")?;
@@ -498,7 +508,6 @@ pub fn create(base_bdev_name: &str, name: &str, key_name: &str) -> Result<Bdev, 
                 ),
             ));
         }
-        let uuid = crate::new_uuid();
         let mut props = BdevProps::new(name, "crypto", b.block_size(), b.num_blocks());
         props.uuid = Some(uuid.clone());
         props.write_cache = b.props().write_cache;

@@ -73,6 +73,7 @@ struct Injection {
 /// The error bdev's function table.
 pub struct ErrorBdev {
     name: String,
+    uuid: String,
     base: Base,
     inject: [Injection; IoType::ALL.len()],
 }
@@ -196,9 +197,10 @@ impl BdevOps for ErrorBdev {
     }
 
     fn write_config_json(&self) -> Option<serde_json::Value> {
-        Some(
-            json!({ "method": "bdev_error_create", "params": { "base_name": self.base.bdev.name() } }),
-        )
+        Some(json!({ "method": "bdev_error_create", "params": {
+                "base_name": self.base.bdev.name(),
+                "uuid": self.uuid,
+            } }))
     }
 
     fn destruct(&self) {
@@ -206,23 +208,29 @@ impl BdevOps for ErrorBdev {
     }
 }
 
-/// Creates error bdev `EE_<base_name>` over `base_name`.
+/// Creates error bdev `EE_<base_name>` over `base_name`, with `uuid` (or a
+/// new one).
 ///
 /// # Errors
 /// As [`super::passthru::create`].
-pub fn create(base_name: &str) -> Result<Bdev, BdevError> {
+pub fn create(base_name: &str, uuid: Option<&str>) -> Result<Bdev, BdevError> {
     let name = format!("EE_{base_name}");
     if crate::get(&name).is_some() {
         return Err(BdevError::Exists(name));
     }
+    let uuid = match uuid {
+        Some(u) => super::check_uuid(u)?,
+        None => crate::new_uuid(),
+    };
     let base = Base::open(base_name, &name, "error")?;
     let b = &base.bdev;
-    let props = BdevProps::new(
+    let mut props = BdevProps::new(
         &name,
         "Error Injection Disk",
         b.block_size(),
         b.num_blocks(),
     );
+    props.uuid = Some(uuid.clone());
     let none = || Injection {
         kind: AtomicU8::new(0),
         count: AtomicU64::new(0),
@@ -232,6 +240,7 @@ pub fn create(base_name: &str) -> Result<Bdev, BdevError> {
         props,
         ErrorBdev {
             name: name.clone(),
+            uuid,
             base,
             inject: std::array::from_fn(|_| none()),
         },
