@@ -161,19 +161,18 @@ impl Engine {
     /// [`BdevError::Invalid`] naming `CRYPTO_ENGINE` for an unknown name or
     /// an engine this CPU lacks.
     pub fn from_override(value: &str) -> Result<Engine, BdevError> {
+        Engine::check_override(value).map_err(|why| BdevError::invalid(ENGINE_ENV, why))
+    }
+
+    /// [`Engine::from_override`]'s choice, or why it cannot be had.
+    fn check_override(value: &str) -> Result<Engine, String> {
         let e = Engine::parse(value).ok_or_else(|| {
-            BdevError::invalid(
-                ENGINE_ENV,
-                format!("unknown AES-XTS engine {value:?}; one of vaes512, vaes256, aesni, soft"),
-            )
+            format!("unknown AES-XTS engine {value:?}; one of vaes512, vaes256, aesni, soft")
         })?;
-        if let Some(why) = e.unavailable_reason() {
-            return Err(BdevError::invalid(
-                ENGINE_ENV,
-                format!("{why} (the best it runs is {})", Engine::best().name()),
-            ));
+        match e.unavailable_reason() {
+            Some(why) => Err(format!("{why} (the best it runs is {})", Engine::best())),
+            None => Ok(e),
         }
-        Ok(e)
     }
 
     /// The process's engine: `CRYPTO_ENGINE` when set, else [`Engine::best`].
@@ -184,18 +183,12 @@ impl Engine {
     pub fn process_default() -> Result<Engine, BdevError> {
         static CHOICE: OnceLock<Result<Engine, String>> = OnceLock::new();
         let choice = CHOICE.get_or_init(|| {
-            let chosen = match std::env::var(ENGINE_ENV) {
-                Ok(v) => Engine::from_override(&v).map_err(|e| match e {
-                    BdevError::Invalid { reason, .. } => reason,
-                    other => other.to_string(),
-                }),
-                Err(_) => Ok(Engine::best()),
+            let (chosen, how) = match std::env::var(ENGINE_ENV) {
+                Ok(v) => (Engine::check_override(&v), "set by CRYPTO_ENGINE"),
+                Err(_) => (Ok(Engine::best()), "the best this CPU runs"),
             };
             match &chosen {
-                Ok(e) if std::env::var_os(ENGINE_ENV).is_some() => {
-                    log::info!("crypto: AES-XTS engine {e} (set by {ENGINE_ENV})")
-                }
-                Ok(e) => log::info!("crypto: AES-XTS engine {e} (the best this CPU runs)"),
+                Ok(e) => log::info!("crypto: AES-XTS engine {e} ({how})"),
                 Err(why) => log::error!("crypto: {ENGINE_ENV}: {why}"),
             }
             chosen

@@ -381,22 +381,9 @@ unsafe fn xts<
                 unsafe { _mm_prefetch::<_MM_HINT_ET0>(q) };
             }
         }
-        let mut x: [W; R] = std::array::from_fn(|i| {
-            // SAFETY: register i of this group is within the run.
-            unsafe { W::load(src.add(i * vl)) }.xor3(tw[i], k[0])
-        });
-        for key in &k[1..N - 1] {
-            for xi in x.iter_mut() {
-                *xi = if ENC { xi.enc(*key) } else { xi.dec(*key) };
-            }
-        }
-        for i in 0..R {
-            let last = k[N - 1].xor(tw[i]);
-            let y = if ENC {
-                x[i].enclast(last)
-            } else {
-                x[i].declast(last)
-            };
+        // SAFETY: the group's `R` registers are within the run.
+        let y = unsafe { cipher::<W, N, R, ENC>(src, &tw, &k) };
+        for (i, y) in y.into_iter().enumerate() {
             put(y, dst.wrapping_add(i * vl));
         }
         for twi in tw.iter_mut() {
@@ -410,19 +397,8 @@ unsafe fn xts<
     let mut i = 0;
     while rem >= W::BLOCKS {
         // SAFETY: one register of blocks remains in the run.
-        let mut x = unsafe { W::load(src) }.xor3(tw[i], k[0]);
-        for key in &k[1..N - 1] {
-            x = if ENC { x.enc(*key) } else { x.dec(*key) };
-        }
-        let last = k[N - 1].xor(tw[i]);
-        put(
-            if ENC {
-                x.enclast(last)
-            } else {
-                x.declast(last)
-            },
-            dst,
-        );
+        let [y] = unsafe { cipher::<W, N, 1, ENC>(src, &tw[i..=i], &k) };
+        put(y, dst);
         src = src.wrapping_add(vl);
         dst = dst.wrapping_add(vl);
         rem -= W::BLOCKS;
@@ -430,6 +406,39 @@ unsafe fn xts<
     }
     *t = Lane(tw[i].lane0());
     blocks - rem
+}
+
+/// Ciphers the `M` registers of blocks at `src` with their tweaks `tw`
+/// (the first `M`), each round issued for all `M` together: whitened on
+/// the way in with one three-way xor (block, tweak, first round key), on
+/// the way out by the last round (its key xored with the tweak).
+///
+/// # Safety
+/// As [`xts`]; `src` readable for `M` registers.
+#[inline(always)]
+unsafe fn cipher<W: Wide, const N: usize, const M: usize, const ENC: bool>(
+    src: *const u8,
+    tw: &[W],
+    k: &[W; N],
+) -> [W; M] {
+    let vl = 16 * W::BLOCKS;
+    let mut x: [W; M] = std::array::from_fn(|i| {
+        // SAFETY: register i is within the run (the caller's).
+        unsafe { W::load(src.add(i * vl)) }.xor3(tw[i], k[0])
+    });
+    for key in &k[1..N - 1] {
+        for xi in x.iter_mut() {
+            *xi = if ENC { xi.enc(*key) } else { xi.dec(*key) };
+        }
+    }
+    std::array::from_fn(|i| {
+        let last = k[N - 1].xor(tw[i]);
+        if ENC {
+            x[i].enclast(last)
+        } else {
+            x[i].declast(last)
+        }
+    })
 }
 
 /// Instantiates the kernel for one register type and feature set: the

@@ -374,10 +374,11 @@ pub struct XtsCipher {
     #[cfg(target_arch = "x86_64")]
     ni: Option<Ni>,
     engine: Engine,
-    /// `vaes256` folds tweak carries with `vpclmulqdq` (when the CPU has
-    /// it; else with shifts, as on QEMU's TCG CPU).
+    /// The VAES kernel's registers, for the `vaes*` engines (`vaes256`
+    /// folds tweak carries with `vpclmulqdq` when the CPU has it, else with
+    /// shifts, as on QEMU's TCG CPU).
     #[cfg(target_arch = "x86_64")]
-    clmul: bool,
+    width: Option<super::vaes::Width>,
 }
 
 /// Round keys for the AES-NI and VAES kernels.
@@ -481,7 +482,13 @@ impl XtsCipher {
             ni,
             engine,
             #[cfg(target_arch = "x86_64")]
-            clmul: std::arch::is_x86_feature_detected!("vpclmulqdq"),
+            width: match engine {
+                Engine::Vaes512 => Some(super::vaes::Width::Z512),
+                Engine::Vaes256 => Some(super::vaes::Width::Y256 {
+                    clmul: std::arch::is_x86_feature_detected!("vpclmulqdq"),
+                }),
+                Engine::Aesni | Engine::Soft => None,
+            },
         })
     }
 
@@ -661,18 +668,13 @@ impl XtsCipher {
     ) {
         #[cfg(target_arch = "x86_64")]
         if let Some(ni) = &self.ni {
-            use super::vaes::{self, Width};
-            let width = match self.engine {
-                Engine::Vaes512 => Some(Width::Z512),
-                Engine::Vaes256 => Some(Width::Y256 { clmul: self.clmul }),
-                Engine::Aesni | Engine::Soft => None,
-            };
+            use super::vaes;
             // SAFETY: `ni` exists only for engines that need AES-NI, and
             // the CPU's features for the engine were checked at
             // construction (the VAES widths' too); the caller vouches for
             // the blocks.
             unsafe {
-                match (ni, width) {
+                match (ni, self.width) {
                     (Ni::Aes128(k), Some(w)) => vaes::run(k, w, dir, src, dst, blocks, t, stream),
                     (Ni::Aes256(k), Some(w)) => vaes::run(k, w, dir, src, dst, blocks, t, stream),
                     (Ni::Aes128(k), None) => k.run(dir, src, dst, blocks, t, stream),
@@ -897,8 +899,8 @@ mod tests {
                     #[allow(unused_mut)]
                     let mut fast = XtsCipher::with_engine(&key, &key2, engine).unwrap();
                     #[cfg(target_arch = "x86_64")]
-                    {
-                        fast.clmul &= clmul;
+                    if let Some(super::super::vaes::Width::Y256 { clmul: c }) = &mut fast.width {
+                        *c &= clmul;
                     }
                     let what = format!("round {round}: {engine} (clmul {clmul}) {dir:?}");
                     let mut got = vec![0; data.len()];
