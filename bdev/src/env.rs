@@ -2,14 +2,16 @@
 //! buffers and module data, a runtime handle for messages and examine tasks,
 //! and the per-channel I/O pool size.
 
+use std::cell::Cell;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use dma::{DmaConfig, DmaMemory};
 
 static MEMORY: Mutex<Option<DmaMemory>> = Mutex::new(None);
 static HANDLE: Mutex<Option<reactor::Handle>> = Mutex::new(None);
 static POOL: AtomicUsize = AtomicUsize::new(512);
+static LATENCY: AtomicBool = AtomicBool::new(true);
 
 /// Sets the DMA memory the layer and its modules use (hugepage memory when
 /// devices are driven). Must be called before bdevs that need it exist.
@@ -52,4 +54,45 @@ pub fn set_io_pool_size(n: usize) {
 
 pub(crate) fn io_pool_size() -> usize {
     POOL.load(Ordering::Relaxed)
+}
+
+/// Turns per-I/O latency tracking on (the default) or off, for channels
+/// created afterwards. On, the layer reads the clock once per I/O, at its
+/// completion (the submission time of an I/O submitted from a completion
+/// callback is that completion's time; elsewhere it is read too), and
+/// `bdev_get_iostat` reports latencies; off, it reads no clock at all and
+/// counts operations and bytes only.
+pub fn set_latency_tracking(on: bool) {
+    LATENCY.store(on, Ordering::Relaxed);
+}
+
+/// Whether per-I/O latency tracking is on ([`set_latency_tracking`]).
+pub fn latency_tracking() -> bool {
+    LATENCY.load(Ordering::Relaxed)
+}
+
+thread_local! {
+    /// The completion time the layer read for the callback running now on
+    /// this thread (0: none running).
+    static COMPLETION_NS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The time for an I/O event now: the running completion's, or a fresh read.
+#[inline]
+pub(crate) fn io_clock() -> u64 {
+    let t = COMPLETION_NS.with(Cell::get);
+    if t != 0 {
+        t
+    } else {
+        reactor::clock_ns().max(1)
+    }
+}
+
+/// Runs `f` (a completion callback) with `now` as the time for what it submits.
+#[inline]
+pub(crate) fn with_completion_time<R>(now: u64, f: impl FnOnce() -> R) -> R {
+    let prev = COMPLETION_NS.with(|c| c.replace(now));
+    let r = f();
+    COMPLETION_NS.with(|c| c.set(prev));
+    r
 }

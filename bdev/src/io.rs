@@ -85,6 +85,8 @@ pub struct BdevIo {
     pub(crate) orig_iovcnt: usize,
     /// Submission time, [`reactor::clock_ns`].
     pub(crate) start: u64,
+    /// Completion time (0 until completed, or without latency tracking).
+    pub(crate) end: u64,
     pub(crate) zcopy: Zcopy,
     /// Inline scratch space for the module handling the I/O.
     pub module_ctx: [u64; MODULE_CTX_WORDS],
@@ -112,6 +114,7 @@ impl BdevIo {
             orig_iov: [IoVec::EMPTY; MAX_IOV],
             orig_iovcnt: 0,
             start: 0,
+            end: 0,
             zcopy: Zcopy::default(),
             module_ctx: [0; MODULE_CTX_WORDS],
             module_buf: None,
@@ -146,6 +149,13 @@ impl BdevIo {
     /// Total bytes of the data segments.
     pub fn data_len(&self) -> usize {
         self.iovs().iter().map(|v| v.len).sum()
+    }
+
+    /// In the submitter's callback: nanoseconds from submission to
+    /// completion as the layer measured them (`None` with latency tracking
+    /// off, [`crate::set_latency_tracking`]). Costs no clock read.
+    pub fn latency_ns(&self) -> Option<u64> {
+        (self.end != 0).then(|| self.end.saturating_sub(self.start))
     }
 
     /// The submitter's context word.
@@ -280,6 +290,7 @@ impl BdevIo {
         self.orig_iovcnt = 0;
         self.module_buf = None;
         self.fua = false;
+        self.end = 0;
         self.zcopy = Zcopy::default();
     }
 }

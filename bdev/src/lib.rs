@@ -56,7 +56,10 @@ mod types;
 pub use bdev::{Bdev, BdevProps};
 pub use channel::BdevChannel;
 pub use desc::{Desc, EventCallback, open};
-pub use env::{handle, memory, set_io_pool_size, set_memory, set_runtime};
+pub use env::{
+    handle, latency_tracking, memory, set_io_pool_size, set_latency_tracking, set_memory,
+    set_runtime,
+};
 pub use error::BdevError;
 pub use io::{BdevIo, IoCallback, IoHandle, MAX_IOV, MODULE_CTX_WORDS, ZcopyPhase};
 pub use ops::{BdevModule, BdevOps, ExamineFuture};

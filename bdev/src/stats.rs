@@ -29,7 +29,7 @@ pub(crate) struct ChannelStats {
 
 impl ChannelStats {
     #[inline]
-    pub fn record(&self, ty: IoType, bytes: u64, latency_ns: u64, ok: bool) {
+    pub fn record(&self, ty: IoType, bytes: u64, latency_ns: Option<u64>, ok: bool) {
         let t = &self.types[ty.index()];
         if !ok {
             add(&t.errors, 1);
@@ -37,6 +37,9 @@ impl ChannelStats {
         }
         add(&t.ops, 1);
         add(&t.bytes, bytes);
+        let Some(latency_ns) = latency_ns else {
+            return;
+        };
         add(&t.latency_ns, latency_ns);
         if latency_ns > t.max_latency_ns.load(Ordering::Relaxed) {
             t.max_latency_ns.store(latency_ns, Ordering::Relaxed);

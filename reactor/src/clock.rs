@@ -15,6 +15,7 @@ fn tsc_scale() -> Option<u64> {
 }
 
 #[cfg(target_arch = "x86_64")]
+#[inline]
 fn rdtsc() -> u64 {
     // SAFETY: `rdtsc` has no preconditions on x86-64.
     unsafe { core::arch::x86_64::_rdtsc() }

@@ -228,7 +228,7 @@ pub(super) fn bdev_null_create(ctx: &Arc<Ctx>, mut p: Params) -> RpcResult {
             num_blocks,
             block_size,
             uuid.as_deref(),
-            null::ReadFill::Zeroes,
+            null::rpc_read_fill(),
         )
         .map(|b| json!(b.name()))
         .map_err(bdev_err)

@@ -2,6 +2,8 @@
 //! the buffer untouched for benchmarks), and can be resized
 //! (`bdev_null_resize`) — the base the resize-event tests stand on.
 
+use std::sync::atomic::{AtomicU16, Ordering};
+
 use serde_json::json;
 
 use crate::{Bdev, BdevError, BdevOps, BdevProps, IoHandle, IoStatus, IoType};
@@ -15,6 +17,40 @@ pub enum ReadFill {
     Pattern(u8),
     /// The buffer is left as it is (SPDK's null bdev; for benchmarks).
     Untouched,
+}
+
+static RPC_FILL: AtomicU16 = AtomicU16::new(0);
+
+impl ReadFill {
+    fn code(self) -> u16 {
+        match self {
+            ReadFill::Zeroes => 0,
+            ReadFill::Pattern(b) => 0x100 | u16::from(b),
+            ReadFill::Untouched => 0x200,
+        }
+    }
+
+    fn from_code(c: u16) -> ReadFill {
+        match c {
+            0x200 => ReadFill::Untouched,
+            c if c & 0x100 != 0 => ReadFill::Pattern(c as u8),
+            _ => ReadFill::Zeroes,
+        }
+    }
+}
+
+/// Sets what reads of null bdevs created by `bdev_null_create` return from
+/// now on: zeroes by default (an appliance must not hand one client's data
+/// back to another through a reused buffer); a benchmark whose buffers are
+/// its own (bdevperf) leaves them untouched, as SPDK's null bdev does.
+pub fn set_rpc_read_fill(fill: ReadFill) {
+    RPC_FILL.store(fill.code(), Ordering::Relaxed);
+}
+
+/// What reads of null bdevs created by `bdev_null_create` return
+/// ([`set_rpc_read_fill`]).
+pub fn rpc_read_fill() -> ReadFill {
+    ReadFill::from_code(RPC_FILL.load(Ordering::Relaxed))
 }
 
 struct Null {
