@@ -141,6 +141,11 @@ fn poll(s: &Rc<ChanState>) -> PollStatus {
 }
 
 impl ChanState {
+    /// The module's channel, when it could be made.
+    pub(crate) fn module_channel(&self) -> Option<&dyn Any> {
+        self.module_ch.as_ref().ok().map(|b| b.as_ref())
+    }
+
     fn in_flight_in_module(&self) -> usize {
         self.outstanding
             .get()
@@ -546,6 +551,49 @@ impl BdevChannel {
     }
 }
 
+/// What a submission asks for, before its data.
+pub(crate) struct Request {
+    pub ty: IoType,
+    pub offset_blocks: u64,
+    pub num_blocks: u64,
+    pub fua: bool,
+    pub cb: IoCallback,
+    pub ctx: usize,
+}
+
+impl BdevChannel {
+    /// Starts a module's child I/O (see `child.rs`): checked as any
+    /// submission; `done` is the module's callback, called by `cb`.
+    pub(crate) fn submit_child_request(
+        &self,
+        req: Request,
+        iovs: &[IoVec],
+        buf: Option<DmaBuf>,
+        done: crate::child::ChildCallback,
+    ) -> Result<(), (BdevError, Option<DmaBuf>)> {
+        if req.ty == IoType::Zcopy {
+            return Err((
+                BdevError::invalid("I/O type", "zero-copy windows are not child I/O"),
+                buf,
+            ));
+        }
+        let data = req.ty.has_data().then(|| iovs.iter().map(|v| v.len).sum());
+        if let Err(e) = self.check(req.ty, req.offset_blocks, req.num_blocks, data) {
+            return Err((e, buf));
+        }
+        let iovs = if req.ty.has_data() { iovs } else { &[] };
+        let args = (
+            req.ty,
+            req.offset_blocks,
+            req.num_blocks,
+            req.fua,
+            req.cb,
+            req.ctx,
+        );
+        self.launch(args, iovs, buf, |io| io.child_cb = Some(done))
+    }
+}
+
 /// Sends an I/O towards the module: type support, write-zeroes emulation,
 /// splitting, bounce buffering.
 fn submit(s: &Rc<ChanState>, mut p: NonNull<BdevIo>) {
@@ -733,7 +781,7 @@ fn continue_split(s: &Rc<ChanState>, mut parent: NonNull<BdevIo>) {
 
 /// The segments covering `len` bytes from byte `skip` of `iovs`, written
 /// into `out`; `None` if more than `out` holds.
-fn slice_iovs(
+pub(crate) fn slice_iovs(
     iovs: &[IoVec],
     mut skip: usize,
     mut len: usize,

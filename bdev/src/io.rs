@@ -76,6 +76,8 @@ pub struct BdevIo {
     pub(crate) iovcnt: usize,
     pub(crate) cb: Option<IoCallback>,
     pub(crate) ctx: usize,
+    /// A module's child I/O: the module's callback (`ctx` is the parent).
+    pub(crate) child_cb: Option<crate::child::ChildCallback>,
     pub(crate) buf: Option<DmaBuf>,
     pub(crate) ch: Option<Rc<ChanState>>,
     pub(crate) parent: Option<NonNull<BdevIo>>,
@@ -106,6 +108,7 @@ impl BdevIo {
             iovcnt: 0,
             cb: None,
             ctx: 0,
+            child_cb: None,
             buf: None,
             ch: None,
             parent: None,
@@ -281,6 +284,7 @@ impl BdevIo {
     pub(crate) fn recycle(&mut self) {
         self.cb = None;
         self.ctx = 0;
+        self.child_cb = None;
         self.buf = None;
         self.ch = None;
         self.parent = None;
@@ -340,10 +344,56 @@ impl IoHandle {
         crate::channel::complete(io, status);
     }
 
-    /// The raw pointer, for modules that must pass the I/O through a
-    /// context word (a child I/O's `ctx`). Rebuild with
-    /// [`IoHandle::from_raw`].
-    pub fn into_raw(self) -> usize {
+    /// The module's own channel (its `BdevOps::Channel`) on the core the
+    /// I/O runs on: for callbacks that get only the handle back.
+    pub fn module_channel<C: 'static>(&self) -> Option<&C> {
+        self.io().ch.as_ref()?.module_channel()?.downcast_ref::<C>()
+    }
+
+    /// The data segments as byte slices the module may read and write
+    /// while it holds the handle (to fill a read, check or transform
+    /// data). Empty for types without data.
+    pub fn data_mut(&mut self) -> impl Iterator<Item = &mut [u8]> + '_ {
+        let io = self.io_mut();
+        io.iov[..io.iovcnt].iter().map(|v| {
+            // SAFETY: the submitter keeps every segment valid, and apart
+            // from the others, until the I/O completes (the safe API owns
+            // its buffer; `submit_iovs` makes it the caller's promise), and
+            // the handle is the only way to the I/O while the module has it.
+            unsafe { std::slice::from_raw_parts_mut(v.ptr, v.len) }
+        })
+    }
+
+    /// The data segments as byte slices, for reading.
+    pub fn data(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.io().iovs().iter().map(|v| {
+            // SAFETY: as in `data_mut`.
+            unsafe { std::slice::from_raw_parts(v.ptr.cast_const(), v.len) }
+        })
+    }
+
+    /// Copies `src` into the data from byte `offset`; returns bytes copied.
+    pub fn copy_to_data(&mut self, offset: usize, src: &[u8]) -> usize {
+        // SAFETY: as in `data_mut`.
+        unsafe { self.io().copy_to_iovs(offset, src) }
+    }
+
+    /// Copies the data from byte `offset` into `dst`; returns bytes copied.
+    pub fn copy_from_data(&self, offset: usize, dst: &mut [u8]) -> usize {
+        // SAFETY: as in `data_mut`.
+        unsafe { self.io().copy_from_iovs(offset, dst) }
+    }
+
+    /// Sets every data byte to `byte`.
+    pub fn fill_data(&mut self, byte: u8) {
+        for s in self.data_mut() {
+            s.fill(byte);
+        }
+    }
+
+    /// The raw pointer (the layer's child I/O passes it as the child's
+    /// context word). Rebuilt with [`IoHandle::from_raw`].
+    pub(crate) fn into_raw(self) -> usize {
         let p = self.io.as_ptr() as usize;
         std::mem::forget(self);
         p
@@ -353,7 +403,8 @@ impl IoHandle {
     ///
     /// # Safety
     /// `raw` must come from `into_raw` of a handle not rebuilt since.
-    pub unsafe fn from_raw(raw: usize) -> Self {
+    #[allow(dead_code)]
+    pub(crate) unsafe fn from_raw(raw: usize) -> Self {
         IoHandle {
             io: NonNull::new(raw as *mut BdevIo).expect("non-null I/O pointer"),
         }

@@ -43,10 +43,12 @@
 
 mod bdev;
 mod channel;
+mod child;
 mod desc;
 mod env;
 mod error;
 mod io;
+mod medium;
 pub mod modules;
 mod ops;
 mod registry;
@@ -55,6 +57,7 @@ mod types;
 
 pub use bdev::{Bdev, BdevProps};
 pub use channel::BdevChannel;
+pub use child::{Child, ChildCallback, ChildData, ChildRefused, complete_parent};
 pub use desc::{Desc, EventCallback, open};
 pub use env::{
     handle, latency_tracking, memory, set_io_pool_size, set_latency_tracking, set_memory,
@@ -62,6 +65,7 @@ pub use env::{
 };
 pub use error::BdevError;
 pub use io::{BdevIo, IoCallback, IoHandle, MAX_IOV, MODULE_CTX_WORDS, ZcopyPhase};
+pub use medium::Medium;
 pub use ops::{BdevModule, BdevOps, ExamineFuture};
 pub use registry::{
     examines_in_flight, get, list, modules as registered_modules, new_uuid, register,

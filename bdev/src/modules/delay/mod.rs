@@ -70,7 +70,7 @@ pub struct Delay {
 struct Held {
     due: Instant,
     seq: u64,
-    io: usize,
+    io: IoHandle,
     status: IoStatus,
 }
 
@@ -110,8 +110,7 @@ impl Drop for DelayChannel {
         // Nothing may be lost: deliver what is still held.
         let held: Vec<Held> = self.queue.borrow_mut().heap.drain().map(|r| r.0).collect();
         for h in held {
-            // SAFETY: `io` came from `IoHandle::into_raw` when it was held.
-            unsafe { IoHandle::from_raw(h.io) }.complete(h.status);
+            h.io.complete(h.status);
         }
     }
 }
@@ -137,23 +136,25 @@ impl Delay {
     }
 }
 
-/// Where the base's completion of a delayed I/O goes: ctx is a pointer to a
-/// small record (in the parent's module context) with the queue.
-fn base_done(child: &mut BdevIo, status: IoStatus) {
-    // SAFETY: `ctx` is the parent handle passed down in `submit`.
-    let mut parent = unsafe { IoHandle::from_raw(child.ctx()) };
+/// Where the base's completion of a delayed I/O goes: into this core's
+/// queue, until its due time (the delay was put in the module context).
+fn base_done(mut parent: IoHandle, _child: &mut BdevIo, status: IoStatus) {
     let delay_ns = parent.io().module_ctx[0];
-    let queue_ptr = parent.io().module_ctx[1] as *const RefCell<Queue>;
     parent.io_mut().module_ctx[0] = 0;
-    // SAFETY: the queue lives in the channel, which outlives its I/O.
-    let queue = unsafe { &*queue_ptr };
+    let Some(queue) = parent
+        .module_channel::<DelayChannel>()
+        .map(|c| c.queue.clone())
+    else {
+        log::error!("delay: an I/O without its channel");
+        return parent.complete(IoStatus::Failed);
+    };
     let mut q = queue.borrow_mut();
     q.seq += 1;
     let seq = q.seq;
     q.heap.push(Reverse(Held {
         due: Instant::now() + Duration::from_nanos(delay_ns),
         seq,
-        io: parent.into_raw(),
+        io: parent,
         status,
     }));
 }
@@ -185,8 +186,7 @@ impl BdevOps for Delay {
                 };
                 let Some(h) = due else { break };
                 n += 1;
-                // SAFETY: `io` came from `IoHandle::into_raw` in `base_done`.
-                unsafe { IoHandle::from_raw(h.io) }.complete(h.status);
+                h.io.complete(h.status);
             }
             if n > 0 {
                 PollStatus::Busy
@@ -216,28 +216,8 @@ impl BdevOps for Delay {
             q.rng.is_multiple_of(100)
         };
         let us = self.latency(if tail { p99 } else { avg });
-        let m = &mut io.io_mut().module_ctx;
-        m[0] = us * 1000;
-        m[1] = Rc::as_ptr(&ch.queue) as u64;
-        let r = io.io();
-        let (off, n, fua) = (r.offset_blocks(), r.num_blocks(), r.fua());
-        let mut iovs = [crate::IoVec::EMPTY; crate::MAX_IOV];
-        let cnt = r.iovs().len();
-        iovs[..cnt].copy_from_slice(r.iovs());
-        let raw = io.into_raw();
-        // SAFETY: the segments stay valid while the parent is in flight.
-        if let Err(e) = unsafe {
-            ch.base
-                .submit_iovs(ty, off, n, &iovs[..cnt], fua, base_done, raw)
-        } {
-            // SAFETY: not started: the handle is still ours.
-            let io = unsafe { IoHandle::from_raw(raw) };
-            io.complete(if matches!(e, BdevError::NoMem(_)) {
-                IoStatus::NoMem
-            } else {
-                IoStatus::Failed
-            });
-        }
+        io.io_mut().module_ctx[0] = us * 1000;
+        io.forward(&ch.base, base_done);
     }
 
     fn io_type_supported(&self, ty: IoType) -> bool {

@@ -135,15 +135,11 @@ impl ErrorBdev {
     }
 }
 
-fn corrupt_done(child: &mut BdevIo, status: IoStatus) {
-    // SAFETY: `ctx` is the parent handle passed down in `submit`.
-    let parent = unsafe { IoHandle::from_raw(child.ctx()) };
+fn corrupt_done(mut parent: IoHandle, _child: &mut BdevIo, status: IoStatus) {
     if status.is_success()
-        && let Some(v) = parent.io().iovs().first()
-        && v.len > 0
+        && let Some(first) = parent.data_mut().find(|s| !s.is_empty())
     {
-        // SAFETY: the parent's segment is valid until it completes.
-        unsafe { *v.ptr ^= 0xff };
+        first[0] ^= 0xff;
     }
     parent.complete(status);
 }
@@ -163,24 +159,7 @@ impl BdevOps for ErrorBdev {
             ErrorKind::None => pass_down(&ch.base, io),
             ErrorKind::Failure => io.complete(IoStatus::Failed),
             ErrorKind::NoMem => io.complete(IoStatus::NoMem),
-            ErrorKind::CorruptData if ty == IoType::Read => {
-                let r = io.io();
-                let (off, n) = (r.offset_blocks(), r.num_blocks());
-                let mut iovs = [crate::IoVec::EMPTY; crate::MAX_IOV];
-                let cnt = r.iovs().len();
-                iovs[..cnt].copy_from_slice(r.iovs());
-                let raw = io.into_raw();
-                // SAFETY: the parent's segments stay valid while it is in flight.
-                if unsafe {
-                    ch.base
-                        .submit_iovs(ty, off, n, &iovs[..cnt], false, corrupt_done, raw)
-                }
-                .is_err()
-                {
-                    // SAFETY: not started: the handle is still ours.
-                    unsafe { IoHandle::from_raw(raw) }.complete(IoStatus::Failed);
-                }
-            }
+            ErrorKind::CorruptData if ty == IoType::Read => io.forward(&ch.base, corrupt_done),
             // Corruption is applied on reads; other types pass unharmed.
             ErrorKind::CorruptData => pass_down(&ch.base, io),
         }

@@ -3,30 +3,59 @@
 //! the disk's own memory: a reader or writer that moves the data itself
 //! (the crypto vbdev's cipher) saves malloc's copy.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use dma::DmaBuf;
 use serde_json::json;
 
-use crate::{Bdev, BdevError, BdevOps, BdevProps, IoHandle, IoStatus, IoType, IoVec, ZcopyPhase};
+use crate::{Bdev, BdevError, BdevOps, BdevProps, IoHandle, IoStatus, IoType, Medium, ZcopyPhase};
 
 struct Malloc {
     name: String,
     block_size: u32,
     num_blocks: u64,
     uuid: String,
-    /// The disk. Accessed only with raw copies, one I/O's blocks at a time.
-    data: DmaBuf,
-    base: *mut u8,
-    ops: AtomicU64,
+    /// The disk.
+    disk: Medium,
 }
 
-// SAFETY: `base` points into `data`, which the struct owns; concurrent I/O
-// to overlapping blocks from several cores is the caller's race, as on any
-// disk, and touches only bytes (no Rust references are formed).
-unsafe impl Send for Malloc {}
-// SAFETY: as above.
-unsafe impl Sync for Malloc {}
+impl Malloc {
+    fn run(&self, io: &mut IoHandle) -> Result<IoStatus, BdevError> {
+        let r = io.io();
+        let bs = self.block_size as usize;
+        let off = r.offset_blocks() as usize * bs;
+        let len = r.num_blocks() as usize * bs;
+        Ok(match r.io_type() {
+            IoType::Read => {
+                self.disk.read_into(off, io)?;
+                IoStatus::Success
+            }
+            IoType::Write => {
+                self.disk.write_from(off, io)?;
+                IoStatus::Success
+            }
+            IoType::Compare => {
+                if self.disk.equals(off, io)? {
+                    IoStatus::Success
+                } else {
+                    IoStatus::Miscompare
+                }
+            }
+            IoType::Unmap | IoType::WriteZeroes => {
+                self.disk.fill(off, len, 0)?;
+                IoStatus::Success
+            }
+            IoType::Flush | IoType::Reset => IoStatus::Success,
+            IoType::Zcopy => match r.zcopy_phase() {
+                // The window is the disk itself: populated already, and
+                // what the submitter writes there is committed as written.
+                Some(ZcopyPhase::Start { .. }) => {
+                    let seg = self.disk.segment(off, len)?;
+                    io.io_mut().set_zcopy_iovs(&[seg])?;
+                    IoStatus::Success
+                }
+                Some(ZcopyPhase::End { .. }) | None => IoStatus::Success,
+            },
+        })
+    }
+}
 
 impl BdevOps for Malloc {
     type Channel = ();
@@ -36,77 +65,10 @@ impl BdevOps for Malloc {
     }
 
     fn submit(&self, _ch: &(), mut io: IoHandle) {
-        let r = io.io();
-        let bs = self.block_size as usize;
-        let off = r.offset_blocks() as usize * bs;
-        let len = r.num_blocks() as usize * bs;
-        debug_assert!(off + len <= self.data.len());
-        // SAFETY: the layer checked the range against the disk's size.
-        let disk = unsafe { self.base.add(off) };
-        self.ops.fetch_add(1, Ordering::Relaxed);
-        let status = match r.io_type() {
-            IoType::Read => {
-                let mut done = 0;
-                for v in r.iovs() {
-                    // SAFETY: disk range in bounds; the segment is valid.
-                    unsafe { std::ptr::copy_nonoverlapping(disk.add(done), v.ptr, v.len) };
-                    done += v.len;
-                }
-                IoStatus::Success
-            }
-            IoType::Write => {
-                let mut done = 0;
-                for v in r.iovs() {
-                    // SAFETY: as above.
-                    unsafe { std::ptr::copy_nonoverlapping(v.ptr, disk.add(done), v.len) };
-                    done += v.len;
-                }
-                IoStatus::Success
-            }
-            IoType::Compare => {
-                let mut done = 0;
-                let mut same = true;
-                for v in r.iovs() {
-                    // SAFETY: both ranges are valid for reads of `v.len` bytes
-                    // and not written by anyone during the call.
-                    let (a, b) = unsafe {
-                        (
-                            std::slice::from_raw_parts(disk.add(done), v.len),
-                            std::slice::from_raw_parts(v.ptr, v.len),
-                        )
-                    };
-                    same &= a == b;
-                    done += v.len;
-                }
-                if same {
-                    IoStatus::Success
-                } else {
-                    IoStatus::Miscompare
-                }
-            }
-            IoType::Unmap | IoType::WriteZeroes => {
-                // SAFETY: disk range in bounds.
-                unsafe { std::ptr::write_bytes(disk, 0, len) };
-                IoStatus::Success
-            }
-            IoType::Flush | IoType::Reset => IoStatus::Success,
-            IoType::Zcopy => match r.zcopy_phase() {
-                // The window is the disk itself: populated already, and
-                // what the submitter writes there is committed as written.
-                Some(ZcopyPhase::Start { .. }) => {
-                    let seg = IoVec {
-                        ptr: disk,
-                        iova: self.data.iova() + off as u64,
-                        len,
-                    };
-                    match io.io_mut().set_zcopy_iovs(&[seg]) {
-                        Ok(()) => IoStatus::Success,
-                        Err(_) => IoStatus::Failed,
-                    }
-                }
-                Some(ZcopyPhase::End { .. }) | None => IoStatus::Success,
-            },
-        };
+        let status = self.run(&mut io).unwrap_or_else(|e| {
+            log::error!("malloc {}: {e}", self.name);
+            IoStatus::Failed
+        });
         io.complete(status);
     }
 
@@ -170,7 +132,6 @@ pub fn create(
             reason: e.to_string(),
         })?;
     data.fill(0);
-    let base = data.as_ptr();
     let mut props = BdevProps::new(name, "Malloc disk", block_size, num_blocks);
     props.uuid = Some(uuid.clone());
     crate::register(
@@ -181,9 +142,7 @@ pub fn create(
             block_size,
             num_blocks,
             uuid,
-            data,
-            base,
-            ops: AtomicU64::new(0),
+            disk: Medium::new(data),
         },
     )
 }

@@ -67,19 +67,12 @@ impl BdevOps for Null {
         Ok(())
     }
 
-    fn submit(&self, _ch: &(), io: IoHandle) {
+    fn submit(&self, _ch: &(), mut io: IoHandle) {
         if io.io().io_type() == IoType::Read {
-            let byte = match self.fill {
-                ReadFill::Zeroes => Some(0),
-                ReadFill::Pattern(b) => Some(b),
-                ReadFill::Untouched => None,
-            };
-            if let Some(byte) = byte {
-                for v in io.io().iovs() {
-                    // SAFETY: the submitter's segments are valid until the
-                    // completion, and no device touches them.
-                    unsafe { std::ptr::write_bytes(v.ptr, byte, v.len) };
-                }
+            match self.fill {
+                ReadFill::Zeroes => io.fill_data(0),
+                ReadFill::Pattern(b) => io.fill_data(b),
+                ReadFill::Untouched => {}
             }
         }
         io.complete(IoStatus::Success);

@@ -8,10 +8,7 @@ use std::sync::Mutex;
 
 use serde_json::json;
 
-use crate::{
-    Bdev, BdevChannel, BdevError, BdevEvent, BdevIo, BdevOps, BdevProps, Desc, IoHandle, IoStatus,
-    IoType, IoVec, MAX_IOV,
-};
+use crate::{Bdev, BdevChannel, BdevError, BdevEvent, BdevOps, BdevProps, Desc, IoHandle, IoType};
 
 /// The base descriptor of a vbdev: taken at creation, dropped at destruct.
 pub(crate) struct Base {
@@ -78,34 +75,7 @@ pub(crate) fn follow_base(vbdev: &str, ev: BdevEvent) {
 /// Passes `io` to `base`, completing it when the base does. The shape every
 /// vbdev's pass-through path has.
 pub(crate) fn pass_down(base: &BdevChannel, io: IoHandle) {
-    let r = io.io();
-    let (ty, off, n, fua) = (r.io_type(), r.offset_blocks(), r.num_blocks(), r.fua());
-    let mut iovs = [IoVec::EMPTY; MAX_IOV];
-    let cnt = r.iovs().len();
-    iovs[..cnt].copy_from_slice(r.iovs());
-    let raw = io.into_raw();
-    let res = if ty.has_data() {
-        // SAFETY: the segments belong to the parent I/O, which stays in
-        // flight (and its submitter waiting) until `done` completes it.
-        unsafe { base.submit_iovs(ty, off, n, &iovs[..cnt], fua, done, raw) }
-    } else {
-        base.submit_nodata(ty, off, n, done, raw)
-    };
-    if let Err(e) = res {
-        // SAFETY: the child was not started: the handle is still ours.
-        let io = unsafe { IoHandle::from_raw(raw) };
-        io.complete(if matches!(e, BdevError::NoMem(_)) {
-            IoStatus::NoMem
-        } else {
-            IoStatus::Failed
-        });
-    }
-}
-
-fn done(child: &mut BdevIo, status: IoStatus) {
-    // SAFETY: `ctx` is the parent handle passed down in `pass_down`.
-    let parent = unsafe { IoHandle::from_raw(child.ctx()) };
-    parent.complete(status);
+    io.forward(base, crate::complete_parent);
 }
 
 struct Passthru {

@@ -1,0 +1,212 @@
+//! Child I/O: how a module passes (part of) an I/O it was given down to
+//! another bdev and gets its own completion back, without `unsafe`.
+//!
+//! The module hands its [`IoHandle`] to [`IoHandle::submit_child`] with a
+//! description of the child ([`Child`]) and a [`ChildCallback`]; the layer
+//! keeps the parent in flight, builds the child over the parent's segments
+//! (all, or a byte range of them), or over a buffer of the module's, sends
+//! it through the base channel's whole path (bounds, splitting, bounce
+//! buffers, out-of-resources retries), and calls the callback on this core
+//! with the parent's handle back when the child ends.
+//!
+//! ```text
+//!   module.submit(ch, io) ──io.submit_child(&ch.base, Child, done)──> base channel
+//!                                                                       │
+//!   done(parent: IoHandle, child: &mut BdevIo, status) <────────────────┘
+//!        └─ parent.complete(status) / another child / a module buffer back
+//! ```
+
+use std::ptr::NonNull;
+
+use dma::DmaBuf;
+
+use crate::channel::BdevChannel;
+use crate::error::BdevError;
+use crate::io::{BdevIo, IoHandle};
+use crate::types::{IoStatus, IoType, IoVec};
+
+/// The data a child I/O carries.
+#[derive(Debug)]
+pub enum ChildData {
+    /// None (flush, unmap, write zeroes, reset, seek...).
+    None,
+    /// All of the parent's segments.
+    Parent,
+    /// `len` bytes of the parent's segments from byte `offset`.
+    ParentRange {
+        /// First byte, within the parent's data.
+        offset: usize,
+        /// Bytes.
+        len: usize,
+    },
+    /// A buffer of the module's (whole), handed back to the callback
+    /// through [`BdevIo::take_buf`] of the child.
+    Buf(DmaBuf),
+}
+
+/// One child I/O: what to do where on the base.
+#[derive(Debug)]
+pub struct Child {
+    /// The I/O type.
+    pub ty: IoType,
+    /// First block on the base.
+    pub offset_blocks: u64,
+    /// Blocks.
+    pub num_blocks: u64,
+    /// Force Unit Access (writes).
+    pub fua: bool,
+    /// Its data.
+    pub data: ChildData,
+}
+
+impl Child {
+    /// The parent's own request (type, range, FUA, segments) unchanged.
+    pub fn same_as(parent: &BdevIo) -> Child {
+        Child {
+            ty: parent.io_type(),
+            offset_blocks: parent.offset_blocks(),
+            num_blocks: parent.num_blocks(),
+            fua: parent.fua(),
+            data: if parent.io_type().has_data() {
+                ChildData::Parent
+            } else {
+                ChildData::None
+            },
+        }
+    }
+}
+
+/// Called on the parent's core when a child ends, with the parent's handle
+/// (complete it, or send another child), the child (its buffer, its
+/// seek result) and the child's status.
+pub type ChildCallback = fn(parent: IoHandle, child: &mut BdevIo, status: IoStatus);
+
+/// A child the base did not take: the parent's handle back, the reason and
+/// the module's buffer if the child carried one.
+#[derive(Debug)]
+pub struct ChildRefused {
+    /// The parent, still the module's to complete.
+    pub parent: IoHandle,
+    /// Why the child was not started.
+    pub error: BdevError,
+    /// The buffer of [`ChildData::Buf`], given back.
+    pub buf: Option<DmaBuf>,
+}
+
+impl ChildRefused {
+    /// The status to complete the parent with: `NoMem` when the base was
+    /// out of I/O objects (the layer submits the parent again later),
+    /// else `Failed`.
+    pub fn status(&self) -> IoStatus {
+        if matches!(self.error, BdevError::NoMem(_)) {
+            IoStatus::NoMem
+        } else {
+            IoStatus::Failed
+        }
+    }
+
+    /// Completes the parent with [`ChildRefused::status`].
+    pub fn fail_parent(self) {
+        let st = self.status();
+        self.parent.complete(st);
+    }
+}
+
+/// The child's completion as the layer sees it: back to the module's
+/// callback with the parent's handle.
+pub(crate) fn child_done(child: &mut BdevIo, status: IoStatus) {
+    let cb = child
+        .child_cb
+        .take()
+        .expect("a child I/O carries its module's callback");
+    let parent = NonNull::new(child.ctx as *mut BdevIo).expect("a child I/O knows its parent");
+    cb(IoHandle::new(parent), child, status);
+}
+
+impl IoHandle {
+    /// Sends a child I/O to `base` (a channel of a bdev this module opened)
+    /// on behalf of this I/O; `done` runs with this handle back when the
+    /// child ends.
+    ///
+    /// # Errors
+    /// [`ChildRefused`] (with this handle) when the child cannot start:
+    /// bounds, rights, a range outside the parent's data, no I/O object.
+    pub fn submit_child(
+        self,
+        base: &BdevChannel,
+        child: Child,
+        done: ChildCallback,
+    ) -> Result<(), ChildRefused> {
+        let parent = self.io();
+        let mut iov = [IoVec::EMPTY; crate::MAX_IOV];
+        let (cnt, buf) = match child.data {
+            ChildData::None => (0, None),
+            ChildData::Parent => {
+                let v = parent.iovs();
+                iov[..v.len()].copy_from_slice(v);
+                (v.len(), None)
+            }
+            ChildData::ParentRange { offset, len } => {
+                match crate::channel::slice_iovs(parent.iovs(), offset, len, &mut iov) {
+                    Some(n) => (n, None),
+                    None => {
+                        let error = BdevError::invalid(
+                            "child data",
+                            format!(
+                                "bytes {offset}..{} are not within the parent's {} bytes \
+                                 in {} segments",
+                                offset.saturating_add(len),
+                                parent.data_len(),
+                                crate::MAX_IOV
+                            ),
+                        );
+                        return Err(ChildRefused {
+                            parent: self,
+                            error,
+                            buf: None,
+                        });
+                    }
+                }
+            }
+            ChildData::Buf(b) => {
+                iov[0] = IoVec::of(&b, 0, b.len());
+                (1, Some(b))
+            }
+        };
+        let raw = self.into_raw();
+        let req = crate::channel::Request {
+            ty: child.ty,
+            offset_blocks: child.offset_blocks,
+            num_blocks: child.num_blocks,
+            fua: child.fua,
+            cb: child_done,
+            ctx: raw,
+        };
+        // The segments are the parent's (in flight until `done` has run:
+        // the module holds no handle meanwhile) or the module's buffer,
+        // which travels with the child.
+        match base.submit_child_request(req, &iov[..cnt], buf, done) {
+            Ok(()) => Ok(()),
+            Err((error, buf)) => Err(ChildRefused {
+                parent: IoHandle::new(NonNull::new(raw as *mut BdevIo).expect("non-null")),
+                error,
+                buf,
+            }),
+        }
+    }
+
+    /// Passes this I/O to `base` unchanged ([`Child::same_as`]); a refused
+    /// child completes it at once ([`ChildRefused::fail_parent`]).
+    pub fn forward(self, base: &BdevChannel, done: ChildCallback) {
+        let child = Child::same_as(self.io());
+        if let Err(r) = self.submit_child(base, child, done) {
+            r.fail_parent();
+        }
+    }
+}
+
+/// The [`ChildCallback`] that completes the parent with the child's status
+/// (a plain pass-through).
+pub fn complete_parent(parent: IoHandle, _child: &mut BdevIo, status: IoStatus) {
+    parent.complete(status);
+}
