@@ -217,6 +217,11 @@ impl BdevChannel {
         &self.ch.state
     }
 
+    /// The bdev's block size.
+    pub fn block_size(&self) -> u32 {
+        self.state().bdev.props.block_size
+    }
+
     /// I/O in flight on this channel.
     pub fn outstanding(&self) -> usize {
         self.state().outstanding.get()
@@ -496,6 +501,19 @@ impl BdevChannel {
         cb: IoCallback,
         ctx: usize,
     ) -> Result<(), BdevError> {
+        self.zcopy_launch(offset_blocks, num_blocks, populate, cb, ctx, None)
+    }
+
+    /// `zcopy_start` for a module's child window (`child.rs`).
+    pub(crate) fn zcopy_launch(
+        &self,
+        offset_blocks: u64,
+        num_blocks: u64,
+        populate: bool,
+        cb: IoCallback,
+        ctx: usize,
+        child_cb: Option<crate::child::ChildCallback>,
+    ) -> Result<(), BdevError> {
         if !populate && !self.desc.write {
             return Err(BdevError::ReadOnly(self.state().bdev.props.name.clone()));
         }
@@ -505,6 +523,7 @@ impl BdevChannel {
         self.launch(args, &[], None, |io| {
             io.zcopy.populate = populate;
             io.zcopy.writable = writable;
+            io.child_cb = child_cb;
         })
         .map_err(|(e, _)| e)
     }
@@ -945,6 +964,14 @@ fn zcopy_started(s: &Rc<ChanState>, mut p: NonNull<BdevIo>, mut status: IoStatus
     io.zcopy.refused = misfit;
     let (mut commit, cb, ctx) = match io.zcopy.end_req.take() {
         Some((commit, cb, ctx)) if !misfit => (commit, Some(cb), ctx),
+        Some((_, _, ctx)) if io.child_cb.is_some() => {
+            // A module's child window ended on a failed start: its parent
+            // must not be lost.
+            io.child_cb = None;
+            crate::io::IoHandle::new(NonNull::new(ctx as *mut BdevIo).expect("parent"))
+                .complete(IoStatus::Failed);
+            (false, None, 0)
+        }
         _ => (false, None, 0),
     };
     if commit && !io.zcopy.writable {

@@ -39,7 +39,8 @@ pub enum ChildData {
         /// Bytes.
         len: usize,
     },
-    /// A buffer of the module's (whole), handed back to the callback
+    /// A buffer of the module's (the child's blocks from its start),
+    /// handed back to the callback
     /// through [`BdevIo::take_buf`] of the child.
     Buf(DmaBuf),
 }
@@ -169,7 +170,21 @@ impl IoHandle {
                 }
             }
             ChildData::Buf(b) => {
-                iov[0] = IoVec::of(&b, 0, b.len());
+                // The child's blocks from the buffer's start (a cache's
+                // buffer may be longer than asked for).
+                let want = (child.num_blocks as usize).saturating_mul(base.block_size() as usize);
+                let len = if child.ty.has_data() { want } else { 0 };
+                if len > b.len() {
+                    return Err(ChildRefused {
+                        parent: self,
+                        error: BdevError::BufferSize {
+                            expected: len,
+                            got: b.len(),
+                        },
+                        buf: Some(b),
+                    });
+                }
+                iov[0] = IoVec::of(&b, 0, len);
                 (1, Some(b))
             }
         };
@@ -202,6 +217,51 @@ impl IoHandle {
         if let Err(r) = self.submit_child(base, child, done) {
             r.fail_parent();
         }
+    }
+}
+
+impl IoHandle {
+    /// Opens a zero-copy window on `base` for `num_blocks` at
+    /// `offset_blocks` on behalf of this I/O ([`BdevChannel::zcopy_start`]
+    /// as a child): `done` gets this handle back with the window as the
+    /// child ([`BdevIo::segments`], filled with the blocks when
+    /// `populate`), and ends it with [`BdevIo::end_child_window`].
+    ///
+    /// # Errors
+    /// [`ChildRefused`] (with this handle) when the window cannot open.
+    pub fn open_child_window(
+        self,
+        base: &BdevChannel,
+        offset_blocks: u64,
+        num_blocks: u64,
+        populate: bool,
+        done: ChildCallback,
+    ) -> Result<(), ChildRefused> {
+        let raw = self.into_raw();
+        base.zcopy_launch(
+            offset_blocks,
+            num_blocks,
+            populate,
+            child_done,
+            raw,
+            Some(done),
+        )
+        .map_err(|error| ChildRefused {
+            parent: IoHandle::new(NonNull::new(raw as *mut BdevIo).expect("non-null")),
+            error,
+            buf: None,
+        })
+    }
+}
+
+impl BdevIo {
+    /// In the callback of [`IoHandle::open_child_window`], when the window
+    /// opened: ends it once the callback returns — with `commit`, what was
+    /// written into its segments becomes the blocks' data — and `done`
+    /// gets `parent` back when the base is done.
+    pub fn end_child_window(&mut self, commit: bool, parent: IoHandle, done: ChildCallback) {
+        self.child_cb = Some(done);
+        self.zcopy_end(commit, child_done, parent.into_raw());
     }
 }
 

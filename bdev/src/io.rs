@@ -66,6 +66,84 @@ pub(crate) struct Zcopy {
     pub refused: bool,
 }
 
+/// Data segments valid for reading for `'a` (an I/O's, or a buffer's):
+/// what a data-moving kernel (the AES-XTS cipher) may read without further
+/// promises.
+#[derive(Clone, Copy, Debug)]
+pub struct Segments<'a> {
+    iovs: &'a [IoVec],
+}
+
+impl<'a> Segments<'a> {
+    /// The segments.
+    pub fn iovs(&self) -> &'a [IoVec] {
+        self.iovs
+    }
+
+    /// Total bytes.
+    pub fn len(&self) -> usize {
+        self.iovs.iter().map(|v| v.len).sum()
+    }
+
+    /// Whether there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Data segments valid for reading and writing for `'a`, held exclusively.
+#[derive(Debug)]
+pub struct SegmentsMut<'a> {
+    iovs: SegStore<'a>,
+}
+
+#[derive(Debug)]
+enum SegStore<'a> {
+    Slice(&'a [IoVec]),
+    One(IoVec, std::marker::PhantomData<&'a mut DmaBuf>),
+}
+
+impl<'a> SegmentsMut<'a> {
+    /// The first `len` bytes of `buf` (a DMA buffer held here, not in any
+    /// I/O).
+    ///
+    /// # Panics
+    /// When `len` is beyond the buffer.
+    pub fn of_buf(buf: &'a mut DmaBuf, len: usize) -> SegmentsMut<'a> {
+        SegmentsMut {
+            iovs: SegStore::One(IoVec::of(buf, 0, len), std::marker::PhantomData),
+        }
+    }
+
+    /// The segments.
+    pub fn iovs(&self) -> &[IoVec] {
+        match &self.iovs {
+            SegStore::Slice(s) => s,
+            SegStore::One(v, _) => std::slice::from_ref(v),
+        }
+    }
+
+    /// Total bytes.
+    pub fn len(&self) -> usize {
+        self.iovs().iter().map(|v| v.len).sum()
+    }
+
+    /// Whether there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The segments as byte slices, for reading and writing.
+    pub fn data_mut(&mut self) -> impl Iterator<Item = &mut [u8]> + '_ {
+        self.iovs().iter().map(|v| {
+            // SAFETY: valid and held exclusively for `'a` (how a
+            // `SegmentsMut` is made), borrowed uniquely here; segments do
+            // not overlap each other.
+            unsafe { std::slice::from_raw_parts_mut(v.ptr, v.len) }
+        })
+    }
+}
+
 /// One I/O.
 pub struct BdevIo {
     pub(crate) ty: IoType,
@@ -147,6 +225,42 @@ impl BdevIo {
     /// The data segments (empty for types without data).
     pub fn iovs(&self) -> &[IoVec] {
         &self.iov[..self.iovcnt]
+    }
+
+    /// The data segments, for reading: valid while this I/O is in a
+    /// module's hands or in its submitter's callback (the submitter's
+    /// buffer or segments, a zero-copy window lent by the module).
+    pub fn segments(&self) -> Segments<'_> {
+        Segments { iovs: self.iovs() }
+    }
+
+    /// The data segments, for reading and writing; as
+    /// [`BdevIo::segments`].
+    pub fn segments_mut(&mut self) -> SegmentsMut<'_> {
+        SegmentsMut {
+            iovs: SegStore::Slice(&self.iov[..self.iovcnt]),
+        }
+    }
+
+    /// The data segments as byte slices, for reading (see
+    /// [`BdevIo::segments`]).
+    pub fn data(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.iovs().iter().map(|v| {
+            // SAFETY: every segment an I/O carries is valid while the I/O
+            // is in a module's hands or in its submitter's callback, the
+            // only places a `&BdevIo` is reachable from (the safe API owns
+            // its buffer; `submit_iovs` makes it the caller's promise).
+            unsafe { std::slice::from_raw_parts(v.ptr.cast_const(), v.len) }
+        })
+    }
+
+    /// The data segments as byte slices, for reading and writing.
+    pub fn data_mut(&mut self) -> impl Iterator<Item = &mut [u8]> + '_ {
+        self.iov[..self.iovcnt].iter().map(|v| {
+            // SAFETY: as in `data`; segments do not overlap each other (the
+            // promise of `submit_iovs`), and `&mut self` is unique.
+            unsafe { std::slice::from_raw_parts_mut(v.ptr, v.len) }
+        })
     }
 
     /// Total bytes of the data segments.
@@ -354,22 +468,12 @@ impl IoHandle {
     /// while it holds the handle (to fill a read, check or transform
     /// data). Empty for types without data.
     pub fn data_mut(&mut self) -> impl Iterator<Item = &mut [u8]> + '_ {
-        let io = self.io_mut();
-        io.iov[..io.iovcnt].iter().map(|v| {
-            // SAFETY: the submitter keeps every segment valid, and apart
-            // from the others, until the I/O completes (the safe API owns
-            // its buffer; `submit_iovs` makes it the caller's promise), and
-            // the handle is the only way to the I/O while the module has it.
-            unsafe { std::slice::from_raw_parts_mut(v.ptr, v.len) }
-        })
+        self.io_mut().data_mut()
     }
 
     /// The data segments as byte slices, for reading.
     pub fn data(&self) -> impl Iterator<Item = &[u8]> + '_ {
-        self.io().iovs().iter().map(|v| {
-            // SAFETY: as in `data_mut`.
-            unsafe { std::slice::from_raw_parts(v.ptr.cast_const(), v.len) }
-        })
+        self.io().data()
     }
 
     /// Copies `src` into the data from byte `offset`; returns bytes copied.

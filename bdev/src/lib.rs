@@ -64,7 +64,9 @@ pub use env::{
     set_runtime,
 };
 pub use error::BdevError;
-pub use io::{BdevIo, IoCallback, IoHandle, MAX_IOV, MODULE_CTX_WORDS, ZcopyPhase};
+pub use io::{
+    BdevIo, IoCallback, IoHandle, MAX_IOV, MODULE_CTX_WORDS, Segments, SegmentsMut, ZcopyPhase,
+};
 pub use medium::Medium;
 pub use ops::{BdevModule, BdevOps, ExamineFuture};
 pub use registry::{

@@ -44,6 +44,7 @@ mod vaes;
 mod xts;
 
 use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use dma::DmaCache;
@@ -57,8 +58,8 @@ pub use xts::{Direction, Store, TWEAK_BATCH, XtsCipher};
 
 use super::passthru::{Base, pass_down};
 use crate::{
-    Bdev, BdevChannel, BdevError, BdevIo, BdevOps, BdevProps, IoHandle, IoStatus, IoType, IoVec,
-    MAX_IOV,
+    Bdev, BdevChannel, BdevError, BdevIo, BdevOps, BdevProps, Child, ChildData, IoHandle, IoStatus,
+    IoType, Segments, SegmentsMut,
 };
 
 /// Most bytes one base write carries (the DMA cache's largest class):
@@ -71,7 +72,6 @@ pub const CHUNK_BYTES: usize = 128 * 1024;
 pub const ZCOPY_CHUNK_BYTES: usize = 1024 * 1024;
 
 // Words of `BdevIo::module_ctx` used by this module.
-const CTX_CHANNEL: usize = 0;
 const CTX_NEXT: usize = 1;
 const CTX_END: usize = 2;
 const CTX_CHUNK: usize = 3;
@@ -86,8 +86,10 @@ struct Crypto {
 }
 
 /// The per-core channel: the base's channel, the key, and this core's DMA
-/// buffers for ciphertext.
-pub struct CryptoChannel {
+/// buffers for ciphertext (shared with the callbacks of this core's I/O).
+pub struct CryptoChannel(Rc<ChannelInner>);
+
+struct ChannelInner {
     base: BdevChannel,
     key: Arc<Key>,
     cache: RefCell<DmaCache>,
@@ -99,180 +101,123 @@ pub struct CryptoChannel {
     zcopy_chunk_blocks: u64,
 }
 
-impl CryptoChannel {
+impl ChannelInner {
     /// Runs the blocks `lba..lba + n` from `src` (from byte `src_skip`) to
     /// `dst` (from byte `dst_skip`).
-    ///
-    /// # Safety
-    /// As [`XtsCipher::crypt_segs`].
     #[allow(clippy::too_many_arguments)]
-    unsafe fn crypt(
+    fn crypt(
         &self,
         dir: Direction,
         store: Store,
-        src: &[IoVec],
+        src: Segments<'_>,
         src_skip: usize,
-        dst: &[IoVec],
+        dst: SegmentsMut<'_>,
         dst_skip: usize,
         lba: u64,
         n: u64,
     ) {
         let per_block = (self.block_size / self.unit_len) as u64;
         let mode = self.key.tweak_mode();
-        // SAFETY: the caller's.
-        unsafe {
-            self.key.xts().crypt_segs(
-                dir,
-                src,
-                src_skip,
-                dst,
-                dst_skip,
-                self.unit_len,
-                n * per_block,
-                store,
-                |u| mode.tweak(lba, per_block, u),
-            )
-        }
+        self.key.xts().crypt(
+            dir,
+            src,
+            src_skip,
+            dst,
+            dst_skip,
+            self.unit_len,
+            n * per_block,
+            store,
+            |u| mode.tweak(lba, per_block, u),
+        )
+    }
+
+    /// As `crypt`, in place.
+    fn crypt_in_place(&self, dir: Direction, data: SegmentsMut<'_>, lba: u64, n: u64) {
+        let per_block = (self.block_size / self.unit_len) as u64;
+        let mode = self.key.tweak_mode();
+        self.key.xts().crypt_in_place(
+            dir,
+            data,
+            0,
+            self.unit_len,
+            n * per_block,
+            Store::Cached,
+            |u| mode.tweak(lba, per_block, u),
+        )
     }
 }
 
-/// The channel an I/O of this module was submitted on.
-///
-/// # Safety
-/// `io` went through [`BdevOps::submit`] of this module, which recorded its
-/// channel; the channel lives while the I/O is in flight (the I/O holds its
-/// layer channel, which owns this one), and the reference must not be kept
-/// beyond that.
-unsafe fn channel_of<'a>(io: &BdevIo) -> &'a CryptoChannel {
-    // SAFETY: see above.
-    unsafe { &*(io.module_ctx[CTX_CHANNEL] as *const CryptoChannel) }
-}
-
-fn fail_status(e: &BdevError) -> IoStatus {
-    if matches!(e, BdevError::NoMem(_)) {
-        IoStatus::NoMem
-    } else {
-        IoStatus::Failed
-    }
+/// This module's channel for an I/O it was given.
+fn channel_of(io: &IoHandle) -> Option<Rc<ChannelInner>> {
+    io.module_channel::<CryptoChannel>().map(|c| c.0.clone())
 }
 
 /// Reads from the base into the caller's segments and decrypts in place
 /// when the base is done; over a zero-copy base, decrypts from the base's
 /// window into the caller's segments.
-fn read(ch: &CryptoChannel, mut io: IoHandle) {
-    io.io_mut().module_ctx[CTX_CHANNEL] = ch as *const CryptoChannel as u64;
+fn read(ch: &ChannelInner, io: IoHandle) {
     let r = io.io();
     let (off, n) = (r.offset_blocks(), r.num_blocks());
-    if ch.zcopy {
-        return open_window(ch, io, off, n, true, read_window);
-    }
-    let mut iovs = [IoVec::EMPTY; MAX_IOV];
-    let cnt = r.iovs().len();
-    iovs[..cnt].copy_from_slice(r.iovs());
-    let raw = io.into_raw();
-    // SAFETY: the segments belong to the parent I/O, which stays in flight
-    // (and its submitter waiting) until `read_done` completes it.
-    let res = unsafe {
-        ch.base
-            .submit_iovs(IoType::Read, off, n, &iovs[..cnt], false, read_done, raw)
+    let started = if ch.zcopy {
+        io.open_child_window(&ch.base, off, n, true, read_window)
+    } else {
+        let child = Child::same_as(r);
+        io.submit_child(&ch.base, child, read_done)
     };
-    if let Err(e) = res {
-        // SAFETY: the child was not started: the handle is still ours.
-        unsafe { IoHandle::from_raw(raw) }.complete(fail_status(&e));
+    if let Err(refused) = started {
+        refused.fail_parent();
     }
 }
 
-fn read_done(child: &mut BdevIo, status: IoStatus) {
-    // SAFETY: `ctx` is the parent handle passed down in `read`.
-    let parent = unsafe { IoHandle::from_raw(child.ctx()) };
+fn read_done(mut parent: IoHandle, _child: &mut BdevIo, status: IoStatus) {
     if status.is_success() {
-        let p = parent.io();
-        // SAFETY: recorded in `read`.
-        let ch = unsafe { channel_of(p) };
-        // SAFETY: the parent's segments are valid and ours until it
-        // completes; the base is done with them. In place.
-        unsafe {
-            ch.crypt(
-                Direction::Decrypt,
-                Store::Cached,
-                p.iovs(),
-                0,
-                p.iovs(),
-                0,
-                p.offset_blocks(),
-                p.num_blocks(),
-            )
+        let Some(ch) = channel_of(&parent) else {
+            return parent.complete(IoStatus::Failed);
         };
+        let (lba, n) = (parent.io().offset_blocks(), parent.io().num_blocks());
+        // The base is done with the caller's segments: decrypt in place.
+        ch.crypt_in_place(Direction::Decrypt, parent.io_mut().segments_mut(), lba, n);
     }
     parent.complete(status);
 }
 
-/// Opens a window on the base for blocks `lba..lba + n` on behalf of `io`
-/// (the window's context word); `cb` gets it open.
-fn open_window(
-    ch: &CryptoChannel,
-    io: IoHandle,
-    lba: u64,
-    n: u64,
-    populate: bool,
-    cb: crate::IoCallback,
-) {
-    let raw = io.into_raw();
-    if let Err(e) = ch.base.zcopy_start(lba, n, populate, cb, raw) {
-        // SAFETY: the window was not started: the handle is still ours.
-        unsafe { IoHandle::from_raw(raw) }.complete(fail_status(&e));
-    }
-}
-
 /// The base's populated window is open: decrypt it into the caller's
 /// segments, then close it.
-fn read_window(child: &mut BdevIo, status: IoStatus) {
-    // SAFETY: `ctx` is the parent handle passed down in `read`.
-    let parent = unsafe { IoHandle::from_raw(child.ctx()) };
+fn read_window(mut parent: IoHandle, window: &mut BdevIo, status: IoStatus) {
     if !status.is_success() {
         return parent.complete(status);
     }
-    let p = parent.io();
-    // SAFETY: recorded in `read`.
-    let ch = unsafe { channel_of(p) };
-    // SAFETY: the window's segments are the base's memory for exactly these
-    // blocks, valid during this callback and only read; the parent's
-    // segments are the caller's, valid until it completes, and distinct.
-    unsafe {
-        ch.crypt(
-            Direction::Decrypt,
-            Store::Cached,
-            child.iovs(),
-            0,
-            p.iovs(),
-            0,
-            p.offset_blocks(),
-            p.num_blocks(),
-        )
+    let Some(ch) = channel_of(&parent) else {
+        return parent.complete(IoStatus::Failed);
     };
-    child.zcopy_end(false, read_window_closed, parent.into_raw());
-}
-
-fn read_window_closed(child: &mut BdevIo, status: IoStatus) {
-    // SAFETY: `ctx` is the parent handle passed on in `read_window`.
-    unsafe { IoHandle::from_raw(child.ctx()) }.complete(status);
+    let (lba, n) = (parent.io().offset_blocks(), parent.io().num_blocks());
+    ch.crypt(
+        Direction::Decrypt,
+        Store::Cached,
+        window.segments(),
+        0,
+        parent.io_mut().segments_mut(),
+        0,
+        lba,
+        n,
+    );
+    window.end_child_window(false, parent, crate::complete_parent);
 }
 
 /// Starts a write or write-zeroes: chunks of at most [`CHUNK_BYTES`],
 /// encrypted into a DMA buffer and written one after the other — or, over
 /// a zero-copy base, chunks of at most [`ZCOPY_CHUNK_BYTES`] encrypted
 /// straight into a window on the base and committed.
-fn write(ch: &CryptoChannel, mut io: IoHandle, zeroes: bool) {
+fn write(ch: &ChannelInner, mut io: IoHandle, zeroes: bool) {
     let (off, n) = (io.io().offset_blocks(), io.io().num_blocks());
     let ctx = &mut io.io_mut().module_ctx;
-    ctx[CTX_CHANNEL] = ch as *const CryptoChannel as u64;
     ctx[CTX_NEXT] = off;
     ctx[CTX_END] = off + n;
     ctx[CTX_ZEROES] = zeroes as u64;
     write_chunk(ch, io);
 }
 
-fn write_chunk(ch: &CryptoChannel, mut io: IoHandle) {
+fn write_chunk(ch: &ChannelInner, mut io: IoHandle) {
     let r = io.io();
     let (next, end, zeroes) = (
         r.module_ctx[CTX_NEXT],
@@ -283,11 +228,14 @@ fn write_chunk(ch: &CryptoChannel, mut io: IoHandle) {
     if ch.zcopy && !r.fua() {
         let n = (end - next).min(ch.zcopy_chunk_blocks);
         io.io_mut().module_ctx[CTX_CHUNK] = n;
-        return open_window(ch, io, next, n, false, write_window);
+        if let Err(refused) = io.open_child_window(&ch.base, next, n, false, write_window) {
+            refused.fail_parent();
+        }
+        return;
     }
     let n = (end - next).min(ch.chunk_blocks);
     let len = n as usize * ch.block_size;
-    let buf = match ch.cache.borrow_mut().alloc(len) {
+    let mut buf = match ch.cache.borrow_mut().alloc(len) {
         Ok(b) => b,
         Err(e) => {
             // The layer queues the I/O and submits it again from the start
@@ -296,110 +244,95 @@ fn write_chunk(ch: &CryptoChannel, mut io: IoHandle) {
             return io.complete(IoStatus::NoMem);
         }
     };
-    let seg = [IoVec::of(&buf, 0, len)];
-    // SAFETY: the buffer is ours, `len` bytes, and nothing else touches it
-    // until it is submitted below.
-    unsafe { encrypt_chunk(ch, r, &seg, next, n, zeroes) };
+    encrypt_chunk(ch, r, SegmentsMut::of_buf(&mut buf, len), next, n, zeroes);
     let fua = r.fua();
-    let m = io.io_mut();
-    m.module_ctx[CTX_CHUNK] = n;
-    m.module_buf = Some(buf);
-    let raw = io.into_raw();
-    // SAFETY: the segment is the DMA buffer held in the parent's
-    // `module_buf` until `write_done` takes it back.
-    let res = unsafe {
-        ch.base
-            .submit_iovs(IoType::Write, next, n, &seg, fua, write_done, raw)
+    io.io_mut().module_ctx[CTX_CHUNK] = n;
+    let child = Child {
+        ty: IoType::Write,
+        offset_blocks: next,
+        num_blocks: n,
+        fua,
+        data: ChildData::Buf(buf),
     };
-    if let Err(e) = res {
-        // SAFETY: the child was not started: the handle is still ours.
-        let mut io = unsafe { IoHandle::from_raw(raw) };
-        if let Some(b) = io.io_mut().module_buf.take() {
+    if let Err(mut refused) = io.submit_child(&ch.base, child, write_done) {
+        if let Some(b) = refused.buf.take() {
             ch.cache.borrow_mut().free(b);
         }
-        io.complete(fail_status(&e));
+        refused.fail_parent();
     }
 }
 
-/// Puts the ciphertext of blocks `next..next + n` of write `r` into `dst`:
-/// the caller's blocks encrypted (written past the caches: the CPU does not
-/// read ciphertext back), or, for write zeroes, encrypted zeroes.
-///
-/// # Safety
-/// `dst` is memory lent to us for writing, exactly `n` blocks, that does
-/// not overlap the caller's segments.
-unsafe fn encrypt_chunk(
-    ch: &CryptoChannel,
+/// Puts the ciphertext of blocks `next..next + n` of write `r` into `dst`
+/// (exactly those blocks): the caller's blocks encrypted (written past the
+/// caches: the CPU does not read ciphertext back), or, for write zeroes,
+/// encrypted zeroes.
+fn encrypt_chunk(
+    ch: &ChannelInner,
     r: &BdevIo,
-    dst: &[IoVec],
+    mut dst: SegmentsMut<'_>,
     next: u64,
     n: u64,
     zeroes: bool,
 ) {
     if zeroes {
-        for v in dst {
-            // SAFETY: `dst` is ours to write (this function's contract).
-            unsafe { std::ptr::write_bytes(v.ptr, 0, v.len) };
-        }
-        // SAFETY: as above, in place.
-        unsafe { ch.crypt(Direction::Encrypt, Store::Cached, dst, 0, dst, 0, next, n) };
+        fill_zero(&mut dst);
+        ch.crypt_in_place(Direction::Encrypt, dst, next, n);
     } else {
         let skip = (next - r.offset_blocks()) as usize * ch.block_size;
-        // SAFETY: the caller's segments are valid until the I/O completes
-        // and only read; `dst` does not overlap them (this function's
-        // contract).
-        unsafe {
-            ch.crypt(
-                Direction::Encrypt,
-                Store::Streaming,
-                r.iovs(),
-                skip,
-                dst,
-                0,
-                next,
-                n,
-            )
-        };
+        ch.crypt(
+            Direction::Encrypt,
+            Store::Streaming,
+            r.segments(),
+            skip,
+            dst,
+            0,
+            next,
+            n,
+        );
+    }
+}
+
+/// Zeroes every byte of `dst`.
+fn fill_zero(dst: &mut SegmentsMut<'_>) {
+    for s in dst.data_mut() {
+        s.fill(0);
     }
 }
 
 /// The base's window for this chunk is open: encrypt the caller's blocks
 /// (or zeroes) into it, then commit it.
-fn write_window(child: &mut BdevIo, status: IoStatus) {
-    // SAFETY: `ctx` is the parent handle passed down in `write_chunk`.
-    let parent = unsafe { IoHandle::from_raw(child.ctx()) };
+fn write_window(parent: IoHandle, window: &mut BdevIo, status: IoStatus) {
     if !status.is_success() {
         return parent.complete(status);
     }
+    let Some(ch) = channel_of(&parent) else {
+        return parent.complete(IoStatus::Failed);
+    };
     let r = parent.io();
-    // SAFETY: recorded in `write`.
-    let ch = unsafe { channel_of(r) };
     let (next, n) = (r.module_ctx[CTX_NEXT], r.module_ctx[CTX_CHUNK]);
-    // SAFETY: the window is the base's memory for exactly these blocks,
-    // lent to us for writing during this callback.
-    unsafe { encrypt_chunk(ch, r, child.iovs(), next, n, r.module_ctx[CTX_ZEROES] != 0) };
-    child.zcopy_end(true, write_done, parent.into_raw());
+    let zeroes = r.module_ctx[CTX_ZEROES] != 0;
+    encrypt_chunk(&ch, r, window.segments_mut(), next, n, zeroes);
+    window.end_child_window(true, parent, write_done);
 }
 
-fn write_done(child: &mut BdevIo, status: IoStatus) {
-    // SAFETY: `ctx` is the parent handle passed down in `write_chunk`.
-    let mut parent = unsafe { IoHandle::from_raw(child.ctx()) };
-    // SAFETY: recorded in `write`.
-    let ch = unsafe { channel_of(parent.io()) };
-    let m = parent.io_mut();
-    if let Some(b) = m.module_buf.take() {
+fn write_done(mut parent: IoHandle, child: &mut BdevIo, status: IoStatus) {
+    let Some(ch) = channel_of(&parent) else {
+        return parent.complete(IoStatus::Failed);
+    };
+    if let Some(b) = child.take_buf() {
         ch.cache.borrow_mut().free(b);
     }
     if !status.is_success() {
         return parent.complete(status);
     }
+    let m = parent.io_mut();
     m.module_ctx[CTX_NEXT] += m.module_ctx[CTX_CHUNK];
     if m.module_ctx[CTX_NEXT] >= m.module_ctx[CTX_END] {
         parent.complete(IoStatus::Success);
     } else {
         // Called from the base's completion, never inside a submission, so
         // chunks do not recurse.
-        write_chunk(ch, parent);
+        write_chunk(&ch, parent);
     }
 }
 
@@ -408,7 +341,7 @@ impl BdevOps for Crypto {
 
     fn create_channel(&self, _core: reactor::CoreId) -> Result<CryptoChannel, String> {
         let unit_len = self.key.tweak_mode().unit_len(self.block_size);
-        Ok(CryptoChannel {
+        Ok(CryptoChannel(Rc::new(ChannelInner {
             base: self.base.channel()?,
             key: self.key.clone(),
             cache: RefCell::new(crate::memory().cache()),
@@ -417,10 +350,11 @@ impl BdevOps for Crypto {
             chunk_blocks: (CHUNK_BYTES / self.block_size).max(1) as u64,
             zcopy: self.base.bdev.io_type_supported(IoType::Zcopy),
             zcopy_chunk_blocks: (ZCOPY_CHUNK_BYTES / self.block_size).max(1) as u64,
-        })
+        })))
     }
 
     fn submit(&self, ch: &CryptoChannel, io: IoHandle) {
+        let ch = &ch.0;
         match io.io().io_type() {
             IoType::Read => read(ch, io),
             IoType::Write => write(ch, io, false),

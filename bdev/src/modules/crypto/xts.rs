@@ -573,6 +573,65 @@ impl XtsCipher {
         };
     }
 
+    /// Runs `units` data units of `unit_len` bytes from `src` (from byte
+    /// `src_skip`) into `dst` (from byte `dst_skip`), unit `u` with tweak
+    /// `tweak_of(u)`: [`XtsCipher::crypt_segs`] over segments the bdev
+    /// layer vouches for.
+    ///
+    /// # Panics
+    /// As [`XtsCipher::crypt_segs`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn crypt(
+        &self,
+        dir: Direction,
+        src: crate::Segments<'_>,
+        src_skip: usize,
+        dst: crate::SegmentsMut<'_>,
+        dst_skip: usize,
+        unit_len: usize,
+        units: u64,
+        store: Store,
+        tweak_of: impl Fn(u64) -> u128,
+    ) {
+        // SAFETY: `src` is readable and `dst` writable and held exclusively
+        // for the call (the layer's segment types); being borrowed one
+        // shared and one unique, they are not the same I/O's data.
+        unsafe {
+            self.crypt_segs(
+                dir,
+                src.iovs(),
+                src_skip,
+                dst.iovs(),
+                dst_skip,
+                unit_len,
+                units,
+                store,
+                tweak_of,
+            )
+        }
+    }
+
+    /// As [`XtsCipher::crypt`], in place over `data` from byte `skip`.
+    ///
+    /// # Panics
+    /// As [`XtsCipher::crypt_segs`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn crypt_in_place(
+        &self,
+        dir: Direction,
+        data: crate::SegmentsMut<'_>,
+        skip: usize,
+        unit_len: usize,
+        units: u64,
+        store: Store,
+        tweak_of: impl Fn(u64) -> u128,
+    ) {
+        let v = data.iovs();
+        // SAFETY: `data` is writable and held exclusively for the call; in
+        // place (the same bytes at the same positions).
+        unsafe { self.crypt_segs(dir, v, skip, v, skip, unit_len, units, store, tweak_of) }
+    }
+
     /// Runs `units` data units of `unit_len` bytes from the segments `src`
     /// (from byte `src_skip`) to `dst` (from byte `dst_skip`); unit `u`
     /// (0-based) uses the tweak value `tweak_of(u)`. Segments may be cut

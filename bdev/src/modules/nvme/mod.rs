@@ -8,6 +8,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -30,15 +31,10 @@ pub struct NvmeCtrlr {
     name: String,
     bdf: Bdf,
     ctrlr: Mutex<Controller>,
-    admin_poller: Mutex<Option<(reactor::CoreId, PollerBox)>>,
+    /// Set by `detach_controller`: the admin poller unregisters itself
+    /// (on its own core) at its next run.
+    detached: AtomicBool,
 }
-
-/// A poller handle that may be kept in a shared struct; it is only touched
-/// on its core.
-struct PollerBox(Poller);
-// SAFETY: the poller is registered, paused and unregistered only on the
-// core that created it (`detach` runs the unregistration there).
-unsafe impl Send for PollerBox {}
 
 static CONTROLLERS: Mutex<BTreeMap<String, Arc<NvmeCtrlr>>> = Mutex::new(BTreeMap::new());
 
@@ -321,8 +317,7 @@ pub fn attach_controller(
 /// # Errors
 /// [`BdevError::Exists`] for a taken name.
 pub fn attach(name: &str, bdf: Bdf, mut ctrlr: Controller) -> Result<Vec<String>, BdevError> {
-    let core =
-        reactor::current_core().ok_or(BdevError::NotOnReactor("bdev_nvme_attach_controller"))?;
+    reactor::current_core().ok_or(BdevError::NotOnReactor("bdev_nvme_attach_controller"))?;
     if controllers().contains_key(name) {
         return Err(BdevError::Exists(name.to_owned()));
     }
@@ -333,15 +328,23 @@ pub fn attach(name: &str, bdf: Bdf, mut ctrlr: Controller) -> Result<Vec<String>
         name: name.to_owned(),
         bdf,
         ctrlr: Mutex::new(ctrlr),
-        admin_poller: Mutex::new(None),
+        detached: AtomicBool::new(false),
     });
     controllers().insert(name.to_owned(), c.clone());
     let weak = Arc::downgrade(&c);
-    let poller = reactor::register_timed_poller(
+    // Left registered (dropping the handle does not stop it) until it sees
+    // the controller detached.
+    drop(reactor::register_timed_poller(
         format!("nvme_admin_{name}"),
         Duration::from_millis(10),
         move || {
-            let Some(c) = weak.upgrade() else {
+            let Some(c) = weak
+                .upgrade()
+                .filter(|c| !c.detached.load(Ordering::Acquire))
+            else {
+                if let Some(p) = reactor::current_poller() {
+                    p.unregister();
+                }
                 return PollStatus::Idle;
             };
             // Admin work runs under the controller lock; namespace events raised
@@ -352,8 +355,7 @@ pub fn attach(name: &str, bdf: Bdf, mut ctrlr: Controller) -> Result<Vec<String>
             }
             PollStatus::Idle
         },
-    );
-    *c.admin_poller.lock().unwrap_or_else(|p| p.into_inner()) = Some((core, PollerBox(poller)));
+    ));
     let mut names = Vec::new();
     for ns in &namespaces {
         match register_ns(&c, ns) {
@@ -420,23 +422,7 @@ pub async fn detach_controller(name: &str) -> Result<(), BdevError> {
     for b in bdevs {
         crate::unregister(&b).await?;
     }
-    let poller = c
-        .admin_poller
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
-    if let Some((core, PollerBox(p))) = poller {
-        if reactor::current_core() == Some(core) {
-            p.unregister();
-        } else {
-            let pb = PollerBox(p);
-            let _ = reactor::on_core(core, move || {
-                let pb = pb;
-                pb.0.unregister()
-            })
-            .await;
-        }
-    }
+    c.detached.store(true, Ordering::Release);
     controllers().remove(name);
     c.lock().shutdown();
     Ok(())
