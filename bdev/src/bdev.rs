@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use reactor::IoDevice;
 
 use crate::channel::Chan;
+use crate::claim::{ClaimType, Claims};
 use crate::desc::DescInner;
+use crate::error::BdevError;
 use crate::ops::ErasedOps;
 use crate::stats::{ChannelStats, IoStats};
 use crate::types::{BdevEvent, IoType};
@@ -77,7 +79,9 @@ pub(crate) struct BdevInner {
     pub ops: Box<dyn ErasedOps>,
     pub io_device: IoDevice<Chan>,
     pub descs: Mutex<Vec<Weak<DescInner>>>,
-    pub claim: Mutex<Option<String>>,
+    pub claims: Mutex<Claims>,
+    /// Ranges quiesced (each channel keeps a copy).
+    pub quiesced: Mutex<Vec<crate::quiesce::QRange>>,
     state: AtomicU8,
     pub channel_stats: Mutex<Vec<Weak<ChannelStats>>>,
     pub retired_stats: Mutex<IoStats>,
@@ -99,7 +103,8 @@ impl BdevInner {
             ops,
             io_device,
             descs: Mutex::new(Vec::new()),
-            claim: Mutex::new(None),
+            claims: Mutex::new(Claims::default()),
+            quiesced: Mutex::new(Vec::new()),
             state: AtomicU8::new(State::Active as u8),
             channel_stats: Mutex::new(Vec::new()),
             retired_stats: Mutex::new(IoStats::default()),
@@ -116,6 +121,14 @@ impl BdevInner {
 
     pub fn set_removing(&self) -> bool {
         self.state.swap(State::Removing as u8, Ordering::AcqRel) != State::Removing as u8
+    }
+
+    pub fn quiesced(&self) -> MutexGuard<'_, Vec<crate::quiesce::QRange>> {
+        self.quiesced.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn claims(&self) -> MutexGuard<'_, Claims> {
+        self.claims.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn descs(&self) -> MutexGuard<'_, Vec<Weak<DescInner>>> {
@@ -204,19 +217,29 @@ impl Bdev {
     }
 
     /// Whether the bdev handles `ty` (WriteZeroes counts as supported when
-    /// the layer can emulate it with writes).
+    /// the layer can emulate it with writes; Abort of what the layer queues
+    /// always is). COPY, SEEK_DATA and SEEK_HOLE answer for the module
+    /// alone (as SPDK shows them), though the layer emulates or answers
+    /// them for every bdev.
     pub fn io_type_supported(&self, ty: IoType) -> bool {
         self.inner.ops.io_type_supported(ty)
+            || ty == IoType::Abort
             || (ty == IoType::WriteZeroes && self.inner.ops.io_type_supported(IoType::Write))
     }
 
-    /// The module holding a claim on it, if any.
+    /// The module holding a claim on it (the first, for shared claims).
     pub fn claimed_by(&self) -> Option<String> {
-        self.inner
-            .claim
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.inner.claims().holders().next().map(str::to_owned)
+    }
+
+    /// The type of the claims on it, if any.
+    pub fn claim_type(&self) -> Option<ClaimType> {
+        self.inner.claims().ty()
+    }
+
+    /// Every module holding a claim on it.
+    pub fn claim_holders(&self) -> Vec<String> {
+        self.inner.claims().holders().map(str::to_owned).collect()
     }
 
     /// Open descriptors.
@@ -262,5 +285,47 @@ impl Bdev {
     /// Whether it is being removed.
     pub fn is_removing(&self) -> bool {
         self.inner.state() == State::Removing
+    }
+}
+
+impl Bdev {
+    /// Runs `f` with this bdev's layer channel on every core that has one,
+    /// core after core by message, and resolves when the visit is over.
+    pub(crate) async fn visit_channels(
+        &self,
+        mut f: impl FnMut(&std::rc::Rc<crate::channel::ChanState>) + Send + 'static,
+    ) -> Result<(), BdevError> {
+        self.inner
+            .io_device
+            .for_each_channel_async(move |ch| {
+                f(&ch.state);
+                Ok::<(), ()>(())
+            })
+            .await
+            .map_err(|e| BdevError::Module {
+                module: self.module().to_owned(),
+                reason: format!("for_each_channel on {}: {e}", self.name()),
+            })?
+            .map_err(|()| BdevError::invalid("for_each_channel", "stopped"))
+    }
+
+    /// Calls `f` on every core that holds a channel of this bdev, with the
+    /// core and the module's own channel there (`None` when its type is
+    /// not `C` or the module could not make it), by message, core after
+    /// core (SPDK's `spdk_for_each_channel` on a bdev's io_device); resolves
+    /// once every core has been visited.
+    ///
+    /// # Errors
+    /// [`BdevError::Module`] when the runtime stops during the visit, or
+    /// when not called on a reactor.
+    pub async fn for_each_channel<C: 'static>(
+        &self,
+        mut f: impl FnMut(reactor::CoreId, Option<&C>) + Send + 'static,
+    ) -> Result<(), BdevError> {
+        self.visit_channels(move |s| {
+            let core = reactor::current_core().unwrap_or_default();
+            f(core, s.module_channel().and_then(|c| c.downcast_ref::<C>()))
+        })
+        .await
     }
 }

@@ -48,6 +48,8 @@ pub(crate) struct ChanState {
     stats: Arc<ChannelStats>,
     /// Per-I/O latency tracking (a snapshot of the layer's setting).
     track: bool,
+    /// Quiesced ranges and the I/O held by them (`quiesce.rs`).
+    pub(crate) quiesce: crate::quiesce::ChannelQuiesce,
     cache: RefCell<DmaCache>,
     zero_buf: RefCell<Option<DmaBuf>>,
 }
@@ -74,6 +76,7 @@ impl Chan {
             outstanding: Cell::new(0),
             stats,
             track: crate::env::latency_tracking(),
+            quiesce: crate::quiesce::ChannelQuiesce::new(&bdev),
             cache: RefCell::new(crate::env::memory().cache()),
             zero_buf: RefCell::new(None),
             bdev,
@@ -149,10 +152,50 @@ impl ChanState {
     fn in_flight_in_module(&self) -> usize {
         self.outstanding
             .get()
-            .saturating_sub(self.nomem.borrow().len())
+            .saturating_sub(self.nomem.borrow().len() + self.quiesce.held())
     }
 
-    fn alloc_io(self: &Rc<Self>) -> Option<NonNull<BdevIo>> {
+    /// The core's DMA cache (bounce buffers).
+    pub(crate) fn cache(&self) -> std::cell::RefMut<'_, DmaCache> {
+        self.cache.borrow_mut()
+    }
+
+    /// The queue of I/O refused by the module for lack of resources.
+    pub(crate) fn nomem_queue(&self) -> std::cell::RefMut<'_, VecDeque<NonNull<BdevIo>>> {
+        self.nomem.borrow_mut()
+    }
+
+    /// Starts an I/O the layer makes itself (an emulation's step) as a
+    /// top-level I/O of this channel: counted, timed, through the whole
+    /// submission path.
+    pub(crate) fn launch_internal(self: &Rc<Self>, mut p: NonNull<BdevIo>) {
+        // SAFETY: freshly allocated by the caller, exclusively the layer's.
+        let io = unsafe { p.as_mut() };
+        io.start = if self.track {
+            crate::env::io_clock()
+        } else {
+            0
+        };
+        io.epoch = self.quiesce.epoch();
+        self.outstanding.set(self.outstanding.get() + 1);
+        self.in_submit.set(self.in_submit.get() + 1);
+        submit(self, p);
+        self.in_submit.set(self.in_submit.get() - 1);
+    }
+
+    /// I/O objects in use (in flight, queued or held).
+    pub(crate) fn outstanding(&self) -> usize {
+        self.outstanding.get()
+    }
+
+    /// A top-level I/O is over: uncounted (and, if it was in flight when a
+    /// quiesce began, counted towards that quiesce's drain).
+    fn retire(&self, io: &BdevIo) {
+        self.outstanding.set(self.outstanding.get() - 1);
+        self.quiesce.retired(io.epoch);
+    }
+
+    pub(crate) fn alloc_io(self: &Rc<Self>) -> Option<NonNull<BdevIo>> {
         let b = self.pool.borrow_mut().pop()?;
         let mut p = NonNull::from(Box::leak(b));
         // SAFETY: just taken from the pool: nothing else refers to it.
@@ -161,7 +204,7 @@ impl ChanState {
         Some(p)
     }
 
-    fn free_io(&self, io: NonNull<BdevIo>) {
+    pub(crate) fn free_io(&self, io: NonNull<BdevIo>) {
         // SAFETY: every pooled I/O was leaked from a Box in `alloc_io`, and
         // it is returned exactly once, when it ends.
         let mut b = unsafe { Box::from_raw(io.as_ptr()) };
@@ -246,12 +289,23 @@ impl BdevChannel {
                 format!("closed; reopen {}", b.props.name),
             ));
         }
-        if matches!(ty, IoType::Write | IoType::Unmap | IoType::WriteZeroes) && !self.desc.write {
+        if ty.writes() && !self.desc.write {
             return Err(BdevError::ReadOnly(b.props.name.clone()));
         }
         let size = b.num_blocks.load(std::sync::atomic::Ordering::Acquire);
+        if matches!(ty, IoType::SeekData | IoType::SeekHole) {
+            if offset_blocks >= size {
+                return Err(BdevError::OutOfRange {
+                    bdev: b.props.name.clone(),
+                    offset_blocks,
+                    num_blocks,
+                    size_blocks: size,
+                });
+            }
+            return Ok(());
+        }
         let end = offset_blocks.checked_add(num_blocks);
-        let needs_blocks = !matches!(ty, IoType::Reset);
+        let needs_blocks = !matches!(ty, IoType::Reset | IoType::Abort);
         if needs_blocks && (num_blocks == 0 && ty != IoType::Flush || end.is_none_or(|e| e > size))
         {
             return Err(BdevError::OutOfRange {
@@ -334,7 +388,18 @@ impl BdevChannel {
         io.start = if s.track { crate::env::io_clock() } else { 0 };
         setup(io);
         s.outstanding.set(s.outstanding.get() + 1);
+        io.epoch = s.quiesce.epoch();
+        if s.quiesce.holds(io) {
+            // In a quiesced range: waits for the unquiesce.
+            s.quiesce.hold(p);
+            return Ok(());
+        }
+        // Whatever completes during the submission (NOT-SUPPORTED, the
+        // layer's own answers, a module that completes at once) is
+        // delivered from the poller, never inside the caller's call.
+        s.in_submit.set(s.in_submit.get() + 1);
         submit(s, p);
+        s.in_submit.set(s.in_submit.get() - 1);
         Ok(())
     }
 
@@ -476,6 +541,99 @@ impl BdevChannel {
             .map_err(|(e, _)| e)
     }
 
+    /// Finds the first block at or after `offset_blocks` that holds data
+    /// (SPDK's `spdk_bdev_seek_data`); `cb` reads it with
+    /// [`BdevIo::seek_offset`] (the bdev's size when there is none). A
+    /// module without SEEK_DATA: data everywhere (the offset itself).
+    ///
+    /// # Errors
+    /// An offset at or beyond the end; pool errors.
+    pub fn seek_data(
+        &self,
+        offset_blocks: u64,
+        cb: IoCallback,
+        ctx: usize,
+    ) -> Result<(), BdevError> {
+        self.check(IoType::SeekData, offset_blocks, 0, None)?;
+        self.start(
+            IoType::SeekData,
+            offset_blocks,
+            0,
+            &[],
+            None,
+            false,
+            cb,
+            ctx,
+        )
+        .map_err(|(e, _)| e)
+    }
+
+    /// Finds the first block at or after `offset_blocks` in a hole (SPDK's
+    /// `spdk_bdev_seek_hole`); a module without SEEK_HOLE: none (the
+    /// bdev's size).
+    ///
+    /// # Errors
+    /// As [`BdevChannel::seek_data`].
+    pub fn seek_hole(
+        &self,
+        offset_blocks: u64,
+        cb: IoCallback,
+        ctx: usize,
+    ) -> Result<(), BdevError> {
+        self.check(IoType::SeekHole, offset_blocks, 0, None)?;
+        self.start(
+            IoType::SeekHole,
+            offset_blocks,
+            0,
+            &[],
+            None,
+            false,
+            cb,
+            ctx,
+        )
+        .map_err(|(e, _)| e)
+    }
+
+    /// Copies `num_blocks` blocks from `src_offset_blocks` to
+    /// `dst_offset_blocks` (SPDK's `spdk_bdev_copy_blocks`): by the module
+    /// where it supports COPY, else by the layer with reads and writes of
+    /// at most 128 KiB through a bounce buffer, one after the other.
+    ///
+    /// # Errors
+    /// Either range out of bounds, a read-only descriptor, pool errors.
+    pub fn copy(
+        &self,
+        dst_offset_blocks: u64,
+        src_offset_blocks: u64,
+        num_blocks: u64,
+        cb: IoCallback,
+        ctx: usize,
+    ) -> Result<(), BdevError> {
+        self.check(IoType::Copy, dst_offset_blocks, num_blocks, None)?;
+        self.check(IoType::Read, src_offset_blocks, num_blocks, None)?;
+        let args = (IoType::Copy, dst_offset_blocks, num_blocks, false, cb, ctx);
+        self.launch(args, &[], None, |io| {
+            io.src_offset_blocks = src_offset_blocks
+        })
+        .map_err(|(e, _)| e)
+    }
+
+    /// Aborts the I/O submitted on this channel with context word `target`
+    /// that the layer still holds (queued for resources, held by a
+    /// quiesce): each ends with [`IoStatus::Aborted`]. `cb` gets Success
+    /// when at least one was aborted, Failed when none could be (SPDK's
+    /// `spdk_bdev_abort`; I/O already in the module's hands is not
+    /// reached).
+    ///
+    /// # Errors
+    /// Pool errors.
+    pub fn abort(&self, target: usize, cb: IoCallback, ctx: usize) -> Result<(), BdevError> {
+        self.check(IoType::Abort, 0, 0, None)?;
+        let args = (IoType::Abort, 0, 0, false, cb, ctx);
+        self.launch(args, &[], None, |io| io.abort_target = target)
+            .map_err(|(e, _)| e)
+    }
+
     /// Opens a zero-copy window on `num_blocks` at `offset_blocks` (SPDK's
     /// `spdk_bdev_zcopy_start`): the module lends the memory that holds
     /// those blocks — filled with their data when `populate` — and `cb`
@@ -572,6 +730,7 @@ impl BdevChannel {
 
 /// What a submission asks for, before its data.
 pub(crate) struct Request {
+    pub src_offset_blocks: u64,
     pub ty: IoType,
     pub offset_blocks: u64,
     pub num_blocks: u64,
@@ -600,6 +759,11 @@ impl BdevChannel {
         if let Err(e) = self.check(req.ty, req.offset_blocks, req.num_blocks, data) {
             return Err((e, buf));
         }
+        if req.ty == IoType::Copy
+            && let Err(e) = self.check(IoType::Read, req.src_offset_blocks, req.num_blocks, None)
+        {
+            return Err((e, buf));
+        }
         let iovs = if req.ty.has_data() { iovs } else { &[] };
         let args = (
             req.ty,
@@ -609,13 +773,17 @@ impl BdevChannel {
             req.cb,
             req.ctx,
         );
-        self.launch(args, iovs, buf, |io| io.child_cb = Some(done))
+        let src = req.src_offset_blocks;
+        self.launch(args, iovs, buf, |io| {
+            io.child_cb = Some(done);
+            io.src_offset_blocks = src;
+        })
     }
 }
 
 /// Sends an I/O towards the module: type support, write-zeroes emulation,
 /// splitting, bounce buffering.
-fn submit(s: &Rc<ChanState>, mut p: NonNull<BdevIo>) {
+pub(crate) fn submit(s: &Rc<ChanState>, mut p: NonNull<BdevIo>) {
     // SAFETY: the I/O is in flight and owned by the layer right now.
     let io = unsafe { p.as_mut() };
     let b = &s.bdev;
@@ -638,6 +806,24 @@ fn submit(s: &Rc<ChanState>, mut p: NonNull<BdevIo>) {
                 failed: None,
             };
             return continue_split(s, p);
+        }
+        match io.ty {
+            IoType::SeekData if !ops.io_type_supported(IoType::SeekData) => {
+                io.seek = io.offset_blocks;
+                return complete(p, IoStatus::Success);
+            }
+            IoType::SeekHole if !ops.io_type_supported(IoType::SeekHole) => {
+                io.seek = b.num_blocks.load(std::sync::atomic::Ordering::Acquire);
+                return complete(p, IoStatus::Success);
+            }
+            IoType::Copy if !ops.io_type_supported(IoType::Copy) => {
+                if !(ops.io_type_supported(IoType::Read) && ops.io_type_supported(IoType::Write)) {
+                    return complete(p, IoStatus::NotSupported);
+                }
+                return crate::emulate::copy_next(s, p);
+            }
+            IoType::Abort => return crate::emulate::abort(s, p),
+            _ => {}
         }
         if !ops.io_type_supported(io.ty) {
             return complete(p, IoStatus::NotSupported);
@@ -842,7 +1028,7 @@ pub(crate) fn complete(p: NonNull<BdevIo>, status: IoStatus) {
 
 /// Ends an I/O: bounce copy-back, statistics, the parent of a split child or
 /// the submitter's callback, back to the pool, then queued retries.
-fn finish(s: &Rc<ChanState>, mut p: NonNull<BdevIo>, status: IoStatus) {
+pub(crate) fn finish(s: &Rc<ChanState>, mut p: NonNull<BdevIo>, status: IoStatus) {
     // SAFETY: the I/O is in flight and handed back to the layer.
     let io = unsafe { p.as_mut() };
     if let Some(bounce) = io.bounce.take() {
@@ -879,7 +1065,8 @@ fn finish(s: &Rc<ChanState>, mut p: NonNull<BdevIo>, status: IoStatus) {
             | IoType::Write
             | IoType::Compare
             | IoType::Unmap
-            | IoType::WriteZeroes => io.num_blocks * s.bdev.props.block_size as u64,
+            | IoType::WriteZeroes
+            | IoType::Copy => io.num_blocks * s.bdev.props.block_size as u64,
             _ => 0,
         };
         let ok =
@@ -892,7 +1079,7 @@ fn finish(s: &Rc<ChanState>, mut p: NonNull<BdevIo>, status: IoStatus) {
             s.stats.record(io.ty, bytes, None, ok);
         }
     }
-    s.outstanding.set(s.outstanding.get() - 1);
+    s.retire(io);
     let status = if io.zcopy.refused {
         IoStatus::Failed
     } else {
@@ -950,7 +1137,7 @@ fn zcopy_started(s: &Rc<ChanState>, mut p: NonNull<BdevIo>, mut status: IoStatus
     let cb = io.cb.take();
     if !status.is_success() && !misfit {
         // No window was opened: nothing to end.
-        s.outstanding.set(s.outstanding.get() - 1);
+        s.retire(io);
         if let Some(cb) = cb {
             call_back(s, cb, io, status);
         }

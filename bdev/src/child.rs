@@ -56,6 +56,8 @@ pub struct Child {
     pub num_blocks: u64,
     /// Force Unit Access (writes).
     pub fua: bool,
+    /// COPY: the first block copied from (0 for the other types).
+    pub src_offset_blocks: u64,
     /// Its data.
     pub data: ChildData,
 }
@@ -68,6 +70,7 @@ impl Child {
             offset_blocks: parent.offset_blocks(),
             num_blocks: parent.num_blocks(),
             fua: parent.fua(),
+            src_offset_blocks: parent.src_offset_blocks(),
             data: if parent.io_type().has_data() {
                 ChildData::Parent
             } else {
@@ -121,7 +124,13 @@ pub(crate) fn child_done(child: &mut BdevIo, status: IoStatus) {
         .take()
         .expect("a child I/O carries its module's callback");
     let parent = NonNull::new(child.ctx as *mut BdevIo).expect("a child I/O knows its parent");
-    cb(IoHandle::new(parent), child, status);
+    let mut parent = IoHandle::new(parent);
+    if matches!(child.ty, IoType::SeekData | IoType::SeekHole) {
+        // A passed-through seek answers for the parent (the module may
+        // still change it).
+        parent.io_mut().seek = child.seek;
+    }
+    cb(parent, child, status);
 }
 
 impl IoHandle {
@@ -190,6 +199,7 @@ impl IoHandle {
         };
         let raw = self.into_raw();
         let req = crate::channel::Request {
+            src_offset_blocks: child.src_offset_blocks,
             ty: child.ty,
             offset_blocks: child.offset_blocks,
             num_blocks: child.num_blocks,

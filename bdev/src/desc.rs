@@ -1,13 +1,14 @@
 //! Descriptors: an open handle on a bdev, for reading or writing, with the
-//! opener's event callback; and claims (exclusive write by a module).
+//! opener's event callback, and the claims taken through it (`claim.rs`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use reactor::CoreId;
 
 use crate::bdev::{Bdev, State};
 use crate::channel::BdevChannel;
+use crate::claim::{ClaimType, Opener};
 use crate::error::BdevError;
 use crate::types::BdevEvent;
 
@@ -15,6 +16,8 @@ use crate::types::BdevEvent;
 pub type EventCallback = Arc<dyn Fn(&str, BdevEvent) + Send + Sync>;
 
 pub(crate) struct DescInner {
+    /// Unique among descriptors (claims name their descriptor by it).
+    pub id: u64,
     pub write: bool,
     pub callback: EventCallback,
     /// The core that opened it; events are delivered there by message.
@@ -49,7 +52,7 @@ impl DescInner {
 pub struct Desc {
     pub(crate) bdev: Bdev,
     pub(crate) inner: Arc<DescInner>,
-    claimed: Option<String>,
+    claimed: bool,
 }
 
 impl std::fmt::Debug for Desc {
@@ -63,8 +66,8 @@ impl std::fmt::Debug for Desc {
 
 /// Opens bdev `name` (or alias) for reading, or reading and writing. Events
 /// (Resize, Remove) go to `event_cb`, on the opening core when opened on a
-/// reactor. A bdev claimed by a module cannot be opened for writing by
-/// anyone else.
+/// reactor. A claimed bdev cannot be opened for writing (the claimants
+/// write through their own descriptors).
 ///
 /// # Errors
 /// [`BdevError::NotFound`], [`BdevError::Removing`], [`BdevError::Claimed`].
@@ -77,13 +80,12 @@ pub fn open(
     if bdev.inner.state() == State::Removing {
         return Err(BdevError::Removing(name.to_owned()));
     }
-    if write && let Some(holder) = bdev.claimed_by() {
-        return Err(BdevError::Claimed {
-            bdev: bdev.name().to_owned(),
-            holder,
-        });
+    if write {
+        bdev.inner.claims().check_open_write(bdev.name())?;
     }
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
     let inner = Arc::new(DescInner {
+        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         write,
         callback: Arc::new(event_cb),
         core: reactor::current_core(),
@@ -93,7 +95,7 @@ pub fn open(
     Ok(Desc {
         bdev,
         inner,
-        claimed: None,
+        claimed: false,
     })
 }
 
@@ -109,31 +111,52 @@ impl Desc {
     }
 
     /// Claims the bdev for exclusive write by `module` (a vbdev claims its
-    /// base). The descriptor must be writable.
+    /// base; SPDK's v1 claim). The descriptor must be writable.
     ///
     /// # Errors
-    /// [`BdevError::Claimed`] naming the current holder;
-    /// [`BdevError::ReadOnly`] on a read-only descriptor.
+    /// As [`Desc::claim_as`].
     pub fn claim(&mut self, module: &str) -> Result<(), BdevError> {
-        if !self.inner.write {
-            return Err(BdevError::ReadOnly(self.bdev.name().to_owned()));
-        }
-        let mut c = self
+        self.claim_as(module, ClaimType::ExclusiveWrite, 0)
+    }
+
+    /// Claims the bdev with this descriptor for `module` (SPDK's
+    /// `spdk_bdev_module_claim_bdev_desc`); `shared_key` is the key of a
+    /// read-many-write-shared claim (0 for the other types). Closing the
+    /// descriptor releases the claim.
+    ///
+    /// # Errors
+    /// [`BdevError::Claimed`] (-EPERM) naming the holder and why, when the
+    /// claims already held or the descriptors open forbid it;
+    /// [`BdevError::ReadOnly`] for a read-only descriptor where the type
+    /// writes; [`BdevError::Invalid`] for a writable descriptor with a
+    /// read-many-write-none claim, or a key where none goes (or none where
+    /// one must).
+    pub fn claim_as(
+        &mut self,
+        module: &str,
+        ty: ClaimType,
+        shared_key: u64,
+    ) -> Result<(), BdevError> {
+        let open: Vec<Opener> = self
             .bdev
             .inner
-            .claim
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(holder) = c.as_ref() {
-            return Err(BdevError::Claimed {
-                bdev: self.bdev.name().to_owned(),
-                holder: holder.clone(),
-            });
-        }
-        // Another writer that is not the claimer keeps its descriptor (as in
-        // SPDK); new write opens are refused from now on.
-        *c = Some(module.to_owned());
-        self.claimed = Some(module.to_owned());
+            .live_descs()
+            .iter()
+            .filter(|d| !d.closed.load(Ordering::Acquire))
+            .map(|d| Opener {
+                id: d.id,
+                write: d.write,
+            })
+            .collect();
+        let me = Opener {
+            id: self.inner.id,
+            write: self.inner.write,
+        };
+        self.bdev
+            .inner
+            .claims()
+            .take(self.bdev.name(), module, ty, shared_key, &me, &open)?;
+        self.claimed = true;
         Ok(())
     }
 
@@ -153,13 +176,8 @@ impl Desc {
 impl Drop for Desc {
     fn drop(&mut self) {
         self.inner.closed.store(true, Ordering::Release);
-        if self.claimed.is_some() {
-            *self
-                .bdev
-                .inner
-                .claim
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = None;
+        if self.claimed {
+            self.bdev.inner.claims().release(self.inner.id);
         }
         let me = Arc::as_ptr(&self.inner);
         self.bdev

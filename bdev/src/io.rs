@@ -167,6 +167,16 @@ pub struct BdevIo {
     pub(crate) start: u64,
     /// Completion time (0 until completed, or without latency tracking).
     pub(crate) end: u64,
+    /// The channel's quiesce generation at submission.
+    pub(crate) epoch: u32,
+    /// COPY: the first source block.
+    pub(crate) src_offset_blocks: u64,
+    /// SEEK_DATA/SEEK_HOLE: the answer.
+    pub(crate) seek: u64,
+    /// ABORT: the context word of the I/O to abort.
+    pub(crate) abort_target: usize,
+    /// COPY emulated by the layer: blocks copied so far.
+    pub(crate) copied: u64,
     pub(crate) zcopy: Zcopy,
     /// Inline scratch space for the module handling the I/O.
     pub module_ctx: [u64; MODULE_CTX_WORDS],
@@ -196,6 +206,11 @@ impl BdevIo {
             orig_iovcnt: 0,
             start: 0,
             end: 0,
+            epoch: 0,
+            src_offset_blocks: 0,
+            seek: 0,
+            abort_target: 0,
+            copied: 0,
             zcopy: Zcopy::default(),
             module_ctx: [0; MODULE_CTX_WORDS],
             module_buf: None,
@@ -220,6 +235,23 @@ impl BdevIo {
     /// Force Unit Access (writes).
     pub fn fua(&self) -> bool {
         self.fua
+    }
+
+    /// COPY: the first block copied from (`offset_blocks` is the first
+    /// block copied to).
+    pub fn src_offset_blocks(&self) -> u64 {
+        self.src_offset_blocks
+    }
+
+    /// SEEK_DATA/SEEK_HOLE, in the callback: the block found (the bdev's
+    /// size when none).
+    pub fn seek_offset(&self) -> u64 {
+        self.seek
+    }
+
+    /// SEEK_DATA/SEEK_HOLE, for the module: the answer.
+    pub fn set_seek_offset(&mut self, offset_blocks: u64) {
+        self.seek = offset_blocks;
     }
 
     /// The data segments (empty for types without data).
@@ -409,6 +441,8 @@ impl BdevIo {
         self.module_buf = None;
         self.fua = false;
         self.end = 0;
+        self.copied = 0;
+        self.seek = 0;
         self.zcopy = Zcopy::default();
     }
 }

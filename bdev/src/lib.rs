@@ -44,13 +44,16 @@
 mod bdev;
 mod channel;
 mod child;
+mod claim;
 mod desc;
+mod emulate;
 mod env;
 mod error;
 mod io;
 mod medium;
 pub mod modules;
 mod ops;
+mod quiesce;
 mod registry;
 mod stats;
 mod types;
@@ -58,6 +61,7 @@ mod types;
 pub use bdev::{Bdev, BdevProps};
 pub use channel::BdevChannel;
 pub use child::{Child, ChildCallback, ChildData, ChildRefused, complete_parent};
+pub use claim::ClaimType;
 pub use desc::{Desc, EventCallback, open};
 pub use env::{
     handle, latency_tracking, memory, set_io_pool_size, set_latency_tracking, set_memory,

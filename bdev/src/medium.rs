@@ -110,6 +110,19 @@ impl Medium {
         Ok(same)
     }
 
+    /// Copies `len` bytes from byte `src` to byte `dst` (the ranges may
+    /// overlap).
+    ///
+    /// # Errors
+    /// [`BdevError::Invalid`] for a range beyond the medium.
+    pub fn copy_within(&self, src: usize, dst: usize, len: usize) -> Result<(), BdevError> {
+        let s = self.range(src, len)?;
+        let d = self.range(dst, len)?;
+        // SAFETY: both in bounds (checked above); `copy` allows overlap.
+        unsafe { std::ptr::copy(s, d, len) };
+        Ok(())
+    }
+
     /// Sets `len` bytes from `offset` to `byte`.
     ///
     /// # Errors

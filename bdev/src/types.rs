@@ -24,11 +24,24 @@ pub enum IoType {
     /// and the submitter reads or writes it in place, then ends the window,
     /// committing what it wrote or not ([`crate::BdevChannel::zcopy_start`]).
     Zcopy,
+    /// The first block at or after the I/O's offset that holds data
+    /// ([`crate::BdevIo::seek_offset`]); a module without it: every block
+    /// does (the offset itself), as SPDK.
+    SeekData,
+    /// The first block at or after the I/O's offset in a hole (never
+    /// written or unmapped); a module without it: none before the end (the
+    /// bdev's size), as SPDK.
+    SeekHole,
+    /// Copy blocks within the bdev ([`crate::BdevChannel::copy`]): emulated
+    /// with reads and writes where a module lacks it.
+    Copy,
+    /// Abort I/O still queued in the layer ([`crate::BdevChannel::abort`]).
+    Abort,
 }
 
 impl IoType {
     /// Every type, in a fixed order (statistics index).
-    pub const ALL: [IoType; 8] = [
+    pub const ALL: [IoType; 12] = [
         IoType::Read,
         IoType::Write,
         IoType::Flush,
@@ -37,6 +50,10 @@ impl IoType {
         IoType::Reset,
         IoType::Compare,
         IoType::Zcopy,
+        IoType::SeekData,
+        IoType::SeekHole,
+        IoType::Copy,
+        IoType::Abort,
     ];
 
     /// The name SPDK uses in `supported_io_types`.
@@ -50,6 +67,10 @@ impl IoType {
             IoType::Reset => "reset",
             IoType::Compare => "compare",
             IoType::Zcopy => "zcopy",
+            IoType::SeekData => "seek_data",
+            IoType::SeekHole => "seek_hole",
+            IoType::Copy => "copy",
+            IoType::Abort => "abort",
         }
     }
 
@@ -61,6 +82,14 @@ impl IoType {
     /// Whether the I/O moves data through buffers.
     pub fn has_data(self) -> bool {
         matches!(self, IoType::Read | IoType::Write | IoType::Compare)
+    }
+
+    /// Whether the I/O changes blocks (needs a writable descriptor).
+    pub fn writes(self) -> bool {
+        matches!(
+            self,
+            IoType::Write | IoType::Unmap | IoType::WriteZeroes | IoType::Copy
+        )
     }
 }
 

@@ -159,13 +159,12 @@ fn claims_conflict_with_a_clear_error() {
     malloc::create("m_claim", 64, 512, None).unwrap();
     passthru::create("m_claim", "pt_claim", None).unwrap();
     let e = passthru::create("m_claim", "pt_claim2", None).unwrap_err();
-    assert_eq!(
-        e,
-        BdevError::Claimed {
-            bdev: "m_claim".into(),
-            holder: "passthru".into()
-        }
+    assert!(
+        matches!(&e, BdevError::Claimed { bdev, holder }
+            if bdev == "m_claim" && holder.starts_with("passthru")),
+        "{e:?}"
     );
+    assert_eq!(e.errno(), -1, "EPERM as SPDK");
     assert!(e.to_string().contains("claimed by passthru"));
     let e = bdev::open("m_claim", true, nop).unwrap_err();
     assert!(matches!(e, BdevError::Claimed { .. }));

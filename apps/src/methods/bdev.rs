@@ -69,8 +69,8 @@ pub fn bdev_json(b: &Bdev) -> Value {
             v => v,
         },
     });
-    if claimed.is_some() {
-        v["claim_type"] = json!("exclusive_write");
+    if let Some(t) = b.claim_type() {
+        v["claim_type"] = json!(t.name());
     }
     v
 }

@@ -252,6 +252,7 @@ fn write_chunk(ch: &ChannelInner, mut io: IoHandle) {
         offset_blocks: next,
         num_blocks: n,
         fua,
+        src_offset_blocks: 0,
         data: ChildData::Buf(buf),
     };
     if let Err(mut refused) = io.submit_child(&ch.base, child, write_done) {
@@ -360,8 +361,14 @@ impl BdevOps for Crypto {
             IoType::Write => write(ch, io, false),
             IoType::WriteZeroes => write(ch, io, true),
             IoType::Flush | IoType::Unmap | IoType::Reset => pass_down(&ch.base, io),
-            // Not announced in `io_type_supported`: never reach here.
-            IoType::Compare | IoType::Zcopy => io.complete(IoStatus::NotSupported),
+            // Not announced in `io_type_supported`: never reach here
+            // (COPY is done by the layer with this bdev's reads and writes).
+            IoType::Compare
+            | IoType::Zcopy
+            | IoType::SeekData
+            | IoType::SeekHole
+            | IoType::Copy
+            | IoType::Abort => io.complete(IoStatus::NotSupported),
         }
     }
 
@@ -372,7 +379,12 @@ impl BdevOps for Crypto {
                 base.io_type_supported(ty)
             }
             IoType::WriteZeroes => base.io_type_supported(IoType::Write),
-            IoType::Compare | IoType::Zcopy => false,
+            IoType::Compare
+            | IoType::Zcopy
+            | IoType::SeekData
+            | IoType::SeekHole
+            | IoType::Copy
+            | IoType::Abort => false,
         }
     }
 

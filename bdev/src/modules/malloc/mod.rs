@@ -42,7 +42,14 @@ impl Malloc {
                 self.disk.fill(off, len, 0)?;
                 IoStatus::Success
             }
+            IoType::Copy => {
+                let src = r.src_offset_blocks() as usize * bs;
+                self.disk.copy_within(src, off, len)?;
+                IoStatus::Success
+            }
             IoType::Flush | IoType::Reset => IoStatus::Success,
+            // Not announced: the layer answers these.
+            IoType::SeekData | IoType::SeekHole | IoType::Abort => IoStatus::NotSupported,
             IoType::Zcopy => match r.zcopy_phase() {
                 // The window is the disk itself: populated already, and
                 // what the submitter writes there is committed as written.
@@ -72,8 +79,8 @@ impl BdevOps for Malloc {
         io.complete(status);
     }
 
-    fn io_type_supported(&self, _ty: IoType) -> bool {
-        true
+    fn io_type_supported(&self, ty: IoType) -> bool {
+        !matches!(ty, IoType::SeekData | IoType::SeekHole | IoType::Abort)
     }
 
     fn dump_info_json(&self) -> serde_json::Value {

@@ -194,7 +194,12 @@ impl BdevOps for NvmeNs {
                 }
                 q.deallocate(nsid, &ranges[..k], io)
             }
-            IoType::Reset | IoType::Zcopy => {
+            IoType::Reset
+            | IoType::Zcopy
+            | IoType::SeekData
+            | IoType::SeekHole
+            | IoType::Copy
+            | IoType::Abort => {
                 drop(q);
                 return io.complete(IoStatus::NotSupported);
             }
@@ -219,7 +224,12 @@ impl BdevOps for NvmeNs {
             IoType::Compare => self.supports_compare,
             IoType::WriteZeroes => self.supports_write_zeroes,
             IoType::Unmap => self.supports_dsm,
-            IoType::Reset | IoType::Zcopy => false,
+            IoType::Reset
+            | IoType::Zcopy
+            | IoType::SeekData
+            | IoType::SeekHole
+            | IoType::Copy
+            | IoType::Abort => false,
         }
     }
 
