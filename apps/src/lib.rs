@@ -41,8 +41,9 @@ use std::sync::Arc;
 
 use methods::Ctx;
 
-/// Stops every export, unregisters every bdev (vbdevs before their bases)
-/// and detaches every NVMe controller. Runs on a non-reactor thread.
+/// Stops every export, unregisters every bdev (vbdevs before their bases),
+/// detaches every NVMe controller and runs every bdev module's fini. Runs
+/// on a non-reactor thread.
 pub fn teardown(ctx: &Arc<Ctx>) {
     nbd::stop_all();
     for _ in 0..1000 {
@@ -78,5 +79,9 @@ pub fn teardown(ctx: &Arc<Ctx>) {
                 r => log::warn!("shutdown: unregistering {name}: {r:?}"),
             }
         }
+    }
+    // Every module's fini (after its bdevs are gone; may write metadata).
+    if let Err(e) = ctx.on_reactor(bdev::fini) {
+        log::warn!("shutdown: module fini: {e:?}");
     }
 }

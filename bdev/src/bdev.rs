@@ -237,6 +237,11 @@ impl Bdev {
         self.inner.claims().ty()
     }
 
+    /// The bdevs built on it (whose claims on it said so).
+    pub fn claimed_for(&self) -> Vec<String> {
+        self.inner.claims().owners().map(str::to_owned).collect()
+    }
+
     /// Every module holding a claim on it.
     pub fn claim_holders(&self) -> Vec<String> {
         self.inner.claims().holders().map(str::to_owned).collect()

@@ -44,8 +44,16 @@ impl ClaimType {
 pub(crate) struct Claims {
     ty: Option<ClaimType>,
     key: u64,
-    /// (descriptor id, module) of each claimant.
-    holders: Vec<(u64, String)>,
+    /// Each claimant: its descriptor, module, and the bdev it stands for
+    /// (the vbdev built on this one), if it said.
+    holders: Vec<Holder>,
+}
+
+#[derive(Debug)]
+struct Holder {
+    desc: u64,
+    module: String,
+    owner: Option<String>,
 }
 
 /// What `take` needs to know about the descriptors open on the bdev.
@@ -60,12 +68,17 @@ impl Claims {
     }
 
     pub fn holders(&self) -> impl Iterator<Item = &str> {
-        self.holders.iter().map(|(_, m)| m.as_str())
+        self.holders.iter().map(|h| h.module.as_str())
+    }
+
+    /// The bdevs built on this one (the claimants' owners).
+    pub fn owners(&self) -> impl Iterator<Item = &str> {
+        self.holders.iter().filter_map(|h| h.owner.as_deref())
     }
 
     fn refused(&self, bdev: &str, why: &str) -> BdevError {
         let holder = match (self.ty, self.holders.first()) {
-            (Some(t), Some((_, m))) => format!("{m} ({} claim){why}", t.name()),
+            (Some(t), Some(h)) => format!("{} ({} claim){why}", h.module, t.name()),
             _ => why.trim_start_matches(": ").to_owned(),
         };
         BdevError::Claimed {
@@ -77,17 +90,19 @@ impl Claims {
     /// Takes a claim of type `ty` for `module` through descriptor `desc`
     /// (`write`: opened for writing), with the other descriptors open on the
     /// bdev in `open`.
+    #[allow(clippy::too_many_arguments)]
     pub fn take(
         &mut self,
         bdev: &str,
         module: &str,
+        owner: Option<&str>,
         ty: ClaimType,
         key: u64,
         desc: &Opener,
         open: &[Opener],
     ) -> Result<(), BdevError> {
         let other_writer = open.iter().any(|o| o.id != desc.id && o.write);
-        if self.holders.iter().any(|(id, _)| *id == desc.id) {
+        if self.holders.iter().any(|h| h.desc == desc.id) {
             return Err(self.refused(bdev, ": this descriptor holds a claim already"));
         }
         match ty {
@@ -163,7 +178,11 @@ impl Claims {
         }
         self.ty = Some(ty);
         self.key = key;
-        self.holders.push((desc.id, module.to_owned()));
+        self.holders.push(Holder {
+            desc: desc.id,
+            module: module.to_owned(),
+            owner: owner.map(str::to_owned),
+        });
         Ok(())
     }
 
@@ -177,7 +196,7 @@ impl Claims {
 
     /// Releases the claims descriptor `id` holds.
     pub fn release(&mut self, id: u64) {
-        self.holders.retain(|(d, _)| *d != id);
+        self.holders.retain(|h| h.desc != id);
         if self.holders.is_empty() {
             self.ty = None;
             self.key = 0;

@@ -137,6 +137,22 @@ impl Desc {
         ty: ClaimType,
         shared_key: u64,
     ) -> Result<(), BdevError> {
+        self.claim_for(module, None, ty, shared_key)
+    }
+
+    /// [`Desc::claim_as`] on behalf of the bdev `owner` that stands on
+    /// this one (a vbdev over its base): `save_config` writes `owner`
+    /// after this bdev, whatever its parameters are called.
+    ///
+    /// # Errors
+    /// As [`Desc::claim_as`].
+    pub fn claim_for(
+        &mut self,
+        module: &str,
+        owner: Option<&str>,
+        ty: ClaimType,
+        shared_key: u64,
+    ) -> Result<(), BdevError> {
         let open: Vec<Opener> = self
             .bdev
             .inner
@@ -152,10 +168,15 @@ impl Desc {
             id: self.inner.id,
             write: self.inner.write,
         };
-        self.bdev
-            .inner
-            .claims()
-            .take(self.bdev.name(), module, ty, shared_key, &me, &open)?;
+        self.bdev.inner.claims().take(
+            self.bdev.name(),
+            module,
+            owner,
+            ty,
+            shared_key,
+            &me,
+            &open,
+        )?;
         self.claimed = true;
         Ok(())
     }

@@ -51,6 +51,7 @@ mod env;
 mod error;
 mod io;
 mod medium;
+mod module;
 pub mod modules;
 mod ops;
 mod quiesce;
@@ -72,10 +73,11 @@ pub use io::{
     BdevIo, IoCallback, IoHandle, MAX_IOV, MODULE_CTX_WORDS, Segments, SegmentsMut, ZcopyPhase,
 };
 pub use medium::Medium;
-pub use ops::{BdevModule, BdevOps, ExamineFuture};
+pub use module::{BdevModule, ExamineFuture, ModuleFuture, ModuleTask};
+pub use ops::BdevOps;
 pub use registry::{
-    examines_in_flight, get, list, modules as registered_modules, new_uuid, register,
-    register_module, unregister, wait_for_examine,
+    config_calls, examines_in_flight, fini, get, list, modules as registered_modules, new_uuid,
+    register, register_module, unregister, wait_for_examine,
 };
 pub use stats::{IoStats, TypeStats};
 pub use types::{BdevEvent, IoStatus, IoType, IoVec};

@@ -1,9 +1,7 @@
 //! What a module implements for each bdev it registers (SPDK's
-//! `spdk_bdev_fn_table`) and for itself (`spdk_bdev_module`).
+//! `spdk_bdev_fn_table`); the module itself is in `module.rs`.
 
 use std::any::Any;
-use std::future::Future;
-use std::pin::Pin;
 
 use reactor::CoreId;
 
@@ -53,6 +51,13 @@ pub trait BdevOps: Send + Sync + 'static {
 
     /// Called once when the bdev is unregistered, after every channel is gone.
     fn destruct(&self) {}
+
+    /// The asynchronous part of the destruct, run after [`BdevOps::destruct`]
+    /// (finish the module's own I/O, write its metadata): the bdev keeps its
+    /// name, and `unregister` does not complete, until the future has.
+    fn destruct_async(&self) -> Option<crate::ModuleTask> {
+        None
+    }
 }
 
 /// The erased form the layer stores.
@@ -64,6 +69,7 @@ pub(crate) trait ErasedOps: Send + Sync {
     fn dump_info_json(&self) -> serde_json::Value;
     fn write_config_json(&self) -> Option<serde_json::Value>;
     fn destruct(&self);
+    fn destruct_async(&self) -> Option<crate::ModuleTask>;
     fn as_any(&self) -> &dyn Any;
 }
 
@@ -104,25 +110,11 @@ impl<O: BdevOps> ErasedOps for Erased<O> {
         self.0.destruct()
     }
 
+    fn destruct_async(&self) -> Option<crate::ModuleTask> {
+        self.0.destruct_async()
+    }
+
     fn as_any(&self) -> &dyn Any {
         &self.0
-    }
-}
-
-/// An examine in progress.
-pub type ExamineFuture = Pin<Box<dyn Future<Output = ()>>>;
-
-/// A bdev module (SPDK's `spdk_bdev_module`): registered once, it may
-/// examine every bdev that appears and it contributes to `save_config`.
-pub trait BdevModule: Send + Sync + 'static {
-    /// The module's name (`bdev_malloc`, `bdev_passthru`...).
-    fn name(&self) -> &str;
-
-    /// Looks at a newly registered bdev, synchronously (return `None` when
-    /// done) or asynchronously (return a builder of the future: it is built
-    /// and run on a reactor, and `wait_for_examine` waits for it).
-    fn examine(&self, bdev: &str) -> Option<Box<dyn FnOnce() -> ExamineFuture + Send>> {
-        let _ = bdev;
-        None
     }
 }

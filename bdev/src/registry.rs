@@ -9,7 +9,8 @@ use std::time::Duration;
 use crate::bdev::{Bdev, BdevInner, BdevProps};
 use crate::channel::Chan;
 use crate::error::BdevError;
-use crate::ops::{BdevModule, BdevOps, Erased};
+use crate::module::{BdevModule, ModuleTask};
+use crate::ops::{BdevOps, Erased};
 use crate::types::BdevEvent;
 
 #[derive(Default)]
@@ -122,55 +123,132 @@ pub fn register<O: BdevOps>(module: &str, props: BdevProps, ops: O) -> Result<Bd
     Ok(bdev)
 }
 
+/// Runs `task` on a reactor, counted as an examine in flight.
+fn spawn_examine(bdev: &str, module: &str, task: ModuleTask) {
+    let Some(h) = crate::env::handle() else {
+        log::error!("bdev {bdev}: module {module} examines asynchronously but no runtime is set");
+        return;
+    };
+    EXAMINING.fetch_add(1, Ordering::AcqRel);
+    let core = reactor::current_core().unwrap_or_else(|| h.cores()[0]);
+    let counted = move || async move {
+        task().await;
+        EXAMINING.fetch_sub(1, Ordering::AcqRel);
+    };
+    let spawned = h.spawn_on(core, counted);
+    drop(spawned);
+}
+
+/// Both examine steps of every module for a new bdev: every module's
+/// `examine_config`, then every module's `examine_disk`.
 fn examine(name: &str) {
     let modules = with(|r| r.modules.clone());
-    for m in modules {
-        if let Some(build) = m.examine(name) {
-            EXAMINING.fetch_add(1, Ordering::AcqRel);
-            let Some(h) = crate::env::handle() else {
-                log::error!(
-                    "bdev {name}: module {} examines asynchronously but no runtime is set",
-                    m.name()
-                );
-                EXAMINING.fetch_sub(1, Ordering::AcqRel);
-                continue;
-            };
-            let core = reactor::current_core().unwrap_or_else(|| h.cores()[0]);
-            drop(h.spawn_on(core, move || async move {
-                build().await;
-                EXAMINING.fetch_sub(1, Ordering::AcqRel);
-            }));
+    for m in &modules {
+        m.examine_config(name);
+    }
+    for m in &modules {
+        if let Some(task) = m.examine_disk(name) {
+            spawn_examine(name, m.name(), task);
         }
     }
 }
 
-/// Registers a module: it examines every bdev registered from now on, and
-/// the ones that exist already.
-pub fn register_module(m: Arc<dyn BdevModule>) {
+/// Registers a module: its `init` runs, then it examines every bdev that
+/// exists (both steps) and every bdev registered from now on. Registering
+/// a module of a name already registered does nothing.
+///
+/// # Errors
+/// The module's `init` error (it is then not registered).
+pub fn register_module(m: Arc<dyn BdevModule>) -> Result<(), BdevError> {
+    if with(|r| r.modules.iter().any(|x| x.name() == m.name())) {
+        return Ok(());
+    }
+    m.init()?;
     let existing: Vec<String> = with(|r| {
-        if r.modules.iter().any(|x| x.name() == m.name()) {
-            return Vec::new();
-        }
         r.modules.push(m.clone());
         r.bdevs.keys().cloned().collect()
     });
-    for name in existing {
-        if let Some(build) = m.examine(&name) {
-            EXAMINING.fetch_add(1, Ordering::AcqRel);
-            match crate::env::handle() {
-                Some(h) => {
-                    let core = reactor::current_core().unwrap_or_else(|| h.cores()[0]);
-                    drop(h.spawn_on(core, move || async move {
-                        build().await;
-                        EXAMINING.fetch_sub(1, Ordering::AcqRel);
-                    }));
-                }
-                None => {
-                    EXAMINING.fetch_sub(1, Ordering::AcqRel);
-                }
+    for name in &existing {
+        m.examine_config(name);
+    }
+    for name in &existing {
+        if let Some(task) = m.examine_disk(name) {
+            spawn_examine(name, m.name(), task);
+        }
+    }
+    Ok(())
+}
+
+/// Unregisters every bdev (those nothing stands on first) and then runs
+/// every module's `fini`, in the reverse order of registration, waiting
+/// for the asynchronous ones; the modules are then gone. Call on a reactor
+/// at shutdown.
+pub async fn fini() {
+    for _ in 0..1000 {
+        let tops: Vec<String> = list()
+            .iter()
+            .filter(|b| b.claimed_for().is_empty() && b.claimed_by().is_none() && !b.is_removing())
+            .map(|b| b.name().to_owned())
+            .collect();
+        if tops.is_empty() {
+            break;
+        }
+        for n in tops {
+            if let Err(e) = unregister(&n).await {
+                log::warn!("fini: unregistering {n}: {e}");
             }
         }
     }
+    let modules: Vec<Arc<dyn BdevModule>> = with(|r| std::mem::take(&mut r.modules));
+    for m in modules.iter().rev() {
+        if let Some(task) = m.fini() {
+            task().await;
+        }
+        log::debug!("bdev module {} finished", m.name());
+    }
+}
+
+/// The calls `save_config` writes for the bdev subsystem: every module's
+/// own configuration (registration order), then every bdev's creating
+/// call, each after every bdev it stands on (from the claims: a vbdev
+/// claims its bases), then `bdev_wait_for_examine`.
+pub fn config_calls() -> Vec<serde_json::Value> {
+    let mut out: Vec<serde_json::Value> = with(|r| r.modules.clone())
+        .iter()
+        .flat_map(|m| m.config_json())
+        .collect();
+    let bdevs: Vec<Bdev> = list().into_iter().filter(|b| !b.is_removing()).collect();
+    // deps[name]: the bdevs `name` stands on.
+    let mut deps: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for b in &bdevs {
+        for owner in b.claimed_for() {
+            deps.entry(owner).or_default().push(b.name().to_owned());
+        }
+    }
+    let mut done: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    let mut pending: Vec<&Bdev> = bdevs.iter().collect();
+    while !pending.is_empty() {
+        let (ready, rest): (Vec<&Bdev>, Vec<&Bdev>) = pending.into_iter().partition(|b| {
+            deps.get(b.name())
+                .is_none_or(|d| d.iter().all(|x| done.contains(x)))
+        });
+        if ready.is_empty() {
+            // Only a cycle could do this, and claims cannot make one.
+            log::error!(
+                "save_config: bdevs standing on each other: {:?}",
+                rest.iter().map(|b| b.name()).collect::<Vec<_>>()
+            );
+            out.extend(rest.iter().filter_map(|b| b.write_config_json()));
+            break;
+        }
+        for b in ready {
+            done.insert(b.name().to_owned());
+            out.extend(b.write_config_json());
+        }
+        pending = rest;
+    }
+    out.push(serde_json::json!({ "method": "bdev_wait_for_examine" }));
+    out
 }
 
 /// The registered modules' names.
@@ -178,7 +256,7 @@ pub fn modules() -> Vec<String> {
     with(|r| r.modules.iter().map(|m| m.name().to_owned()).collect())
 }
 
-/// Examines in flight.
+/// Examines in flight (asynchronous `examine_disk` steps not finished).
 pub fn examines_in_flight() -> usize {
     EXAMINING.load(Ordering::Acquire)
 }
@@ -234,6 +312,9 @@ pub async fn unregister(name: &str) -> Result<(), BdevError> {
         log::warn!("bdev {name}: channel teardown: {e}");
     }
     bdev.inner.ops.destruct();
+    if let Some(task) = bdev.inner.ops.destruct_async() {
+        task().await;
+    }
     with(|r| {
         r.bdevs.remove(&name);
         r.aliases.retain(|_, n| *n != name);

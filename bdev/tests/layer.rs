@@ -587,7 +587,7 @@ impl bdev::BdevModule for SlowExaminer {
     fn name(&self) -> &str {
         "slow_examiner"
     }
-    fn examine(&self, name: &str) -> Option<Box<dyn FnOnce() -> bdev::ExamineFuture + Send>> {
+    fn examine_disk(&self, name: &str) -> Option<bdev::ModuleTask> {
         if !name.starts_with("exam_") || name.ends_with("_found") {
             return None;
         }
@@ -613,7 +613,7 @@ impl bdev::BdevModule for SlowExaminer {
 
 #[test]
 fn wait_for_examine_waits_for_asynchronous_examine() {
-    bdev::register_module(Arc::new(SlowExaminer));
+    bdev::register_module(Arc::new(SlowExaminer)).unwrap();
     on(0, || async {
         malloc::create("exam_1", 64, 512, None).unwrap();
         assert!(

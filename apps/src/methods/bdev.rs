@@ -332,42 +332,12 @@ pub(super) fn bdev_passthru_delete(ctx: &Arc<Ctx>, p: Params) -> RpcResult {
     delete_by_name(ctx, p, |n| async move { passthru::delete(&n).await })
 }
 
-/// The base a vbdev's creating call names, if any.
-fn base_of(call: &Value) -> Option<String> {
-    let p = call.get("params")?;
-    ["base_bdev_name", "base_name"]
-        .iter()
-        .find_map(|k| p.get(*k).and_then(Value::as_str))
-        .map(str::to_owned)
-}
-
-/// The bdev subsystem's configuration: NVMe controllers first, then every
-/// bdev's creating call with each base before what stands on it, then
-/// `bdev_wait_for_examine`.
+/// The bdev subsystem's configuration: NVMe controllers first, then the
+/// layer's (each module's configuration, every bdev's creating call after
+/// the bdevs it stands on, from the claims graph, then
+/// `bdev_wait_for_examine`).
 pub(super) fn config() -> Vec<Value> {
     let mut out: Vec<Value> = super::nvme::config();
-    let mut pending: Vec<(String, Value)> = bdev::list()
-        .iter()
-        .filter(|b| !b.is_removing())
-        .filter_map(|b| b.write_config_json().map(|c| (b.name().to_owned(), c)))
-        .collect();
-    let mut done: Vec<String> = Vec::new();
-    while !pending.is_empty() {
-        let names: Vec<String> = pending.iter().map(|(n, _)| n.clone()).collect();
-        let (ready, rest): (Vec<_>, Vec<_>) = pending.into_iter().partition(|(_, c)| {
-            base_of(c).is_none_or(|b| done.contains(&b) || !names.contains(&b))
-        });
-        if ready.is_empty() {
-            // A cycle cannot happen (claims); emit the rest as they are.
-            out.extend(rest.into_iter().map(|(_, c)| c));
-            break;
-        }
-        for (n, c) in ready {
-            done.push(n);
-            out.push(c);
-        }
-        pending = rest;
-    }
-    out.push(json!({ "method": "bdev_wait_for_examine" }));
+    out.extend(bdev::config_calls());
     out
 }

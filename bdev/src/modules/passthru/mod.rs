@@ -22,7 +22,7 @@ impl Base {
     pub fn open(base: &str, vbdev: &str, module: &str) -> Result<Base, BdevError> {
         let me = vbdev.to_owned();
         let mut desc = crate::open(base, true, move |_base, ev| follow_base(&me, ev))?;
-        desc.claim(module)?;
+        desc.claim_for(module, Some(vbdev), crate::ClaimType::ExclusiveWrite, 0)?;
         let bdev = desc.bdev().clone();
         Ok(Base {
             desc: Mutex::new(Some(desc)),
