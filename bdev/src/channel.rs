@@ -289,7 +289,7 @@ impl BdevChannel {
                 format!("closed; reopen {}", b.props.name),
             ));
         }
-        if ty.writes() && !self.desc.write {
+        if ty.writes() && !self.desc.writable() {
             return Err(BdevError::ReadOnly(b.props.name.clone()));
         }
         let size = b.num_blocks.load(std::sync::atomic::Ordering::Acquire);
@@ -672,11 +672,11 @@ impl BdevChannel {
         ctx: usize,
         child_cb: Option<crate::child::ChildCallback>,
     ) -> Result<(), BdevError> {
-        if !populate && !self.desc.write {
+        if !populate && !self.desc.writable() {
             return Err(BdevError::ReadOnly(self.state().bdev.props.name.clone()));
         }
         self.check(IoType::Zcopy, offset_blocks, num_blocks, None)?;
-        let writable = self.desc.write;
+        let writable = self.desc.writable();
         let args = (IoType::Zcopy, offset_blocks, num_blocks, false, cb, ctx);
         self.launch(args, &[], None, |io| {
             io.zcopy.populate = populate;

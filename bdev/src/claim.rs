@@ -3,13 +3,15 @@
 //!
 //! | type | claimant's descriptor | other writers | more claims |
 //! |---|---|---|---|
-//! | exclusive write (v1) | writable | open ones stay, new ones refused | none |
-//! | read-many-write-one | writable, the only writer | refused | none |
-//! | read-many-write-none | read-only | refused (none may be open) | more of this type |
-//! | read-many-write-shared | writable | refused unless claimants | same type, same key |
+//! | exclusive write (v1) | made writable | open ones stay, new ones refused | none |
+//! | read-many-write-one | made writable, the only writer | none may be open | none |
+//! | read-many-write-none | read-only | none may be open | more of this type |
+//! | read-many-write-shared | made writable | none but claimants | same type, same key |
 //!
-//! While a bdev has any claim, opening it for writing is refused; claims go
-//! with the descriptor that took them (closing it releases them).
+//! While a bdev has any claim, opening it for writing is refused (claimants
+//! of a shared claim open read-only and claim: the claim makes their
+//! descriptor a writer, as in SPDK); claims go with the descriptor that
+//! took them (closing it releases them).
 
 use crate::error::BdevError;
 
@@ -107,9 +109,6 @@ impl Claims {
         }
         match ty {
             ClaimType::ExclusiveWrite | ClaimType::ReadManyWriteOne => {
-                if !desc.write {
-                    return Err(BdevError::ReadOnly(bdev.to_owned()));
-                }
                 if key != 0 {
                     return Err(BdevError::invalid(
                         "shared_claim_key",
@@ -151,9 +150,6 @@ impl Claims {
                 }
             }
             ClaimType::ReadManyWriteShared => {
-                if !desc.write {
-                    return Err(BdevError::ReadOnly(bdev.to_owned()));
-                }
                 if key == 0 {
                     return Err(BdevError::invalid(
                         "shared_claim_key",
@@ -161,7 +157,7 @@ impl Claims {
                     ));
                 }
                 match self.ty {
-                    None if open.iter().any(|o| o.id != desc.id && o.write) => {
+                    None if other_writer => {
                         return Err(self.refused(
                             bdev,
                             ": another descriptor is open for writing (read-many-write-shared)",

@@ -18,7 +18,8 @@ pub type EventCallback = Arc<dyn Fn(&str, BdevEvent) + Send + Sync>;
 pub(crate) struct DescInner {
     /// Unique among descriptors (claims name their descriptor by it).
     pub id: u64,
-    pub write: bool,
+    /// Opened for writing, or promoted by a claim that writes.
+    pub write: AtomicBool,
     pub callback: EventCallback,
     /// The core that opened it; events are delivered there by message.
     pub core: Option<CoreId>,
@@ -26,6 +27,11 @@ pub(crate) struct DescInner {
 }
 
 impl DescInner {
+    #[inline]
+    pub fn writable(&self) -> bool {
+        self.write.load(Ordering::Relaxed)
+    }
+
     pub fn deliver(&self, name: &str, ev: BdevEvent) {
         if self.closed.load(Ordering::Acquire) {
             return;
@@ -59,7 +65,7 @@ impl std::fmt::Debug for Desc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Desc")
             .field("bdev", &self.bdev.name())
-            .field("write", &self.inner.write)
+            .field("write", &self.inner.writable())
             .finish()
     }
 }
@@ -86,7 +92,7 @@ pub fn open(
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
     let inner = Arc::new(DescInner {
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-        write,
+        write: AtomicBool::new(write),
         callback: Arc::new(event_cb),
         core: reactor::current_core(),
         closed: AtomicBool::new(false),
@@ -107,11 +113,11 @@ impl Desc {
 
     /// Whether it was opened for writing.
     pub fn writable(&self) -> bool {
-        self.inner.write
+        self.inner.writable()
     }
 
     /// Claims the bdev for exclusive write by `module` (a vbdev claims its
-    /// base; SPDK's v1 claim). The descriptor must be writable.
+    /// base; SPDK's v1 claim); the descriptor becomes a writer.
     ///
     /// # Errors
     /// As [`Desc::claim_as`].
@@ -121,14 +127,14 @@ impl Desc {
 
     /// Claims the bdev with this descriptor for `module` (SPDK's
     /// `spdk_bdev_module_claim_bdev_desc`); `shared_key` is the key of a
-    /// read-many-write-shared claim (0 for the other types). Closing the
-    /// descriptor releases the claim.
+    /// read-many-write-shared claim (0 for the other types). A claim that
+    /// writes makes the descriptor a writer; closing the descriptor
+    /// releases the claim.
     ///
     /// # Errors
     /// [`BdevError::Claimed`] (-EPERM) naming the holder and why, when the
     /// claims already held or the descriptors open forbid it;
-    /// [`BdevError::ReadOnly`] for a read-only descriptor where the type
-    /// writes; [`BdevError::Invalid`] for a writable descriptor with a
+    /// [`BdevError::Invalid`] for a writable descriptor with a
     /// read-many-write-none claim, or a key where none goes (or none where
     /// one must).
     pub fn claim_as(
@@ -161,12 +167,12 @@ impl Desc {
             .filter(|d| !d.closed.load(Ordering::Acquire))
             .map(|d| Opener {
                 id: d.id,
-                write: d.write,
+                write: d.writable(),
             })
             .collect();
         let me = Opener {
             id: self.inner.id,
-            write: self.inner.write,
+            write: self.inner.writable(),
         };
         self.bdev.inner.claims().take(
             self.bdev.name(),
@@ -177,6 +183,10 @@ impl Desc {
             &me,
             &open,
         )?;
+        if ty != ClaimType::ReadManyWriteNone {
+            // A claim that writes makes its descriptor a writer (as SPDK).
+            self.inner.write.store(true, Ordering::Relaxed);
+        }
         self.claimed = true;
         Ok(())
     }

@@ -114,6 +114,10 @@ impl ChannelQuiesce {
 }
 
 fn overlaps(r: &QRange, io: &BdevIo) -> bool {
+    if io.ty == IoType::Abort {
+        // It acts on the layer's queues, held I/O included.
+        return false;
+    }
     if io.ty == IoType::Reset {
         // A reset concerns the whole device.
         return true;
