@@ -696,15 +696,18 @@ impl BdevChannel {
         num_blocks: u64,
         fua: bool,
     ) -> Result<(IoStatus, Option<DmaBuf>), BdevError> {
-        type Slot = Rc<RefCell<Option<(IoStatus, Option<DmaBuf>)>>>;
+        type Done = (IoStatus, Option<DmaBuf>);
+        type Slot = Rc<RefCell<(Option<Done>, Option<std::task::Waker>)>>;
         fn done(io: &mut BdevIo, status: IoStatus) {
             // SAFETY: `ctx` is the `Rc` leaked below, rebuilt exactly once.
-            let slot: Slot = unsafe {
-                Rc::from_raw(io.ctx() as *const RefCell<Option<(IoStatus, Option<DmaBuf>)>>)
-            };
-            *slot.borrow_mut() = Some((status, io.take_buf()));
+            let slot: Slot = unsafe { Rc::from_raw(io.ctx() as *const RefCell<_>) };
+            let mut s = slot.borrow_mut();
+            s.0 = Some((status, io.take_buf()));
+            if let Some(w) = s.1.take() {
+                w.wake();
+            }
         }
-        let slot: Slot = Rc::new(RefCell::new(None));
+        let slot: Slot = Rc::new(RefCell::new((None, None)));
         let ctx = Rc::into_raw(slot.clone()) as usize;
         let submitted = match buf {
             Some(b) => self
@@ -715,16 +718,23 @@ impl BdevChannel {
         if let Err(e) = submitted {
             // SAFETY: the I/O was not started: the leaked reference is ours.
             drop(unsafe {
-                Rc::from_raw(ctx as *const RefCell<Option<(IoStatus, Option<DmaBuf>)>>)
+                Rc::from_raw(ctx as *const RefCell<(Option<Done>, Option<std::task::Waker>)>)
             });
             return Err(e);
         }
-        loop {
-            if let Some(r) = slot.borrow_mut().take() {
-                return Ok(r);
+        // Woken by the completion (no spinning: a simulated runtime's
+        // clock moves while the task waits).
+        std::future::poll_fn(|cx| {
+            let mut s = slot.borrow_mut();
+            match s.0.take() {
+                Some(r) => std::task::Poll::Ready(Ok(r)),
+                None => {
+                    s.1 = Some(cx.waker().clone());
+                    std::task::Poll::Pending
+                }
             }
-            reactor::yield_now().await;
-        }
+        })
+        .await
     }
 }
 

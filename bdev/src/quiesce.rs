@@ -32,6 +32,51 @@ use crate::error::BdevError;
 use crate::io::BdevIo;
 use crate::types::IoType;
 
+/// A count of channels still draining, with the waker of the task waiting
+/// for it to reach zero (decremented on whichever core drains).
+struct Countdown {
+    left: AtomicUsize,
+    waker: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl Countdown {
+    fn new(n: usize) -> Countdown {
+        Countdown {
+            left: AtomicUsize::new(n),
+            waker: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn add(&self) {
+        self.left.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn done(&self) {
+        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let w = self.waker.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(w) = w {
+                w.wake();
+            }
+        }
+    }
+
+    async fn wait(&self) {
+        std::future::poll_fn(|cx| {
+            if self.left.load(Ordering::Acquire) == 0 {
+                return std::task::Poll::Ready(());
+            }
+            *self.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(cx.waker().clone());
+            // Drained meanwhile: do not wait for a wake that has passed.
+            if self.left.load(Ordering::Acquire) == 0 {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
 /// One quiesced range: blocks `start..end`, taken by `module`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct QRange {
@@ -243,29 +288,21 @@ impl Bdev {
             r
         };
         // Channels not drained yet (+1 until the visit is over).
-        let pending = Arc::new(AtomicUsize::new(1));
+        let pending = Arc::new(Countdown::new(1));
         let visit = {
             let (r, pending) = (r.clone(), pending.clone());
             self.visit_channels(move |s| {
-                pending.fetch_add(1, Ordering::AcqRel);
+                pending.add();
                 let p = pending.clone();
-                add_range(
-                    s,
-                    &r,
-                    Box::new(move || {
-                        p.fetch_sub(1, Ordering::AcqRel);
-                    }),
-                );
+                add_range(s, &r, Box::new(move || p.done()));
             })
         };
         if let Err(e) = visit.await {
             self.inner.quiesced().retain(|x| x.id != r.id);
             return Err(e);
         }
-        pending.fetch_sub(1, Ordering::AcqRel);
-        while pending.load(Ordering::Acquire) > 0 {
-            reactor::yield_now().await;
-        }
+        pending.done();
+        pending.wait().await;
         log::debug!(
             "bdev {}: blocks {}..{} quiesced by {module}",
             self.name(),

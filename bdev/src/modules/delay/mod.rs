@@ -7,7 +7,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reactor::{PollStatus, Poller};
 use serde_json::json;
@@ -68,7 +68,8 @@ pub struct Delay {
 }
 
 struct Held {
-    due: Instant,
+    /// Due time on the reactor's clock.
+    due: Duration,
     seq: u64,
     io: IoHandle,
     status: IoStatus,
@@ -152,7 +153,7 @@ fn base_done(mut parent: IoHandle, _child: &mut BdevIo, status: IoStatus) {
     q.seq += 1;
     let seq = q.seq;
     q.heap.push(Reverse(Held {
-        due: Instant::now() + Duration::from_nanos(delay_ns),
+        due: reactor::now() + Duration::from_nanos(delay_ns),
         seq,
         io: parent,
         status,
@@ -170,30 +171,36 @@ impl BdevOps for Delay {
             rng: 0x9e37_79b9_7f4a_7c15,
         }));
         let q = Rc::downgrade(&queue);
-        let poller = reactor::register_poller(format!("delay_{}", self.name), move || {
-            let Some(q) = q.upgrade() else {
-                return PollStatus::Idle;
-            };
-            let now = Instant::now();
-            let mut n = 0;
-            loop {
-                let due = {
-                    let mut qq = q.borrow_mut();
-                    match qq.heap.peek() {
-                        Some(Reverse(h)) if h.due <= now => qq.heap.pop().map(|r| r.0),
-                        _ => None,
-                    }
+        // A timed poller (every microsecond): it also gives a simulated
+        // runtime the deadlines its clock moves to.
+        let poller = reactor::register_timed_poller(
+            format!("delay_{}", self.name),
+            Duration::from_micros(1),
+            move || {
+                let Some(q) = q.upgrade() else {
+                    return PollStatus::Idle;
                 };
-                let Some(h) = due else { break };
-                n += 1;
-                h.io.complete(h.status);
-            }
-            if n > 0 {
-                PollStatus::Busy
-            } else {
-                PollStatus::Idle
-            }
-        });
+                let now = reactor::now();
+                let mut n = 0;
+                loop {
+                    let due = {
+                        let mut qq = q.borrow_mut();
+                        match qq.heap.peek() {
+                            Some(Reverse(h)) if h.due <= now => qq.heap.pop().map(|r| r.0),
+                            _ => None,
+                        }
+                    };
+                    let Some(h) = due else { break };
+                    n += 1;
+                    h.io.complete(h.status);
+                }
+                if n > 0 {
+                    PollStatus::Busy
+                } else {
+                    PollStatus::Idle
+                }
+            },
+        );
         Ok(DelayChannel {
             base,
             queue,
