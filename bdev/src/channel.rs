@@ -48,6 +48,9 @@ pub(crate) struct ChanState {
     stats: Arc<ChannelStats>,
     /// Per-I/O latency tracking (a snapshot of the layer's setting).
     track: bool,
+    /// The module's `io_type_supported`, one bit per type (asked once,
+    /// when the channel is made).
+    supported: u16,
     /// Quiesced ranges and the I/O held by them (`quiesce.rs`).
     pub(crate) quiesce: crate::quiesce::ChannelQuiesce,
     cache: RefCell<DmaCache>,
@@ -76,6 +79,10 @@ impl Chan {
             outstanding: Cell::new(0),
             stats,
             track: crate::env::latency_tracking(),
+            supported: IoType::ALL
+                .iter()
+                .filter(|t| bdev.ops.io_type_supported(**t))
+                .fold(0, |m, t| m | 1 << t.index()),
             quiesce: crate::quiesce::ChannelQuiesce::new(&bdev),
             cache: RefCell::new(crate::env::memory().cache()),
             zero_buf: RefCell::new(None),
@@ -144,6 +151,12 @@ fn poll(s: &Rc<ChanState>) -> PollStatus {
 }
 
 impl ChanState {
+    /// Whether the module handles `ty`.
+    #[inline]
+    fn supports(&self, ty: IoType) -> bool {
+        self.supported & (1 << ty.index()) != 0
+    }
+
     /// The module's channel, when it could be made.
     pub(crate) fn module_channel(&self) -> Option<&dyn Any> {
         self.module_ch.as_ref().ok().map(|b| b.as_ref())
@@ -375,13 +388,10 @@ impl BdevChannel {
         io.offset_blocks = offset_blocks;
         io.num_blocks = num_blocks;
         io.fua = fua;
-        if let [one] = iovs {
-            // The common case, without a call to memcpy.
-            io.iov[0] = *one;
-        } else {
+        if !iovs.is_empty() {
             io.iov[..iovs.len()].copy_from_slice(iovs);
+            io.iovcnt = iovs.len();
         }
-        io.iovcnt = iovs.len();
         io.cb = Some(cb);
         io.ctx = ctx;
         io.buf = buf;
@@ -485,9 +495,20 @@ impl BdevChannel {
         if let Err(e) = self.check(ty, offset_blocks, num_blocks, None) {
             return Err((e, buf));
         }
-        let iov = [IoVec::of(&buf, 0, len)];
-        self.start(ty, offset_blocks, num_blocks, &iov, Some(buf), fua, cb, ctx)
-            .map_err(|(e, b)| (e, b.expect("the buffer travels with the I/O")))
+        if ty == IoType::Zcopy {
+            return Err((
+                BdevError::invalid("I/O type", "zero-copy windows open with zcopy_start"),
+                buf,
+            ));
+        }
+        let iov = IoVec::of(&buf, 0, len);
+        let args = (ty, offset_blocks, num_blocks, fua, cb, ctx);
+        // One segment, set in place (no slice copy).
+        self.launch(args, &[], Some(buf), |io| {
+            io.iov[0] = iov;
+            io.iovcnt = 1;
+        })
+        .map_err(|(e, b)| (e, b.expect("the buffer travels with the I/O")))
     }
 
     /// Submits an I/O over caller-managed segments (the path vbdevs use to
@@ -803,8 +824,8 @@ pub(crate) fn submit(s: &Rc<ChanState>, mut p: NonNull<BdevIo>) {
         return complete(p, IoStatus::Failed);
     };
     if io.parent.is_none() && !io.split.active {
-        if io.ty == IoType::WriteZeroes && !ops.io_type_supported(IoType::WriteZeroes) {
-            if !ops.io_type_supported(IoType::Write) {
+        if io.ty == IoType::WriteZeroes && !s.supports(IoType::WriteZeroes) {
+            if !s.supports(IoType::Write) {
                 return complete(p, IoStatus::NotSupported);
             }
             io.split = crate::io::Split {
@@ -818,16 +839,16 @@ pub(crate) fn submit(s: &Rc<ChanState>, mut p: NonNull<BdevIo>) {
             return continue_split(s, p);
         }
         match io.ty {
-            IoType::SeekData if !ops.io_type_supported(IoType::SeekData) => {
+            IoType::SeekData if !s.supports(IoType::SeekData) => {
                 io.seek = io.offset_blocks;
                 return complete(p, IoStatus::Success);
             }
-            IoType::SeekHole if !ops.io_type_supported(IoType::SeekHole) => {
+            IoType::SeekHole if !s.supports(IoType::SeekHole) => {
                 io.seek = b.num_blocks.load(std::sync::atomic::Ordering::Acquire);
                 return complete(p, IoStatus::Success);
             }
-            IoType::Copy if !ops.io_type_supported(IoType::Copy) => {
-                if !(ops.io_type_supported(IoType::Read) && ops.io_type_supported(IoType::Write)) {
+            IoType::Copy if !s.supports(IoType::Copy) => {
+                if !(s.supports(IoType::Read) && s.supports(IoType::Write)) {
                     return complete(p, IoStatus::NotSupported);
                 }
                 return crate::emulate::copy_next(s, p);
@@ -835,7 +856,7 @@ pub(crate) fn submit(s: &Rc<ChanState>, mut p: NonNull<BdevIo>) {
             IoType::Abort => return crate::emulate::abort(s, p),
             _ => {}
         }
-        if !ops.io_type_supported(io.ty) {
+        if !s.supports(io.ty) {
             return complete(p, IoStatus::NotSupported);
         }
         if needs_split(props, io) {
