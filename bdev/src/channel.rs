@@ -42,6 +42,11 @@ pub(crate) struct ChanState {
     pool: RefCell<Vec<Box<BdevIo>>>,
     pool_size: usize,
     nomem: RefCell<VecDeque<NonNull<BdevIo>>>,
+    /// Queued I/O is retried once the I/O in the module falls to this
+    /// (SPDK's `nomem_threshold`), not on every completion.
+    nomem_threshold: Cell<usize>,
+    /// Set when a module answers NoMem (a retry round stops there).
+    nomem_hit: Cell<bool>,
     deferred: RefCell<VecDeque<(NonNull<BdevIo>, IoStatus)>>,
     in_submit: Cell<u32>,
     outstanding: Cell<usize>,
@@ -74,6 +79,8 @@ impl Chan {
             pool: RefCell::new((0..pool_size).map(|_| Box::new(BdevIo::new())).collect()),
             pool_size,
             nomem: RefCell::new(VecDeque::with_capacity(pool_size)),
+            nomem_threshold: Cell::new(0),
+            nomem_hit: Cell::new(false),
             deferred: RefCell::new(VecDeque::with_capacity(pool_size * 2)),
             in_submit: Cell::new(0),
             outstanding: Cell::new(0),
@@ -151,6 +158,22 @@ fn poll(s: &Rc<ChanState>) -> PollStatus {
 }
 
 impl ChanState {
+    /// Something was queued for lack of resources: retry once half the
+    /// I/O in the module (or all but 8 of it, whichever leaves more) has
+    /// completed, as SPDK does.
+    fn out_of_resources(&self) {
+        let inflight = self.in_flight_in_module();
+        self.nomem_threshold
+            .set((inflight / 2).max(inflight.saturating_sub(8)));
+        self.nomem_hit.set(true);
+    }
+
+    /// Whether the queued I/O should be tried again now.
+    #[inline]
+    fn retry_due(&self) -> bool {
+        !self.nomem.borrow().is_empty() && self.in_flight_in_module() <= self.nomem_threshold.get()
+    }
+
     /// Whether the module handles `ty`.
     #[inline]
     fn supports(&self, ty: IoType) -> bool {
@@ -952,8 +975,9 @@ fn continue_split(s: &Rc<ChanState>, mut parent: NonNull<BdevIo>) {
         }
         let Some(mut cp) = s.alloc_io() else {
             if sp.outstanding == 0 {
-                // Nothing in flight will wake us: wait for any completion.
+                // Nothing in flight will wake us: wait for completions.
                 s.nomem.borrow_mut().push_back(parent);
+                s.out_of_resources();
             }
             return;
         };
@@ -1048,6 +1072,7 @@ pub(crate) fn complete(p: NonNull<BdevIo>, status: IoStatus) {
     let s = io.ch.clone().expect("an in-flight I/O knows its channel");
     if status == IoStatus::NoMem {
         s.nomem.borrow_mut().push_back(p);
+        s.out_of_resources();
         return;
     }
     if s.in_submit.get() > 0 {
@@ -1120,7 +1145,9 @@ pub(crate) fn finish(s: &Rc<ChanState>, mut p: NonNull<BdevIo>, status: IoStatus
         call_back(s, cb, io, status);
     }
     s.free_io(p);
-    retry_nomem(s);
+    if s.retry_due() {
+        retry_nomem(s);
+    }
 }
 
 /// Calls the submitter's callback; with latency tracking, what it submits
@@ -1173,7 +1200,10 @@ fn zcopy_started(s: &Rc<ChanState>, mut p: NonNull<BdevIo>, mut status: IoStatus
             call_back(s, cb, io, status);
         }
         s.free_io(p);
-        return retry_nomem(s);
+        if s.retry_due() {
+            retry_nomem(s);
+        }
+        return;
     }
     if let Some(cb) = cb {
         call_back(s, cb, io, status);
@@ -1210,19 +1240,24 @@ fn zcopy_started(s: &Rc<ChanState>, mut p: NonNull<BdevIo>, mut status: IoStatus
     submit(s, p);
 }
 
-/// Submits again what a module refused for lack of resources.
+/// Submits again, in order, what a module refused for lack of resources,
+/// until the module refuses again.
 fn retry_nomem(s: &Rc<ChanState>) {
     let n = s.nomem.borrow().len();
     for _ in 0..n {
         let Some(mut p) = s.nomem.borrow_mut().pop_front() else {
             break;
         };
+        s.nomem_hit.set(false);
         // SAFETY: queued I/O are in flight and owned by the layer.
         let io = unsafe { p.as_mut() };
         if io.split.active && io.parent.is_none() {
             continue_split(s, p);
         } else {
             submit(s, p);
+        }
+        if s.nomem_hit.get() {
+            break;
         }
     }
 }

@@ -896,3 +896,122 @@ fn save_config_orders_a_stack_by_its_claims() {
         }
     });
 }
+
+// ---------------------------------------------------------------------------
+// Out of resources
+
+/// A device that takes at most `cap` I/Os at once (NoMem beyond), and
+/// completes them only when the test says.
+struct Gate {
+    cap: usize,
+    held: RefCell<Vec<IoHandle>>,
+    submissions: Cell<u64>,
+    refusals: Cell<u64>,
+}
+
+// SAFETY: the simulated runtime runs every core on the test's one thread,
+// so the table (and the handles it holds) never crosses threads.
+unsafe impl Send for Gate {}
+// SAFETY: as above.
+unsafe impl Sync for Gate {}
+
+impl BdevOps for Gate {
+    type Channel = ();
+
+    fn create_channel(&self, _core: reactor::CoreId) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn submit(&self, _ch: &(), io: IoHandle) {
+        self.submissions.set(self.submissions.get() + 1);
+        if self.held.borrow().len() >= self.cap {
+            self.refusals.set(self.refusals.get() + 1);
+            return io.complete(IoStatus::NoMem);
+        }
+        self.held.borrow_mut().push(io);
+    }
+
+    fn io_type_supported(&self, ty: IoType) -> bool {
+        ty == IoType::Unmap
+    }
+}
+
+#[test]
+fn out_of_resources_retries_wait_for_completions() {
+    let sim = Sim::new("nomem");
+    let b = sim.on(0, || {
+        bdev::register(
+            "test_gate",
+            BdevProps::new("nm_gate", "gate", 512, 1024),
+            Gate {
+                cap: 8,
+                held: RefCell::new(Vec::new()),
+                submissions: Cell::new(0),
+                refusals: Cell::new(0),
+            },
+        )
+        .unwrap()
+    });
+    let gate = || b.ops_as::<Gate>().unwrap();
+    let desc = sim.on(0, || bdev::open("nm_gate", true, nop).unwrap());
+    let ch = sim.on(0, || desc.get_io_channel().unwrap());
+    sim.on(0, || {
+        for i in 0..40u64 {
+            ch.submit_nodata(IoType::Unmap, i, 1, record, i as usize)
+                .unwrap();
+        }
+    });
+    sim.rt.run_until_idle();
+    assert_eq!(gate().held.borrow().len(), 8);
+    assert_eq!(gate().refusals.get(), 32, "each refused once, then queued");
+    // Completing one of eight does not retry yet (threshold: half).
+    let release = |n: usize| {
+        sim.on(0, || {
+            for _ in 0..n {
+                let io = gate().held.borrow_mut().pop();
+                if let Some(io) = io {
+                    io.complete(IoStatus::Success);
+                }
+            }
+        });
+        sim.rt.run_until_idle();
+    };
+    release(1);
+    assert_eq!(
+        gate().held.borrow().len(),
+        7,
+        "no retry above the threshold"
+    );
+    assert_eq!(gate().submissions.get(), 40);
+    release(3);
+    assert_eq!(
+        gate().held.borrow().len(),
+        8,
+        "retried at the threshold, refilled"
+    );
+    for _ in 0..100 {
+        if results_len() == 40 {
+            break;
+        }
+        release(8);
+    }
+    let mut r: Vec<(usize, IoStatus)> = results().into_iter().map(|x| (x.0, x.1)).collect();
+    r.sort_unstable_by_key(|x| x.0);
+    assert_eq!(
+        r,
+        (0..40).map(|i| (i, IoStatus::Success)).collect::<Vec<_>>(),
+        "every I/O completed once, none lost"
+    );
+    let subs = gate().submissions.get();
+    assert!(
+        subs <= 40 + 32 + 10,
+        "retries come in rounds, not one per completion: {subs} submissions"
+    );
+    sim.on(0, || drop(ch));
+    drop(desc);
+    sim.block_on(0, async { bdev::unregister("nm_gate").await.unwrap() });
+}
+
+fn results_len() -> usize {
+    LAST.with(|l| l.borrow().len())
+}
