@@ -39,6 +39,10 @@ pub struct BdevProps {
     pub optimal_io_boundary: Option<u64>,
     /// A volatile write cache sits in front of the media (flush matters).
     pub write_cache: bool,
+    /// How long a RESET waits for the I/O in flight to end before the
+    /// module gets it (SPDK's `reset_io_drain_timeout`): `None` sends it
+    /// at once, and the module aborts what it holds.
+    pub reset_io_drain_timeout: Option<std::time::Duration>,
 }
 
 impl BdevProps {
@@ -60,6 +64,7 @@ impl BdevProps {
             max_transfer_blocks: None,
             optimal_io_boundary: None,
             write_cache: false,
+            reset_io_drain_timeout: None,
         }
     }
 }
@@ -82,6 +87,10 @@ pub(crate) struct BdevInner {
     pub claims: Mutex<Claims>,
     /// Ranges quiesced (each channel keeps a copy).
     pub quiesced: Mutex<Vec<crate::quiesce::QRange>>,
+    /// A reset is under way (one at a time).
+    pub reset_active: std::sync::atomic::AtomicBool,
+    /// Channels are frozen by a reset (new channels start frozen).
+    pub frozen: std::sync::atomic::AtomicBool,
     state: AtomicU8,
     pub channel_stats: Mutex<Vec<Weak<ChannelStats>>>,
     pub retired_stats: Mutex<IoStats>,
@@ -105,6 +114,8 @@ impl BdevInner {
             descs: Mutex::new(Vec::new()),
             claims: Mutex::new(Claims::default()),
             quiesced: Mutex::new(Vec::new()),
+            reset_active: std::sync::atomic::AtomicBool::new(false),
+            frozen: std::sync::atomic::AtomicBool::new(false),
             state: AtomicU8::new(State::Active as u8),
             channel_stats: Mutex::new(Vec::new()),
             retired_stats: Mutex::new(IoStats::default()),

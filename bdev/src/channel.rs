@@ -56,6 +56,10 @@ pub(crate) struct ChanState {
     /// The module's `io_type_supported`, one bit per type (asked once,
     /// when the channel is made).
     supported: u16,
+    /// A reset froze the channel: new I/O ends ABORTED (`reset.rs`).
+    pub(crate) frozen: Cell<bool>,
+    /// Resets submitted on this channel and not yet completed.
+    pub(crate) resets: Cell<usize>,
     /// Quiesced ranges and the I/O held by them (`quiesce.rs`).
     pub(crate) quiesce: crate::quiesce::ChannelQuiesce,
     cache: RefCell<DmaCache>,
@@ -91,6 +95,8 @@ impl Chan {
                 .filter(|t| bdev.ops.io_type_supported(**t))
                 .fold(0, |m, t| m | 1 << t.index()),
             quiesce: crate::quiesce::ChannelQuiesce::new(&bdev),
+            frozen: Cell::new(bdev.frozen.load(std::sync::atomic::Ordering::Acquire)),
+            resets: Cell::new(0),
             cache: RefCell::new(crate::env::memory().cache()),
             zero_buf: RefCell::new(None),
             bdev,
@@ -422,6 +428,13 @@ impl BdevChannel {
         setup(io);
         s.outstanding.set(s.outstanding.get() + 1);
         io.epoch = s.quiesce.epoch();
+        if s.frozen.get() && !matches!(io.ty, IoType::Reset | IoType::Abort) {
+            // A reset is under way: as SPDK, new I/O is aborted.
+            s.in_submit.set(s.in_submit.get() + 1);
+            complete(p, IoStatus::Aborted);
+            s.in_submit.set(s.in_submit.get() - 1);
+            return Ok(());
+        }
         if s.quiesce.holds(io) {
             // In a quiesced range: waits for the unquiesce.
             s.quiesce.hold(p);
@@ -877,6 +890,9 @@ pub(crate) fn submit(s: &Rc<ChanState>, mut p: NonNull<BdevIo>) {
                 return crate::emulate::copy_next(s, p);
             }
             IoType::Abort => return crate::emulate::abort(s, p),
+            IoType::Reset if s.supports(IoType::Reset) && !io.layer_reset => {
+                return crate::reset::start(s, p);
+            }
             _ => {}
         }
         if !s.supports(io.ty) {

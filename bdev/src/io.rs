@@ -177,6 +177,8 @@ pub struct BdevIo {
     pub(crate) abort_target: usize,
     /// COPY emulated by the layer: blocks copied so far.
     pub(crate) copied: u64,
+    /// The RESET the layer sends the module (not orchestrated again).
+    pub(crate) layer_reset: bool,
     pub(crate) zcopy: Zcopy,
     /// Inline scratch space for the module handling the I/O.
     pub module_ctx: [u64; MODULE_CTX_WORDS],
@@ -211,6 +213,7 @@ impl BdevIo {
             seek: 0,
             abort_target: 0,
             copied: 0,
+            layer_reset: false,
             zcopy: Zcopy::default(),
             module_ctx: [0; MODULE_CTX_WORDS],
             module_buf: None,
@@ -443,6 +446,7 @@ impl BdevIo {
         self.end = 0;
         self.copied = 0;
         self.seek = 0;
+        self.layer_reset = false;
         self.zcopy = Zcopy::default();
     }
 }

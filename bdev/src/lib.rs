@@ -56,6 +56,7 @@ pub mod modules;
 mod ops;
 mod quiesce;
 mod registry;
+mod reset;
 mod stats;
 mod types;
 

@@ -1015,3 +1015,206 @@ fn out_of_resources_retries_wait_for_completions() {
 fn results_len() -> usize {
     LAST.with(|l| l.borrow().len())
 }
+
+// ---------------------------------------------------------------------------
+// RESET
+
+/// A device that holds every I/O (and every reset) until the test lets it
+/// go; on its reset it aborts what it holds.
+struct Holder {
+    held: RefCell<Vec<IoHandle>>,
+    resets: RefCell<Vec<IoHandle>>,
+    resets_seen: Cell<u32>,
+    most_resets_at_once: Cell<usize>,
+}
+
+// SAFETY: as for `Gate`: every simulated core is the test's one thread.
+unsafe impl Send for Holder {}
+// SAFETY: as above.
+unsafe impl Sync for Holder {}
+
+impl BdevOps for Holder {
+    type Channel = ();
+
+    fn create_channel(&self, _core: reactor::CoreId) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn submit(&self, _ch: &(), io: IoHandle) {
+        if io.io().io_type() == IoType::Reset {
+            self.resets_seen.set(self.resets_seen.get() + 1);
+            for h in self.held.borrow_mut().drain(..) {
+                h.complete(IoStatus::Aborted);
+            }
+            self.resets.borrow_mut().push(io);
+            let n = self.resets.borrow().len();
+            self.most_resets_at_once
+                .set(self.most_resets_at_once.get().max(n));
+            return;
+        }
+        self.held.borrow_mut().push(io);
+    }
+
+    fn io_type_supported(&self, ty: IoType) -> bool {
+        matches!(ty, IoType::Unmap | IoType::Reset)
+    }
+}
+
+fn holder(sim: &Sim, name: &str, drain: Option<Duration>) -> Bdev {
+    let mut props = BdevProps::new(name, "holder", 512, 1024);
+    props.reset_io_drain_timeout = drain;
+    sim.on(0, || {
+        bdev::register(
+            "test_holder",
+            props,
+            Holder {
+                held: RefCell::new(Vec::new()),
+                resets: RefCell::new(Vec::new()),
+                resets_seen: Cell::new(0),
+                most_resets_at_once: Cell::new(0),
+            },
+        )
+        .unwrap()
+    })
+}
+
+#[test]
+fn reset_freezes_aborts_and_lets_the_module_abort() {
+    let sim = Sim::new("reset");
+    let b = holder(&sim, "rs_h", None);
+    let h = || b.ops_as::<Holder>().unwrap();
+    let desc = sim.on(0, || bdev::open("rs_h", true, nop).unwrap());
+    let ch0 = sim.on(0, || desc.get_io_channel().unwrap());
+    let ch1 = sim.on(1, || desc.get_io_channel().unwrap());
+    sim.on(0, || {
+        for i in 0..3 {
+            ch0.submit_nodata(IoType::Unmap, i, 1, record, i as usize)
+                .unwrap();
+        }
+    });
+    sim.on(1, || {
+        ch1.submit_nodata(IoType::Unmap, 9, 1, record, 9).unwrap()
+    });
+    sim.rt.run_until_idle();
+    assert_eq!(h().held.borrow().len(), 4);
+    // Two resets at once, one per core: the module sees one at a time.
+    sim.on(0, || {
+        ch0.submit_nodata(IoType::Reset, 0, 0, record, 100).unwrap()
+    });
+    sim.on(1, || {
+        ch1.submit_nodata(IoType::Reset, 0, 0, record, 101).unwrap()
+    });
+    sim.until("the module has a reset", || !h().resets.borrow().is_empty());
+    // The module aborted what it held.
+    sim.rt.run_until_idle();
+    let mut r: Vec<(usize, IoStatus)> = results().into_iter().map(|x| (x.0, x.1)).collect();
+    r.sort_unstable_by_key(|x| x.0);
+    assert_eq!(
+        r,
+        vec![
+            (0, IoStatus::Aborted),
+            (1, IoStatus::Aborted),
+            (2, IoStatus::Aborted),
+            (9, IoStatus::Aborted)
+        ]
+    );
+    // Frozen: new I/O is aborted at once, on every core.
+    sim.on(1, || {
+        ch1.submit_nodata(IoType::Unmap, 5, 1, record, 55).unwrap()
+    });
+    sim.rt.run_until_idle();
+    assert_eq!(results(), vec![(55, IoStatus::Aborted, 0)]);
+    assert!(h().held.borrow().is_empty());
+    // Let the module's resets finish, one after the other.
+    for _ in 0..2 {
+        sim.until("a reset reaches the module", || {
+            !h().resets.borrow().is_empty()
+        });
+        let r = h().resets.borrow_mut().pop().unwrap();
+        sim.on(0, || r.complete(IoStatus::Success));
+    }
+    sim.until("both resets done", || results_len() == 2);
+    let mut r: Vec<(usize, IoStatus)> = results().into_iter().map(|x| (x.0, x.1)).collect();
+    r.sort_unstable_by_key(|x| x.0);
+    assert_eq!(r, vec![(100, IoStatus::Success), (101, IoStatus::Success)]);
+    assert_eq!(h().resets_seen.get(), 2);
+    assert_eq!(h().most_resets_at_once.get(), 1, "one reset at a time");
+    // Thawed: I/O flows again.
+    sim.on(0, || {
+        ch0.submit_nodata(IoType::Unmap, 7, 1, record, 7).unwrap()
+    });
+    sim.rt.run_until_idle();
+    assert_eq!(h().held.borrow().len(), 1);
+    let io = h().held.borrow_mut().pop().unwrap();
+    sim.on(0, || io.complete(IoStatus::Success));
+    sim.rt.run_until_idle();
+    assert_eq!(results(), vec![(7, IoStatus::Success, 0)]);
+    sim.on(0, || drop(ch0));
+    sim.on(1, || drop(ch1));
+    drop(desc);
+    sim.block_on(0, async { bdev::unregister("rs_h").await.unwrap() });
+}
+
+#[test]
+fn reset_with_a_drain_timeout_waits_for_io_first() {
+    let sim = Sim::new("reset_drain");
+    let b = holder(&sim, "rd_h", Some(Duration::from_millis(1)));
+    let h = || b.ops_as::<Holder>().unwrap();
+    let desc = sim.on(0, || bdev::open("rd_h", true, nop).unwrap());
+    let ch = sim.on(0, || desc.get_io_channel().unwrap());
+    // The I/O ends within the timeout: the reset succeeds without the
+    // module ever seeing it.
+    sim.on(0, || {
+        ch.submit_nodata(IoType::Unmap, 1, 1, record, 1).unwrap();
+        ch.submit_nodata(IoType::Unmap, 2, 1, record, 2).unwrap();
+    });
+    sim.rt.run_until_idle();
+    sim.on(0, || {
+        ch.submit_nodata(IoType::Reset, 0, 0, record, 100).unwrap()
+    });
+    let t0 = sim.rt.now();
+    while sim.rt.now() < t0 + Duration::from_micros(300) {
+        sim.step();
+    }
+    assert!(results().is_empty(), "the reset waits for the I/O");
+    for io in h().held.borrow_mut().drain(..).collect::<Vec<_>>() {
+        sim.on(0, || io.complete(IoStatus::Success));
+    }
+    sim.until("the reset done", || results_len() == 3);
+    let mut r: Vec<(usize, IoStatus)> = results().into_iter().map(|x| (x.0, x.1)).collect();
+    r.sort_unstable_by_key(|x| x.0);
+    assert_eq!(
+        r,
+        vec![
+            (1, IoStatus::Success),
+            (2, IoStatus::Success),
+            (100, IoStatus::Success)
+        ]
+    );
+    assert_eq!(h().resets_seen.get(), 0, "drained: the module never saw it");
+    // The I/O does not end: after the timeout the module gets the reset.
+    sim.on(0, || {
+        ch.submit_nodata(IoType::Unmap, 3, 1, record, 3).unwrap()
+    });
+    sim.rt.run_until_idle();
+    sim.on(0, || {
+        ch.submit_nodata(IoType::Reset, 0, 0, record, 101).unwrap()
+    });
+    let t0 = sim.rt.now();
+    sim.until("the module has the reset", || {
+        !h().resets.borrow().is_empty()
+    });
+    assert!(
+        sim.rt.now() - t0 >= Duration::from_millis(1),
+        "after the timeout"
+    );
+    let r = h().resets.borrow_mut().pop().unwrap();
+    sim.on(0, || r.complete(IoStatus::Success));
+    sim.until("the reset done", || results_len() == 2);
+    let mut r: Vec<(usize, IoStatus)> = results().into_iter().map(|x| (x.0, x.1)).collect();
+    r.sort_unstable_by_key(|x| x.0);
+    assert_eq!(r, vec![(3, IoStatus::Aborted), (101, IoStatus::Success)]);
+    sim.on(0, || drop(ch));
+    drop(desc);
+    sim.block_on(0, async { bdev::unregister("rd_h").await.unwrap() });
+}
