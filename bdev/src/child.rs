@@ -22,7 +22,8 @@ use dma::DmaBuf;
 
 use crate::channel::BdevChannel;
 use crate::error::BdevError;
-use crate::io::{BdevIo, IoHandle};
+use crate::handle::IoHandle;
+use crate::io::BdevIo;
 use crate::types::{IoStatus, IoType, IoVec};
 
 /// The data a child I/O carries.

@@ -49,11 +49,13 @@ mod desc;
 mod emulate;
 mod env;
 mod error;
+mod handle;
 mod io;
 mod medium;
 mod module;
 pub mod modules;
 mod ops;
+mod props;
 mod quiesce;
 mod registry;
 mod reset;
@@ -70,9 +72,8 @@ pub use env::{
     set_runtime,
 };
 pub use error::BdevError;
-pub use io::{
-    BdevIo, IoCallback, IoHandle, MAX_IOV, MODULE_CTX_WORDS, Segments, SegmentsMut, ZcopyPhase,
-};
+pub use handle::IoHandle;
+pub use io::{BdevIo, IoCallback, MAX_IOV, MODULE_CTX_WORDS, Segments, SegmentsMut, ZcopyPhase};
 pub use medium::Medium;
 pub use module::{BdevModule, ExamineFuture, ModuleFuture, ModuleTask};
 pub use ops::BdevOps;

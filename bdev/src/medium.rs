@@ -7,7 +7,7 @@
 use dma::DmaBuf;
 
 use crate::error::BdevError;
-use crate::io::IoHandle;
+use crate::handle::IoHandle;
 use crate::types::IoVec;
 
 /// Memory holding a device's blocks.

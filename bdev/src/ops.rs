@@ -5,7 +5,7 @@ use std::any::Any;
 
 use reactor::CoreId;
 
-use crate::io::IoHandle;
+use crate::handle::IoHandle;
 use crate::types::{IoType, IoVec};
 
 /// The per-bdev function table of a module. `Channel` is the module's
