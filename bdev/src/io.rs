@@ -344,7 +344,7 @@ impl BdevIo {
     /// completes).
     ///
     /// # Errors
-    /// [`BdevError::Invalid`] when this is not a zero-copy start or there
+    /// [`crate::BdevError::Invalid`] when this is not a zero-copy start or there
     /// are more than [`MAX_IOV`] segments.
     pub fn set_zcopy_iovs(&mut self, iovs: &[IoVec]) -> Result<(), crate::BdevError> {
         if self

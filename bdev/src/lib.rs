@@ -1,36 +1,61 @@
-//! The block-device (bdev) layer: registry, descriptors and claims, events,
-//! examine, per-core I/O channels, pooled `BdevIo` objects, splitting and
-//! bounce buffers, statistics; its modules live in `modules/<name>/`.
+//! The block-device (bdev) layer: registry, modules and their life,
+//! descriptors and claims, events, examine, per-core I/O channels, pooled
+//! `BdevIo` objects, child I/O for virtual bdevs, splitting and bounce
+//! buffers, quiesce, reset, statistics; its modules live in
+//! `modules/<name>/`.
 //!
 //! Owns: every bdev and virtual bdev (malloc, null, delay, error, nvme,
 //! passthrough, crypto, and later RAID and logical volumes).
 //!
-//! Must not: allocate, lock or hop cores on the I/O path, or complete an I/O
-//! type it does not support with anything but a NOT-SUPPORTED status.
+//! Must not: allocate, lock, use an atomic read-modify-write shared between
+//! cores, or hop cores on the I/O path; read the clock more than once per
+//! I/O (none with latency tracking off); or complete an I/O type it does not
+//! support with anything but a NOT-SUPPORTED status (or its documented
+//! emulation). No `unsafe` under `modules/` but the AES kernel: modules use
+//! the safe child-I/O, data and [`Medium`] APIs.
 //!
 //! # Shape
 //!
 //! ```text
 //!  open(name, write, event_cb) -> Desc ──get_io_channel()──> BdevChannel (per core)
-//!        │ claims, Resize/Remove events           │ read/write/... (bounds checked)
+//!        │ claims (4 types), Resize/Remove        │ read/write/... (bounds checked)
 //!        v                                        v
 //!  registry: name/alias -> Bdev            BdevIo from the channel's pool
-//!        │ examine by every module                │ NOT-SUPPORTED / split / bounce
+//!        │ examine_config + examine_disk          │ frozen (reset)? quiesced range?
+//!        │ by every BdevModule                    │ layer answers / emulation / split / bounce
 //!        v                                        v
 //!  BdevOps (module table) <─── submit(IoHandle) ──┘   IoHandle::complete(status)
-//!                                                     └─> callback on this core
+//!        │ io.submit_child(base, Child, done)            └─> callback on this core
+//!        v
+//!  the base bdev's channel (same path) ──> done(parent IoHandle, child, status)
 //! ```
 //!
-//! * A module registers a bdev with [`register`], a [`BdevProps`] and its
-//!   [`BdevOps`] (with an associated per-core channel type). Virtual bdevs
-//!   open their base with [`open`], [`Desc::claim`] it, and follow its
-//!   events: the passthrough module ([`modules::passthru`]) is the template.
+//! * A module ([`BdevModule`]: init, asynchronous fini, examine in two
+//!   steps, `config_json`) registers bdevs with [`register`], a
+//!   [`BdevProps`] and their [`BdevOps`] (with an associated per-core
+//!   channel type; destruct may be asynchronous). Virtual bdevs open their
+//!   base with [`open`], claim it ([`Desc::claim_for`], one of SPDK's four
+//!   [`ClaimType`]s, naming the bdev they stand for: `save_config` orders
+//!   its calls by these claims, [`config_calls`]) and follow its events:
+//!   the passthrough module ([`modules::passthru`]) is the template.
+//! * Child I/O ([`IoHandle::submit_child`], [`IoHandle::forward`],
+//!   [`IoHandle::open_child_window`]): a module passes all or part of an
+//!   I/O down, or a buffer of its own, and gets the parent's handle back
+//!   in its own callback; the layer checks, splits and retries the child.
 //! * The I/O path: [`BdevChannel::read`] and friends (safe, the buffer
-//!   travels with the I/O) or [`BdevChannel::submit_iovs`] (segments the
-//!   caller keeps valid). Completion calls an [`IoCallback`] (a plain
-//!   function and a context word) on the submitting core; completions that
-//!   happen inside a submission are deferred to the channel's poller so
-//!   callbacks never recurse.
+//!   travels with the I/O), [`BdevChannel::submit_iovs`] (segments the
+//!   caller keeps valid), SEEK_DATA/SEEK_HOLE, COPY (emulated by reads and
+//!   writes where a module lacks it), ABORT of I/O the layer holds.
+//!   WRITE_ZEROES is emulated with writes of a zero buffer where a module
+//!   lacks it; UNMAP is never emulated (NOT-SUPPORTED). Completion calls an
+//!   [`IoCallback`] on the submitting core; completions that happen inside
+//!   a submission are deferred to the channel's poller so callbacks never
+//!   recurse. A module out of resources answers NoMem: the layer queues
+//!   and retries once half the I/O in the module has completed.
+//! * Quiesce ([`Bdev::quiesce_range`]) holds new I/O to a range and drains
+//!   what was in flight; [`Bdev::for_each_channel`] visits every core's
+//!   channel; RESET freezes every channel, waits for the module's drain
+//!   timeout, then resets the module, one reset at a time.
 //! * Zero-copy windows ([`BdevChannel::zcopy_start`], SPDK's zcopy): a
 //!   module that keeps data in memory (malloc) lends that memory for a
 //!   block range; the submitter reads or writes it in place inside its

@@ -33,7 +33,7 @@
 //!   so zeroes read back. Compare is not supported.
 //! * The base's Resize makes this bdev follow and its openers see Resize;
 //!   the base's removal unregisters it (the passthrough template's
-//!   [`Base`] and `follow_base`).
+//!   `Base` and `follow_base`).
 
 #[cfg(target_arch = "x86_64")]
 mod aesni;
