@@ -1,6 +1,7 @@
 //! The block-device (bdev) layer: registry, descriptors and claims, events,
 //! examine, per-core I/O channels, pooled `BdevIo` objects, splitting and
-//! bounce buffers, statistics; its modules live in `modules/<name>/`.
+//! bounce buffers, statistics; its modules live in `modules/<name>/`, each
+//! with its JSON-RPC methods in `modules/<name>/rpc.rs` (over [`rpc`]).
 //!
 //! Owns: every bdev and virtual bdev (malloc, null, delay, error, nvme,
 //! passthrough, crypto, and later RAID and logical volumes).
@@ -59,6 +60,7 @@ mod props;
 mod quiesce;
 mod registry;
 mod reset;
+pub mod rpc;
 mod stats;
 mod types;
 
