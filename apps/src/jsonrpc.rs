@@ -89,13 +89,28 @@ impl RpcError {
     }
 }
 
+impl From<bdev::rpc::RpcError> for RpcError {
+    /// A bdev module's answer, as it is.
+    fn from(e: bdev::rpc::RpcError) -> Self {
+        RpcError {
+            code: e.code,
+            message: e.message,
+        }
+    }
+}
+
+impl From<RpcError> for bdev::rpc::RpcError {
+    fn from(e: RpcError) -> Self {
+        bdev::rpc::RpcError {
+            code: e.code,
+            message: e.message,
+        }
+    }
+}
+
 /// The C library's text for errno `e` ("No such file or directory" for 2).
 pub fn strerror(e: i32) -> String {
-    let text = std::io::Error::from_raw_os_error(e).to_string();
-    match text.rfind(" (os error ") {
-        Some(i) => text[..i].to_owned(),
-        None => text,
-    }
+    bdev::rpc::strerror(e)
 }
 
 /// One request of a message, valid or not.

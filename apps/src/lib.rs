@@ -13,7 +13,7 @@
 //!  spdk-rpc ──unix socket──> server (accept thread, a thread per connection)
 //!                              │ jsonrpc::Framer → parse_request → methods::dispatch
 //!                              v
-//!                            methods/{framework,bdev,nvme,nbd,crypto}
+//!                            methods/{framework,bdev,nbd} + bdev modules' rpc.rs
 //!                              │ changes run on reactor 0 (Ctx::on_reactor)
 //!                              v
 //!  qemu-io ──NBD──> nbd (accept poller + a task per client on one reactor)

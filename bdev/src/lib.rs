@@ -2,7 +2,8 @@
 //! descriptors and claims, events, examine, per-core I/O channels, pooled
 //! `BdevIo` objects, child I/O for virtual bdevs, splitting and bounce
 //! buffers, quiesce, reset, statistics; its modules live in
-//! `modules/<name>/`.
+//! `modules/<name>/`, each with its JSON-RPC methods in
+//! `modules/<name>/rpc.rs` (over [`rpc`]).
 //!
 //! Owns: every bdev and virtual bdev (malloc, null, delay, error, nvme,
 //! passthrough, crypto, and later RAID and logical volumes).
@@ -84,6 +85,7 @@ mod props;
 mod quiesce;
 mod registry;
 mod reset;
+pub mod rpc;
 mod stats;
 mod types;
 

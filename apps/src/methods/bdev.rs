@@ -1,15 +1,14 @@
-//! Bdev methods: listing and statistics, examine, and the create, delete
-//! and update calls of the malloc, null, delay, error and passthrough
-//! modules; plus the bdev subsystem's configuration for `save_config`.
+//! The bdev layer's own methods: listing and statistics, examine; plus the
+//! bdev subsystem's configuration for `save_config`. The modules' methods
+//! live with the modules (`bdev/src/modules/<name>/rpc.rs`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bdev::modules::{delay, error, malloc, null, passthru};
 use bdev::{Bdev, IoType};
 use serde_json::{Map, Value, json};
 
-use super::{Ctx, Params, RpcResult, bdev_err};
+use super::{Ctx, Params, RpcResult};
 use crate::jsonrpc::RpcError;
 
 /// SPDK's `supported_io_types` keys, in its order; the ones without an
@@ -158,186 +157,12 @@ pub(super) fn bdev_wait_for_examine(ctx: &Arc<Ctx>, p: Params) -> RpcResult {
     Ok(json!(true))
 }
 
-/// SPDK's default malloc name: `Malloc<N>` with the smallest unused N.
-fn next_malloc_name() -> String {
-    (0..)
-        .map(|i| format!("Malloc{i}"))
-        .find(|n| bdev::get(n).is_none())
-        .unwrap_or_else(|| "Malloc".into())
-}
-
-pub(super) fn bdev_malloc_create(ctx: &Arc<Ctx>, mut p: Params) -> RpcResult {
-    let name = p.opt_str("name")?;
-    let num_blocks = p.u64("num_blocks")?;
-    let block_size = p.opt_u32("block_size")?.unwrap_or(512);
-    let uuid = p.opt_str("uuid")?;
-    p.ignore("physical_block_size");
-    p.ignore("numa_id");
-    p.unsupported("optimal_io_boundary", json!(0))?;
-    p.unsupported("md_size", json!(0))?;
-    p.unsupported("md_interleave", json!(false))?;
-    p.unsupported("dif_type", json!(0))?;
-    p.unsupported("dif_is_head_of_md", json!(false))?;
-    p.unsupported("dif_pi_format", json!(0))?;
-    p.finish()?;
-    ctx.on_reactor(move || async move {
-        let name = name.unwrap_or_else(next_malloc_name);
-        malloc::create(&name, num_blocks, block_size, uuid.as_deref())
-            .map(|b| json!(b.name()))
-            .map_err(bdev_err)
-    })?
-}
-
-fn delete_by_name<F>(ctx: &Arc<Ctx>, mut p: Params, f: fn(String) -> F) -> RpcResult
-where
-    F: std::future::Future<Output = Result<(), bdev::BdevError>> + 'static,
-{
-    let name = p.str("name")?;
-    p.finish()?;
-    ctx.on_reactor(move || f(name))?.map_err(bdev_err)?;
-    Ok(json!(true))
-}
-
-pub(super) fn bdev_malloc_delete(ctx: &Arc<Ctx>, p: Params) -> RpcResult {
-    delete_by_name(ctx, p, |n| async move { malloc::delete(&n).await })
-}
-
-pub(super) fn bdev_null_create(ctx: &Arc<Ctx>, mut p: Params) -> RpcResult {
-    let name = p.str("name")?;
-    let num_blocks = p.u64("num_blocks")?;
-    let block_size = p.opt_u32("block_size")?.unwrap_or(512);
-    let uuid = p.opt_str("uuid")?;
-    for k in [
-        "physical_block_size",
-        "preferred_write_alignment",
-        "preferred_write_granularity",
-        "optimal_write_size",
-        "preferred_unmap_alignment",
-        "preferred_unmap_granularity",
-    ] {
-        p.ignore(k);
-    }
-    p.unsupported("md_size", json!(0))?;
-    p.unsupported("dif_type", json!(0))?;
-    p.unsupported("dif_is_head_of_md", json!(false))?;
-    p.unsupported("dif_pi_format", json!(0))?;
-    p.finish()?;
-    ctx.on_reactor(move || async move {
-        null::create(
-            &name,
-            num_blocks,
-            block_size,
-            uuid.as_deref(),
-            null::rpc_read_fill(),
-        )
-        .map(|b| json!(b.name()))
-        .map_err(bdev_err)
-    })?
-}
-
-pub(super) fn bdev_null_delete(ctx: &Arc<Ctx>, p: Params) -> RpcResult {
-    delete_by_name(ctx, p, |n| async move { null::delete(&n).await })
-}
-
-pub(super) fn bdev_null_resize(ctx: &Arc<Ctx>, mut p: Params) -> RpcResult {
-    let name = p.str("name")?;
-    let new_size = p.u64("new_size")?;
-    p.finish()?;
-    ctx.on_reactor(move || async move { null::resize(&name, new_size) })?
-        .map_err(bdev_err)?;
-    Ok(json!(true))
-}
-
-pub(super) fn bdev_delay_create(ctx: &Arc<Ctx>, mut p: Params) -> RpcResult {
-    let base = p.str("base_bdev_name")?;
-    let name = p.str("name")?;
-    let lat = delay::Latencies {
-        avg_read_us: p.u64("avg_read_latency")?,
-        p99_read_us: p.u64("p99_read_latency")?,
-        avg_write_us: p.u64("avg_write_latency")?,
-        p99_write_us: p.u64("p99_write_latency")?,
-    };
-    let uuid = p.opt_str("uuid")?;
-    p.finish()?;
-    ctx.on_reactor(move || async move {
-        delay::create(&base, &name, lat, uuid.as_deref())
-            .map(|b| json!(b.name()))
-            .map_err(bdev_err)
-    })?
-}
-
-pub(super) fn bdev_delay_delete(ctx: &Arc<Ctx>, p: Params) -> RpcResult {
-    delete_by_name(ctx, p, |n| async move { delay::delete(&n).await })
-}
-
-pub(super) fn bdev_delay_update_latency(ctx: &Arc<Ctx>, mut p: Params) -> RpcResult {
-    let name = p.str("delay_bdev_name")?;
-    let ty = p.str("latency_type")?;
-    let us = p.u64("latency_us")?;
-    p.finish()?;
-    ctx.on_reactor(move || async move {
-        let t: delay::LatencyType = ty.parse()?;
-        delay::update_latency(&name, t, us)
-    })?
-    .map_err(bdev_err)?;
-    Ok(json!(true))
-}
-
-pub(super) fn bdev_error_create(ctx: &Arc<Ctx>, mut p: Params) -> RpcResult {
-    let base = p.str("base_name")?;
-    let uuid = p.opt_str("uuid")?;
-    p.finish()?;
-    ctx.on_reactor(move || async move { error::create(&base, uuid.as_deref()).map(|_| ()) })?
-        .map_err(bdev_err)?;
-    Ok(json!(true))
-}
-
-pub(super) fn bdev_error_delete(ctx: &Arc<Ctx>, p: Params) -> RpcResult {
-    delete_by_name(ctx, p, |n| async move { error::delete(&n).await })
-}
-
-pub(super) fn bdev_error_inject_error(ctx: &Arc<Ctx>, mut p: Params) -> RpcResult {
-    let name = p.str("name")?;
-    let io_type = p.str("io_type")?;
-    let error_type = p.opt_str("error_type")?.unwrap_or_else(|| "failure".into());
-    let num = p.opt_u64("num")?.unwrap_or(1);
-    for k in [
-        "queue_depth",
-        "corrupt_offset",
-        "corrupt_value",
-        "nvme_sct",
-        "nvme_sc",
-    ] {
-        p.ignore(k);
-    }
-    p.finish()?;
-    ctx.on_reactor(move || async move { error::inject_error(&name, &io_type, &error_type, num) })?
-        .map_err(bdev_err)?;
-    Ok(json!(true))
-}
-
-pub(super) fn bdev_passthru_create(ctx: &Arc<Ctx>, mut p: Params) -> RpcResult {
-    let base = p.str("base_bdev_name")?;
-    let name = p.str("name")?;
-    let uuid = p.opt_str("uuid")?;
-    p.finish()?;
-    ctx.on_reactor(move || async move {
-        passthru::create(&base, &name, uuid.as_deref())
-            .map(|b| json!(b.name()))
-            .map_err(bdev_err)
-    })?
-}
-
-pub(super) fn bdev_passthru_delete(ctx: &Arc<Ctx>, p: Params) -> RpcResult {
-    delete_by_name(ctx, p, |n| async move { passthru::delete(&n).await })
-}
-
-/// The bdev subsystem's configuration: NVMe controllers first, then the
-/// layer's (each module's configuration, every bdev's creating call after
-/// the bdevs it stands on, from the claims graph, then
-/// `bdev_wait_for_examine`).
+/// The bdev subsystem's configuration: what modules write themselves (NVMe
+/// controllers) first, then the layer's (each module's configuration,
+/// every bdev's creating call after the bdevs it stands on, from the
+/// claims graph, then `bdev_wait_for_examine`).
 pub(super) fn config() -> Vec<Value> {
-    let mut out: Vec<Value> = super::nvme::config();
+    let mut out: Vec<Value> = bdev::modules::rpc_config("bdev");
     out.extend(bdev::config_calls());
     out
 }

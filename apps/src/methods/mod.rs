@@ -1,16 +1,18 @@
 //! The RPC methods, in SPDK's names, parameters and result shapes, one file
 //! per concern: `framework` (version, methods, reactors, config,
-//! shutdown), `bdev` (bdevs and their modules), `nvme`, `nbd`, `crypto`.
+//! shutdown), `bdev` (the bdev layer's own: listing, statistics, examine),
+//! `nbd`. The bdev modules' methods (malloc, null, delay, error,
+//! passthrough, crypto and its accel keys, NVMe) live with each module, in
+//! `bdev/src/modules/<name>/rpc.rs`, and come in through
+//! [`::bdev::modules::rpc_methods`]; this file serves them (the glue).
 //!
 //! Handlers run on the connection's thread. Anything that changes the bdev
 //! layer runs on reactor 0 ([`Ctx::on_reactor`]), so control-path changes
 //! happen one at a time on one core, as SPDK's app thread does them.
 
 mod bdev;
-mod crypto;
 mod framework;
 mod nbd;
-mod nvme;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -86,7 +88,15 @@ pub use reactor::block_on_thread as block_on;
 /// The answer of a handler.
 pub type RpcResult = Result<Value, RpcError>;
 
-type Handler = fn(&Arc<Ctx>, Params) -> RpcResult;
+/// Who answers a method.
+#[derive(Clone, Copy)]
+enum Handler {
+    /// A method of this crate.
+    App(fn(&Arc<Ctx>, Params) -> RpcResult),
+    /// A bdev module's method: it decodes the parameters and answers at
+    /// once or with a task for reactor 0.
+    Module(::bdev::rpc::Handler),
+}
 
 /// A method: its name, handler, and whether it may be called before
 /// `framework_start_init` only (SPDK's `SPDK_RPC_STARTUP`), after only
@@ -101,21 +111,34 @@ pub struct Method {
     pub runtime: bool,
 }
 
-const fn rt(name: &'static str, handler: Handler) -> Method {
+const fn rt(name: &'static str, handler: fn(&Arc<Ctx>, Params) -> RpcResult) -> Method {
     Method {
         name,
-        handler,
+        handler: Handler::App(handler),
         startup: false,
         runtime: true,
     }
 }
 
-const fn both(name: &'static str, handler: Handler) -> Method {
+const fn both(name: &'static str, handler: fn(&Arc<Ctx>, Params) -> RpcResult) -> Method {
     Method {
         name,
-        handler,
+        handler: Handler::App(handler),
         startup: true,
         runtime: true,
+    }
+}
+
+impl From<::bdev::rpc::Method> for Method {
+    /// A module's method: callable after initialization only (SPDK's
+    /// `SPDK_RPC_RUNTIME`).
+    fn from(m: ::bdev::rpc::Method) -> Method {
+        Method {
+            name: m.name,
+            handler: Handler::Module(m.handler),
+            startup: false,
+            runtime: true,
+        }
     }
 }
 
@@ -126,7 +149,7 @@ pub fn table() -> Vec<Method> {
         both("rpc_get_methods", framework::rpc_get_methods),
         Method {
             name: "framework_start_init",
-            handler: framework::framework_start_init,
+            handler: Handler::App(framework::framework_start_init),
             startup: true,
             runtime: false,
         },
@@ -142,33 +165,13 @@ pub fn table() -> Vec<Method> {
         rt("bdev_get_bdevs", bdev::bdev_get_bdevs),
         rt("bdev_get_iostat", bdev::bdev_get_iostat),
         rt("bdev_wait_for_examine", bdev::bdev_wait_for_examine),
-        rt("bdev_malloc_create", bdev::bdev_malloc_create),
-        rt("bdev_malloc_delete", bdev::bdev_malloc_delete),
-        rt("bdev_null_create", bdev::bdev_null_create),
-        rt("bdev_null_delete", bdev::bdev_null_delete),
-        rt("bdev_null_resize", bdev::bdev_null_resize),
-        rt("bdev_delay_create", bdev::bdev_delay_create),
-        rt("bdev_delay_delete", bdev::bdev_delay_delete),
-        rt("bdev_delay_update_latency", bdev::bdev_delay_update_latency),
-        rt("bdev_error_create", bdev::bdev_error_create),
-        rt("bdev_error_delete", bdev::bdev_error_delete),
-        rt("bdev_error_inject_error", bdev::bdev_error_inject_error),
-        rt("bdev_passthru_create", bdev::bdev_passthru_create),
-        rt("bdev_passthru_delete", bdev::bdev_passthru_delete),
-        rt(
-            "bdev_nvme_attach_controller",
-            nvme::bdev_nvme_attach_controller,
-        ),
-        rt(
-            "bdev_nvme_detach_controller",
-            nvme::bdev_nvme_detach_controller,
-        ),
-        rt("bdev_nvme_get_controllers", nvme::bdev_nvme_get_controllers),
+    ];
+    t.extend(::bdev::modules::rpc_methods().into_iter().map(Method::from));
+    t.extend([
         rt("nbd_start_disk", nbd::nbd_start_disk),
         rt("nbd_stop_disk", nbd::nbd_stop_disk),
         rt("nbd_get_disks", nbd::nbd_get_disks),
-    ];
-    t.extend(crypto::methods());
+    ]);
     t
 }
 
@@ -199,7 +202,13 @@ pub fn dispatch(ctx: &Arc<Ctx>, name: &str, params: Option<Value>) -> RpcResult 
         });
     }
     let params = Params::new(params)?;
-    (m.handler)(ctx, params)
+    match m.handler {
+        Handler::App(h) => h(ctx, params),
+        Handler::Module(h) => match h(Value::Object(params.map))? {
+            ::bdev::rpc::Call::Done(v) => Ok(v),
+            ::bdev::rpc::Call::Reactor(task) => Ok(ctx.on_reactor(task)??),
+        },
+    }
 }
 
 /// Parameters as SPDK decodes them: an object whose every key a method
@@ -208,8 +217,10 @@ pub struct Params {
     map: Map<String, Value>,
 }
 
+// The messages are the ones the modules' typed parameters give
+// (`bdev::rpc`), so every method words its errors alike.
 fn type_err(key: &str, what: &str) -> RpcError {
-    RpcError::invalid_params(format!("'{key}' must be {what}"))
+    ::bdev::rpc::invalid_type(key, what).into()
 }
 
 impl Params {
@@ -221,9 +232,7 @@ impl Params {
         match params {
             None | Some(Value::Null) => Ok(Params { map: Map::new() }),
             Some(Value::Object(map)) => Ok(Params { map }),
-            Some(_) => Err(RpcError::invalid_params(
-                "parameters must be an object of named values",
-            )),
+            Some(_) => Err(::bdev::rpc::not_an_object().into()),
         }
     }
 
@@ -252,7 +261,7 @@ impl Params {
     /// -32602 when missing or not a string.
     pub fn str(&mut self, key: &str) -> Result<String, RpcError> {
         self.opt_str(key)?
-            .ok_or_else(|| RpcError::invalid_params(format!("'{key}' is required")))
+            .ok_or_else(|| ::bdev::rpc::required(key).into())
     }
 
     /// An optional unsigned integer.
@@ -276,7 +285,7 @@ impl Params {
     /// -32602 when missing or not an unsigned integer.
     pub fn u64(&mut self, key: &str) -> Result<u64, RpcError> {
         self.opt_u64(key)?
-            .ok_or_else(|| RpcError::invalid_params(format!("'{key}' is required")))
+            .ok_or_else(|| ::bdev::rpc::required(key).into())
     }
 
     /// An optional unsigned 32-bit integer.
@@ -353,9 +362,7 @@ impl Params {
         match self.take(key) {
             None => Ok(()),
             Some(v) if v == default => Ok(()),
-            Some(v) => Err(RpcError::invalid_params(format!(
-                "'{key}' = {v} is not supported"
-            ))),
+            Some(v) => Err(::bdev::rpc::unsupported(key, &v).into()),
         }
     }
 
@@ -366,15 +373,15 @@ impl Params {
     pub fn finish(self) -> Result<(), RpcError> {
         match self.map.keys().next() {
             None => Ok(()),
-            Some(k) => Err(RpcError::invalid_params(format!("unknown parameter '{k}'"))),
+            Some(k) => Err(::bdev::rpc::unknown(k).into()),
         }
     }
 }
 
-/// The answer for a failed bdev-layer call: its errno and text.
+/// The answer for a failed bdev-layer call: its errno and text
+/// ([`::bdev::rpc::bdev_err`]).
 pub fn bdev_err(e: ::bdev::BdevError) -> RpcError {
-    log::info!("rpc: {e}");
-    RpcError::errno(e.errno())
+    ::bdev::rpc::bdev_err(e).into()
 }
 
 /// The configuration of `subsystem` as `framework_get_config` gives it.
@@ -383,7 +390,7 @@ pub fn bdev_err(e: ::bdev::BdevError) -> RpcError {
 /// -2 for an unknown subsystem.
 pub fn subsystem_config(subsystem: &str) -> Result<Vec<Value>, RpcError> {
     match subsystem {
-        "accel" => Ok(crypto::config()),
+        "accel" => Ok(::bdev::modules::rpc_config("accel")),
         "bdev" => Ok(bdev::config()),
         "nbd" => Ok(nbd::config()),
         _ => Err(RpcError::errno(-libc::ENOENT)),
@@ -393,3 +400,16 @@ pub fn subsystem_config(subsystem: &str) -> Result<Vec<Value>, RpcError> {
 /// The subsystems, in dependency order.
 pub const SUBSYSTEMS: [(&str, &[&str]); 3] =
     [("accel", &[]), ("bdev", &["accel"]), ("nbd", &["bdev"])];
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn method_names_are_unique() {
+        let t = super::table();
+        let mut names: Vec<&str> = t.iter().map(|m| m.name).collect();
+        names.sort_unstable();
+        let n = names.len();
+        names.dedup();
+        assert_eq!(names.len(), n, "a module method shadows another");
+    }
+}

@@ -1,4 +1,11 @@
-//! Bdev modules, one folder each (`modules/<name>/mod.rs`).
+//! Bdev modules, one folder each: `modules/<name>/mod.rs` (the module) and
+//! `modules/<name>/rpc.rs` (its JSON-RPC methods and their parameters, and
+//! the `save_config` entries it writes itself). A module's methods are
+//! served once its line is in [`rpc_methods`].
+
+use serde_json::Value;
+
+use crate::rpc::Method;
 
 pub mod crypto;
 pub mod delay;
@@ -7,6 +14,32 @@ pub mod malloc;
 pub mod null;
 pub mod nvme;
 pub mod passthru;
+
+/// Every module's JSON-RPC methods: one line per module.
+pub fn rpc_methods() -> Vec<Method> {
+    [
+        malloc::rpc::methods(),
+        null::rpc::methods(),
+        delay::rpc::methods(),
+        error::rpc::methods(),
+        passthru::rpc::methods(),
+        nvme::rpc::methods(),
+        crypto::rpc::methods(),
+    ]
+    .concat()
+}
+
+/// The `save_config` entries modules write themselves for `subsystem`
+/// (SPDK's name): the accel framework's keys (crypto) for `accel`; the
+/// NVMe controllers for `bdev`, which go before the layer's own entries
+/// ([`crate::config_calls`]).
+pub fn rpc_config(subsystem: &str) -> Vec<Value> {
+    match subsystem {
+        "accel" => crypto::rpc::config(),
+        "bdev" => nvme::rpc::config(),
+        _ => Vec::new(),
+    }
+}
 
 /// Parses a UUID given by a user (36 characters, hex and dashes).
 pub(crate) fn check_uuid(u: &str) -> Result<String, crate::BdevError> {

@@ -39,6 +39,7 @@
 mod aesni;
 mod engine;
 mod keys;
+pub mod rpc;
 #[cfg(target_arch = "x86_64")]
 mod vaes;
 mod xts;

@@ -2,6 +2,8 @@
 //! average latency, or the p99 latency for one I/O in a hundred (as SPDK's
 //! bdev_delay), all settable at run time (`bdev_delay_update_latency`).
 
+pub mod rpc;
+
 use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

@@ -2,6 +2,8 @@
 //! corrupts or refuses (NoMem) the next N I/Os of chosen types on request
 //! (`bdev_error_inject_error`) — for reliability tests of what sits above.
 
+pub mod rpc;
+
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use serde_json::json;

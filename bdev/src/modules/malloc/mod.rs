@@ -3,6 +3,8 @@
 //! the disk's own memory: a reader or writer that moves the data itself
 //! (the crypto vbdev's cipher) saves malloc's copy.
 
+pub mod rpc;
+
 use serde_json::json;
 
 use crate::{Bdev, BdevError, BdevOps, BdevProps, IoHandle, IoStatus, IoType, Medium, ZcopyPhase};

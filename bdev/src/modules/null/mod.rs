@@ -2,6 +2,8 @@
 //! the buffer untouched for benchmarks), and can be resized
 //! (`bdev_null_resize`) — the base the resize-event tests stand on.
 
+pub mod rpc;
+
 use std::sync::atomic::{AtomicU16, Ordering};
 
 use serde_json::json;

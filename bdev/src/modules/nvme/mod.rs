@@ -5,6 +5,8 @@
 //! namespace resize reaches the bdev (and everything stacked on it) as a
 //! Resize event, and a removed namespace unregisters its bdev.
 
+pub mod rpc;
+
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;

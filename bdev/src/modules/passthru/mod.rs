@@ -4,6 +4,8 @@
 //! retried by the layer), follows the base's Resize, and unregisters itself
 //! when the base is removed.
 
+pub mod rpc;
+
 use std::sync::Mutex;
 
 use serde_json::json;
