@@ -31,6 +31,21 @@ pub(crate) struct Split {
     pub failed: Option<IoStatus>,
 }
 
+impl Split {
+    /// A split of all of `io`'s blocks, none issued yet (`zeroes`: write
+    /// zeroes emulated with writes).
+    pub fn over(io: &BdevIo, zeroes: bool) -> Split {
+        Split {
+            active: true,
+            zeroes,
+            next: io.offset_blocks,
+            end: io.offset_blocks + io.num_blocks,
+            outstanding: 0,
+            failed: None,
+        }
+    }
+}
+
 /// The phase of a zero-copy I/O ([`IoType::Zcopy`]) as its module sees
 /// it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -657,70 +657,12 @@ fn copy_native_and_emulated() {
 
 static MARKED: AtomicBool = AtomicBool::new(false);
 
-/// A vbdev that writes a "clean" mark on its base when it goes away.
-struct Marker {
-    name: String,
-    base: std::sync::Mutex<Option<bdev::Desc>>,
-}
-
-impl BdevOps for Marker {
-    type Channel = bdev::BdevChannel;
-
-    fn create_channel(&self, _core: reactor::CoreId) -> Result<bdev::BdevChannel, String> {
-        let d = self.base.lock().unwrap();
-        d.as_ref()
-            .ok_or("base closed")?
-            .get_io_channel()
-            .map_err(|e| e.to_string())
-    }
-
-    fn submit(&self, ch: &bdev::BdevChannel, io: IoHandle) {
-        io.forward(ch, bdev::complete_parent);
-    }
-
-    fn io_type_supported(&self, ty: IoType) -> bool {
-        matches!(ty, IoType::Read | IoType::Write)
-    }
-
-    fn destruct_async(&self) -> Option<ModuleTask> {
-        let desc = self.base.lock().unwrap().take()?;
-        let name = self.name.clone();
-        Some(Box::new(move || {
-            Box::pin(async move {
-                assert!(
-                    bdev::get(&name).is_some(),
-                    "still registered while destructing"
-                );
-                let ch = desc.get_io_channel().unwrap();
-                reactor::sleep(Duration::from_millis(1)).await;
-                let (st, _) = ch
-                    .io(IoType::Write, Some(dma(512, 0xc1)), 0, 1, false)
-                    .await
-                    .unwrap();
-                assert_eq!(st, IoStatus::Success);
-                MARKED.store(true, Ordering::SeqCst);
-            })
-        }))
-    }
-}
-
 #[test]
 fn asynchronous_destruct_writes_before_the_bdev_is_gone() {
     let sim = Sim::new("destruct");
     sim.block_on(0, async {
         malloc::create("ds_m", 64, 512, None).unwrap();
-        let mut base = bdev::open("ds_m", true, nop).unwrap();
-        base.claim_for("test_marker", Some("ds_v"), ClaimType::ExclusiveWrite, 0)
-            .unwrap();
-        bdev::register(
-            "test_marker",
-            BdevProps::new("ds_v", "marker", 512, 64),
-            Marker {
-                name: "ds_v".into(),
-                base: std::sync::Mutex::new(Some(base)),
-            },
-        )
-        .unwrap();
+        stack_create("ds_v", "ds_m", None, true);
         bdev::unregister("ds_v").await.unwrap();
         assert!(
             MARKED.load(Ordering::SeqCst),
@@ -747,13 +689,15 @@ fn asynchronous_destruct_writes_before_the_bdev_is_gone() {
 // ---------------------------------------------------------------------------
 // save_config order
 
-/// A vbdev whose creating call names its base `lower`: no name guess finds
-/// it; only the claims graph orders it.
+/// A vbdev whose creating call names its base `lower` (no name guess finds
+/// it; only the claims graph orders it), and that can write a "clean" mark
+/// on its base when it goes away (an asynchronous destruct).
 struct Stack {
     name: String,
     lower: String,
     uuid: String,
     base: std::sync::Mutex<Option<bdev::Desc>>,
+    mark_on_destruct: bool,
 }
 
 impl BdevOps for Stack {
@@ -781,11 +725,37 @@ impl BdevOps for Stack {
     }
 
     fn destruct(&self) {
-        self.base.lock().unwrap().take();
+        if !self.mark_on_destruct {
+            self.base.lock().unwrap().take();
+        }
+    }
+
+    fn destruct_async(&self) -> Option<ModuleTask> {
+        if !self.mark_on_destruct {
+            return None;
+        }
+        let desc = self.base.lock().unwrap().take()?;
+        let name = self.name.clone();
+        Some(Box::new(move || {
+            Box::pin(async move {
+                assert!(
+                    bdev::get(&name).is_some(),
+                    "still registered while destructing"
+                );
+                let ch = desc.get_io_channel().unwrap();
+                reactor::sleep(Duration::from_millis(1)).await;
+                let (st, _) = ch
+                    .io(IoType::Write, Some(dma(512, 0xc1)), 0, 1, false)
+                    .await
+                    .unwrap();
+                assert_eq!(st, IoStatus::Success);
+                MARKED.store(true, Ordering::SeqCst);
+            })
+        }))
     }
 }
 
-fn stack_create(name: &str, lower: &str, uuid: Option<&str>) -> Bdev {
+fn stack_create(name: &str, lower: &str, uuid: Option<&str>, mark_on_destruct: bool) -> Bdev {
     let mut base = bdev::open(lower, true, nop).unwrap();
     base.claim_for("test_stack", Some(name), ClaimType::ExclusiveWrite, 0)
         .unwrap();
@@ -802,6 +772,7 @@ fn stack_create(name: &str, lower: &str, uuid: Option<&str>) -> Bdev {
             lower: lower.into(),
             uuid,
             base: std::sync::Mutex::new(Some(base)),
+            mark_on_destruct,
         },
     )
     .unwrap()
@@ -824,8 +795,8 @@ fn save_config_orders_a_stack_by_its_claims() {
     let sim = Sim::new("save_config");
     let calls = sim.block_on(0, async {
         malloc::create("sv_zz_bottom", 64, 512, None).unwrap();
-        stack_create("sv_mm_middle", "sv_zz_bottom", None);
-        stack_create("sv_aa_top", "sv_mm_middle", None);
+        stack_create("sv_mm_middle", "sv_zz_bottom", None, false);
+        stack_create("sv_aa_top", "sv_mm_middle", None, false);
         let listed: Vec<String> = bdev::list()
             .iter()
             .map(|b| b.name().to_owned())
@@ -866,6 +837,7 @@ fn save_config_orders_a_stack_by_its_claims() {
                         p["name"].as_str().unwrap(),
                         p["lower"].as_str().unwrap(),
                         p["uuid"].as_str(),
+                        false,
                     );
                 }
                 other => panic!("unexpected call {other}"),

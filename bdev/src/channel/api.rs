@@ -372,18 +372,7 @@ impl BdevChannel {
         cb: IoCallback,
         ctx: usize,
     ) -> Result<(), BdevError> {
-        self.check(IoType::SeekData, offset_blocks, 0, None)?;
-        self.start(
-            IoType::SeekData,
-            offset_blocks,
-            0,
-            &[],
-            None,
-            false,
-            cb,
-            ctx,
-        )
-        .map_err(|(e, _)| e)
+        self.seek(IoType::SeekData, offset_blocks, cb, ctx)
     }
 
     /// Finds the first block at or after `offset_blocks` in a hole (SPDK's
@@ -398,18 +387,19 @@ impl BdevChannel {
         cb: IoCallback,
         ctx: usize,
     ) -> Result<(), BdevError> {
-        self.check(IoType::SeekHole, offset_blocks, 0, None)?;
-        self.start(
-            IoType::SeekHole,
-            offset_blocks,
-            0,
-            &[],
-            None,
-            false,
-            cb,
-            ctx,
-        )
-        .map_err(|(e, _)| e)
+        self.seek(IoType::SeekHole, offset_blocks, cb, ctx)
+    }
+
+    fn seek(
+        &self,
+        ty: IoType,
+        offset_blocks: u64,
+        cb: IoCallback,
+        ctx: usize,
+    ) -> Result<(), BdevError> {
+        self.check(ty, offset_blocks, 0, None)?;
+        self.start(ty, offset_blocks, 0, &[], None, false, cb, ctx)
+            .map_err(|(e, _)| e)
     }
 
     /// Copies `num_blocks` blocks from `src_offset_blocks` to

@@ -26,14 +26,7 @@ pub(crate) fn submit(s: &Rc<ChanState>, mut p: NonNull<BdevIo>) {
             if !s.supports(IoType::Write) {
                 return complete(p, IoStatus::NotSupported);
             }
-            io.split = crate::io::Split {
-                active: true,
-                zeroes: true,
-                next: io.offset_blocks,
-                end: io.offset_blocks + io.num_blocks,
-                outstanding: 0,
-                failed: None,
-            };
+            io.split = crate::io::Split::over(io, true);
             return continue_split(s, p);
         }
         match io.ty {
@@ -61,14 +54,7 @@ pub(crate) fn submit(s: &Rc<ChanState>, mut p: NonNull<BdevIo>) {
             return complete(p, IoStatus::NotSupported);
         }
         if needs_split(props, io) {
-            io.split = crate::io::Split {
-                active: true,
-                zeroes: false,
-                next: io.offset_blocks,
-                end: io.offset_blocks + io.num_blocks,
-                outstanding: 0,
-                failed: None,
-            };
+            io.split = crate::io::Split::over(io, false);
             return continue_split(s, p);
         }
     }
