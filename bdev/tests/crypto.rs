@@ -8,24 +8,15 @@ mod common;
 
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use aes::Aes128;
 use aes::cipher::{Array, KeyInit};
 use bdev::modules::crypto::{self, Direction, Engine, XtsCipher};
 use bdev::modules::{malloc, null, passthru};
 use bdev::{BdevError, BdevEvent, BdevIo, IoStatus, IoType, IoVec};
-use common::{Rng, on};
+use common::{Rng, on, wait_until};
 use dma::DmaBuf;
 use xts_mode::{Xts128, get_tweak_default};
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
 
 fn nop(_: &str, _: BdevEvent) {}
 
@@ -934,7 +925,10 @@ fn resize_follows(levels: &[&str], tag: &str) {
         .unwrap()
     });
     null::resize(&null_name, 2048).unwrap();
-    wait_until("Resize at the top", || !seen.lock().unwrap().is_empty());
+    wait_until("Resize at the top", {
+        let seen = seen.clone();
+        move || !seen.lock().unwrap().is_empty()
+    });
     let want = 2048 * 2048;
     for name in &made {
         assert_eq!(bdev::get(name).unwrap().num_blocks(), want, "{name}");
@@ -964,10 +958,12 @@ fn resize_follows(levels: &[&str], tag: &str) {
         0,
         move || async move { null::delete(&null_name).await.unwrap() },
     );
-    wait_until("the stack to go", || {
+    wait_until("the stack to go", move || {
         made.iter().all(|n| bdev::get(n).is_none())
     });
-    wait_until("the key to be free", || crypto::key_destroy(&key).is_ok());
+    wait_until("the key to be free", move || {
+        crypto::key_destroy(&key).is_ok()
+    });
 }
 
 #[test]

@@ -5,22 +5,13 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use bdev::modules::{malloc, nvme};
 use bdev::{BdevEvent, IoStatus, IoType};
-use common::{data_test, on};
+use common::{data_test, on, wait_until};
 use dma::{DmaConfig, DmaMemory};
 use nvme_driver::sim::{SimConfig, SimController};
 use nvme_driver::{Controller, ControllerOptions};
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
 
 #[test]
 fn malloc_passes_the_data_test() {
@@ -81,7 +72,10 @@ fn nvme_module_over_the_controller_model() {
         bdev::open("Sim0n2", false, move |_, e| e2.lock().unwrap().push(e)).unwrap()
     });
     sim.resize_namespace(2, 16384);
-    wait_until("the resize event", || !events.lock().unwrap().is_empty());
+    wait_until("the resize event", {
+        let events = events.clone();
+        move || !events.lock().unwrap().is_empty()
+    });
     assert_eq!(
         events.lock().unwrap()[0],
         BdevEvent::Resize {

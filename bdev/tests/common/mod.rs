@@ -30,6 +30,18 @@ pub fn on<T: Send + 'static, F: std::future::Future<Output = T> + 'static>(
     runtime().block_on(core, f).unwrap()
 }
 
+/// Waits until `f` holds, polled on reactor 0 between its other work (no
+/// sleeping); fails after 10 s of the runtime's clock.
+pub fn wait_until(what: &'static str, mut f: impl FnMut() -> bool + Send + 'static) {
+    on(0, move || async move {
+        let deadline = reactor::now() + std::time::Duration::from_secs(10);
+        while !f() {
+            assert!(reactor::now() < deadline, "timed out waiting for {what}");
+            reactor::yield_now().await;
+        }
+    });
+}
+
 /// xorshift64: the tests' seeded random numbers.
 pub struct Rng(pub u64);
 
