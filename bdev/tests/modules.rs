@@ -5,6 +5,7 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bdev::modules::{malloc, nvme};
 use bdev::{BdevEvent, IoStatus, IoType};
@@ -57,7 +58,10 @@ fn nvme_module_over_the_controller_model() {
         (512, 65536, "nvme")
     );
     assert!(b.io_type_supported(IoType::Unmap) && b.io_type_supported(IoType::Compare));
-    assert!(!b.io_type_supported(IoType::Reset));
+    assert!(
+        b.io_type_supported(IoType::Reset),
+        "a bdev reset resets the controller"
+    );
     assert_eq!(
         b.props().max_transfer_blocks,
         Some(256),
@@ -65,6 +69,7 @@ fn nvme_module_over_the_controller_model() {
     );
     data_test("Sim0n1", 7);
     data_test("Sim0n2", 8);
+    reset_with_the_queue_full(&sim);
     // A namespace resize in the controller reaches the bdev and its opener.
     let events: Arc<Mutex<Vec<BdevEvent>>> = Arc::default();
     let e2 = events.clone();
@@ -109,3 +114,77 @@ fn nvme_module_over_the_controller_model() {
     assert!(bdev::get("Sim0n2").is_none());
     assert!(nvme::controllers_list().is_empty());
 }
+
+/// A bdev reset (the controller's) with more I/O than the queue holds in
+/// flight: the device holds every command, the reset hands them all back
+/// at once (more than one poll reaps), the ones the queue could not take
+/// wait in the layer and are aborted by its freeze: every I/O ends exactly
+/// once, aborted, nothing panics, and the bdev works after the reset.
+fn reset_with_the_queue_full(sim: &Arc<SimController>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static ENDED: AtomicUsize = AtomicUsize::new(0);
+    static ABORTED: AtomicUsize = AtomicUsize::new(0);
+    static RESET: AtomicUsize = AtomicUsize::new(0);
+    fn ended(_: &mut bdev::BdevIo, st: IoStatus) {
+        if st == IoStatus::Aborted {
+            ABORTED.fetch_add(1, Ordering::SeqCst);
+        }
+        ENDED.fetch_add(1, Ordering::SeqCst);
+    }
+    fn reset_done(_: &mut bdev::BdevIo, st: IoStatus) {
+        assert_eq!(st, IoStatus::Success, "the reset");
+        RESET.fetch_add(1, Ordering::SeqCst);
+    }
+    const N: usize = 300;
+    sim.reserve_held(N);
+    sim.hold_io(true);
+    let s2 = sim.clone();
+    on(0, move || async move {
+        let desc = bdev::open("Sim0n1", true, |_: &str, _: BdevEvent| {}).unwrap();
+        let ch = desc.get_io_channel().unwrap();
+        for i in 0..N as u64 {
+            let buf = bdev::memory().alloc(512, 4096).unwrap();
+            ch.read(buf, i, 1, ended, 0).unwrap();
+        }
+        // The device holds a full queue; the rest waits in the layer.
+        let deadline = reactor::now() + Duration::from_secs(10);
+        while s2.held() < 200 {
+            assert!(reactor::now() < deadline, "the device holds {}", s2.held());
+            reactor::yield_now().await;
+        }
+        assert!(
+            s2.held() > REAP_MAX_HINT,
+            "more in flight than one poll reaps"
+        );
+        ch.submit_nodata(IoType::Reset, 0, 0, reset_done, 0)
+            .unwrap();
+        while ENDED.load(Ordering::SeqCst) < N || RESET.load(Ordering::SeqCst) == 0 {
+            assert!(
+                reactor::now() < deadline,
+                "{} of {N} ended",
+                ENDED.load(Ordering::SeqCst)
+            );
+            reactor::yield_now().await;
+        }
+        assert_eq!(ABORTED.load(Ordering::SeqCst), N, "every I/O aborted, once");
+        // Works after the reset (the device no longer holding I/O).
+        s2.hold_io(false);
+        let (st, _) = ch
+            .io(
+                IoType::Read,
+                Some(bdev::memory().alloc(512, 4096).unwrap()),
+                0,
+                1,
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!(st, IoStatus::Success);
+        drop(ch);
+        drop(desc);
+    });
+    assert_eq!(ENDED.load(Ordering::SeqCst), N, "nothing completed twice");
+}
+
+/// The nvme bdev reaps at most this many completions per poll.
+const REAP_MAX_HINT: usize = 64;

@@ -256,6 +256,11 @@ impl<C> QueueCore<C> {
         n
     }
 
+    /// Completions the controller has posted and the driver not yet reaped.
+    pub fn posted(&self) -> usize {
+        self.cq.posted()
+    }
+
     /// Takes back every outstanding command (after a reset or removal),
     /// calling `f` for each.
     pub fn fail_all(&mut self, mut f: impl FnMut(C)) -> usize {
@@ -326,9 +331,13 @@ mod tests {
         q.ring();
         q.ring(); // nothing new: no second doorbell write
         assert_eq!(regs.0.lock().unwrap().as_slice(), &[(0x1000 + 2 * 4, 2)]);
+        assert_eq!(q.posted(), 0);
         post(&q, 0, 0, true);
+        assert_eq!(q.posted(), 1, "a look: posted, not reaped");
+        assert_eq!(q.posted(), 1);
         let mut done = Vec::new();
         assert_eq!(q.reap(16, |ctx, _| done.push(ctx)), 1);
+        assert_eq!(q.posted(), 0);
         assert_eq!(done, vec![100]);
         // The completion doorbell is written by the next ring, with the
         // new head.
@@ -414,9 +423,13 @@ mod tests {
         let mut q: QueueCore<u32> = QueueCore::new(1, 3, &mem, regs.clone(), 4, 4096).unwrap();
         q.submit(Sqe::new(2, 1), &[], 1).unwrap();
         q.ring();
+        assert_eq!(q.posted(), 0);
         post(&q, 0, 0, true);
+        assert_eq!(q.posted(), 1, "a look: posted, not reaped");
+        assert_eq!(q.posted(), 1);
         let mut done = Vec::new();
         assert_eq!(q.reap(16, |ctx, _| done.push(ctx)), 1);
+        assert_eq!(q.posted(), 0);
         q.submit(Sqe::new(2, 1), &[], 2).unwrap();
         q.ring();
         let (sq, cq) = (0x1000 + 2 * 4, 0x1000 + 3 * 4);

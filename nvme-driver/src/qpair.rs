@@ -452,6 +452,14 @@ impl<C> IoQpair<C> {
         self.core.ring();
     }
 
+    /// Completions the controller has posted that no poll has reaped yet
+    /// (a look at the completion queue; nothing is consumed). A test that
+    /// must reset a controller with nothing left in the device's hands
+    /// waits for this to reach [`IoQpair::outstanding`].
+    pub fn posted_completions(&self) -> usize {
+        self.core.posted()
+    }
+
     /// Rings the doorbells for pending submissions and for what the last
     /// poll reaped, then reaps up to `max` completions, calling
     /// `on_complete(ctx, result)` for each (DW0 of the completion, or why

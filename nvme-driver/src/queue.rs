@@ -162,6 +162,24 @@ impl CompletionRing {
         })
     }
 
+    /// How many entries from the head the controller has posted (not
+    /// consumed): a look, nothing changes.
+    pub fn posted(&self) -> usize {
+        let (mut slot, mut phase) = (self.head, self.phase);
+        for n in 0..self.entries as usize {
+            let dw3: u32 = self.mem.read_volatile(slot as usize * 16 + 12);
+            if (dw3 & (1 << 16) != 0) != phase {
+                return n;
+            }
+            slot += 1;
+            if slot == self.entries {
+                slot = 0;
+                phase = !phase;
+            }
+        }
+        self.entries as usize
+    }
+
     /// Consumes the head entry; the phase flips when the head wraps.
     #[inline]
     pub fn advance(&mut self) {

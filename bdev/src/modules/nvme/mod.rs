@@ -59,6 +59,19 @@ impl NvmeCtrlr {
         self.bdf
     }
 
+    /// Resets the controller (disable, enable, admin and I/O queues
+    /// re-created; commands outstanding then complete as aborted by the
+    /// reset on their queue pair's next poll).
+    ///
+    /// # Errors
+    /// [`BdevError::Module`] with the driver's reason.
+    pub fn reset(&self) -> Result<(), BdevError> {
+        self.lock().reset().map_err(|e| BdevError::Module {
+            module: "nvme".into(),
+            reason: format!("{}: reset: {e}", self.name),
+        })
+    }
+
     /// `bdev_nvme_get_controllers`' entry for it.
     pub fn info_json(&self) -> serde_json::Value {
         let c = self.lock();
@@ -128,6 +141,8 @@ impl BdevOps for NvmeNs {
             .map_err(|e| e.to_string())?;
         let qpair = Rc::new(RefCell::new(qp));
         let q = Rc::downgrade(&qpair);
+        let done: RefCell<Vec<(IoHandle, IoStatus)>> =
+            RefCell::new(Vec::with_capacity(QPAIR_DEPTH as usize + REAP_MAX));
         let poller = reactor::register_poller(
             format!("nvme_{}n{}_core{core}", self.ctrlr.name, self.nsid),
             move || {
@@ -138,16 +153,15 @@ impl BdevOps for NvmeNs {
                     return PollStatus::Idle;
                 };
                 // Handles are completed after the borrow ends: a completion
-                // callback may submit to this queue pair again.
-                let mut done: [Option<(IoHandle, IoStatus)>; REAP_MAX] = [const { None }; REAP_MAX];
-                let mut n = 0;
-                q.process_completions(REAP_MAX, |h, r| {
-                    done[n] = Some((h, status_of(r)));
-                    n += 1;
-                });
+                // callback may submit to this queue pair again. A reset or
+                // a removal hands back every outstanding command at once
+                // (up to the queue's depth, more than one poll's reap), so
+                // the list has room for the whole queue, made once.
+                let mut done = done.borrow_mut();
+                let n = q.process_completions(REAP_MAX, |h, r| done.push((h, status_of(r))));
                 drop(q);
-                for d in done.iter_mut().take(n) {
-                    let (h, st) = d.take().expect("filled above");
+                let n = n.max(done.len());
+                for (h, st) in done.drain(..) {
                     h.complete(st);
                 }
                 if n > 0 {
@@ -196,12 +210,22 @@ impl BdevOps for NvmeNs {
                 }
                 q.deallocate(nsid, &ranges[..k], io)
             }
-            IoType::Reset
-            | IoType::Zcopy
-            | IoType::SeekData
-            | IoType::SeekHole
-            | IoType::Copy
-            | IoType::Abort => {
+            IoType::Reset => {
+                drop(q);
+                // The layer has frozen every channel of this bdev and runs
+                // one reset at a time; the controller's other namespaces'
+                // I/O completes as aborted by the reset too (SPDK's
+                // bdev_nvme resets the controller as well).
+                let st = match self.ctrlr.reset() {
+                    Ok(()) => IoStatus::Success,
+                    Err(e) => {
+                        log::warn!("{e}");
+                        IoStatus::Failed
+                    }
+                };
+                return io.complete(st);
+            }
+            IoType::Zcopy | IoType::SeekData | IoType::SeekHole | IoType::Copy | IoType::Abort => {
                 drop(q);
                 return io.complete(IoStatus::NotSupported);
             }
@@ -222,16 +246,13 @@ impl BdevOps for NvmeNs {
 
     fn io_type_supported(&self, ty: IoType) -> bool {
         match ty {
-            IoType::Read | IoType::Write | IoType::Flush => true,
+            IoType::Read | IoType::Write | IoType::Flush | IoType::Reset => true,
             IoType::Compare => self.supports_compare,
             IoType::WriteZeroes => self.supports_write_zeroes,
             IoType::Unmap => self.supports_dsm,
-            IoType::Reset
-            | IoType::Zcopy
-            | IoType::SeekData
-            | IoType::SeekHole
-            | IoType::Copy
-            | IoType::Abort => false,
+            IoType::Zcopy | IoType::SeekData | IoType::SeekHole | IoType::Copy | IoType::Abort => {
+                false
+            }
         }
     }
 
@@ -262,6 +283,17 @@ fn register_ns(c: &Arc<NvmeCtrlr>, ns: &nvme_driver::Namespace) -> Result<Bdev, 
     let ctrlr = c.lock();
     let id = ctrlr.identify();
     let name = format!("{}n{}", c.name, ns.nsid);
+    // Device data: an LBA format the layer cannot use is an error naming
+    // it, not a division by zero.
+    if ns.block_size < 512 || !ns.block_size.is_power_of_two() {
+        return Err(BdevError::invalid(
+            "namespace",
+            format!(
+                "{}: namespace {} reports an LBA data size of {} bytes (Identify Namespace LBAF)",
+                c.name, ns.nsid, ns.block_size
+            ),
+        ));
+    }
     let mut props = BdevProps::new(&name, "NVMe disk", ns.block_size, ns.blocks);
     props.required_alignment = 4;
     props.max_transfer_blocks = Some((ctrlr.max_transfer() / ns.block_size as usize).max(1) as u64);
