@@ -157,6 +157,18 @@ fn nvme_attach_and_kernel_nbd_export() {
     kernel_round_trip("/dev/nbd0", 4096 * 33, &pattern(7, 256 * 1024));
     kernel_round_trip("/dev/nbd0", 0, &pattern(9, 4096));
     kernel_round_trip("/dev/nbd1", 512 * 100, &pattern(11, 64 * 1024));
+    // A controller reset while exported: the bdevs stay, the data too, and
+    // I/O goes on; an unknown controller is -ENODEV.
+    assert_eq!(
+        rpc.call("bdev_nvme_reset_controller", json!({ "name": "Nvme0" }))
+            .unwrap(),
+        true
+    );
+    let e = rpc
+        .call("bdev_nvme_reset_controller", json!({ "name": "Nvme9" }))
+        .unwrap_err();
+    assert_eq!(e.0, -19, "{e:?}");
+    kernel_round_trip("/dev/nbd0", 4096 * 77, &pattern(13, 128 * 1024));
     // What went through NBD is what the appliance's bdev holds: its iostat
     // counted the writes.
     let st = rpc

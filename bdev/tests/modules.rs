@@ -91,17 +91,7 @@ fn nvme_module_over_the_controller_model() {
     assert_eq!(bdev::get("Sim0n2").unwrap().num_blocks(), 16384);
     on(1, move || async move {
         let ch = desc.get_io_channel().unwrap();
-        let (st, _) = ch
-            .io(
-                IoType::Read,
-                Some(bdev::memory().alloc(4096, 4096).unwrap()),
-                16383,
-                1,
-                false,
-            )
-            .await
-            .unwrap();
-        assert_eq!(st, IoStatus::Success);
+        read_one(&ch, 16383, 4096).await;
         drop(ch);
         drop(desc);
     });
@@ -169,17 +159,7 @@ fn reset_with_the_queue_full(sim: &Arc<SimController>) {
         assert_eq!(ABORTED.load(Ordering::SeqCst), N, "every I/O aborted, once");
         // Works after the reset (the device no longer holding I/O).
         s2.hold_io(false);
-        let (st, _) = ch
-            .io(
-                IoType::Read,
-                Some(bdev::memory().alloc(512, 4096).unwrap()),
-                0,
-                1,
-                false,
-            )
-            .await
-            .unwrap();
-        assert_eq!(st, IoStatus::Success);
+        read_one(&ch, 0, 512).await;
         drop(ch);
         drop(desc);
     });
@@ -188,3 +168,10 @@ fn reset_with_the_queue_full(sim: &Arc<SimController>) {
 
 /// The nvme bdev reaps at most this many completions per poll.
 const REAP_MAX_HINT: usize = 64;
+
+/// Reads block `lba` (of `bs` bytes) and expects success.
+async fn read_one(ch: &bdev::BdevChannel, lba: u64, bs: usize) {
+    let buf = bdev::memory().alloc(bs, 4096).unwrap();
+    let (st, _) = ch.io(IoType::Read, Some(buf), lba, 1, false).await.unwrap();
+    assert_eq!(st, IoStatus::Success, "read of block {lba}");
+}

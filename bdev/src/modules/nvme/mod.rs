@@ -59,6 +59,11 @@ impl NvmeCtrlr {
         self.bdf
     }
 
+    /// The controller ID (Identify Controller CNTLID).
+    pub fn cntlid(&self) -> u16 {
+        self.lock().identify().cntlid
+    }
+
     /// Resets the controller (disable, enable, admin and I/O queues
     /// re-created; commands outstanding then complete as aborted by the
     /// reset on their queue pair's next poll).

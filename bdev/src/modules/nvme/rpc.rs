@@ -15,6 +15,7 @@ pub fn methods() -> Vec<Method> {
         Method::new("bdev_nvme_attach_controller", attach_controller),
         Method::new("bdev_nvme_detach_controller", detach_controller),
         Method::new("bdev_nvme_get_controllers", get_controllers),
+        Method::new("bdev_nvme_reset_controller", reset_controller),
     ]
 }
 
@@ -147,6 +148,33 @@ fn detach_controller(params: Value) -> Result<Call, RpcError> {
     let p: DetachParams = decode(params)?;
     Ok(Call::reactor(move || async move {
         done(super::detach_controller(&p.name).await)
+    }))
+}
+
+/// `bdev_nvme_reset_controller`'s parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResetParams {
+    /// The controller.
+    pub name: String,
+    /// One controller of several paths (a PCIe controller has one: the
+    /// value, if given, must be its controller ID).
+    pub cntlid: Option<u16>,
+}
+
+/// Resets the controller: commands outstanding complete as aborted by the
+/// reset, queues are re-created, its bdevs stay. `true`, or -ENODEV for an
+/// unknown controller (or controller ID), as SPDK.
+fn reset_controller(params: Value) -> Result<Call, RpcError> {
+    let p: ResetParams = decode(params)?;
+    Ok(Call::reactor(move || async move {
+        let c = super::controllers_list()
+            .into_iter()
+            .find(|c| c.name() == p.name)
+            .filter(|c| p.cntlid.is_none_or(|id| id == c.cntlid()))
+            .ok_or_else(|| RpcError::errno(-libc::ENODEV))?;
+        c.reset().map_err(bdev_err)?;
+        Ok(json!(true))
     }))
 }
 
