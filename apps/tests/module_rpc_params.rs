@@ -116,4 +116,23 @@ fn module_methods_decode_parameters_as_before() {
         a.call("accel_crypto_keys_get", json!({"key_name": "nope"})),
         Err((-2, "No such file or directory".into()))
     );
+    // bdev_nvme_set_options: what is implemented is taken, a bad count is
+    // EINVAL, a key not implemented is refused rather than ignored.
+    assert_eq!(
+        a.call("bdev_nvme_set_options", json!({"bdev_retry_count": 5})),
+        Ok(json!(true))
+    );
+    assert_eq!(
+        a.call("bdev_nvme_set_options", json!({"bdev_retry_count": -2})),
+        Err((-22, "Invalid argument".into()))
+    );
+    bad(
+        "bdev_nvme_set_options",
+        json!({"timeout_us": 1000}),
+        "unknown parameter 'timeout_us'",
+    );
+    assert_eq!(
+        a.call("bdev_nvme_reset_controller", json!({"name": "nope"})),
+        Err((-19, "No such device".into()))
+    );
 }

@@ -89,6 +89,17 @@ impl IoHandle {
         }
     }
 
+    /// Sends the I/O back to the layer to be submitted to the module again
+    /// later (as for [`IoStatus::NoMem`]: when I/O in the module completes,
+    /// or at the next poll when none is in flight), counting the retry
+    /// ([`BdevIo::retries`]). For a module whose device lost the command
+    /// (a controller reset) and whose retry policy allows another try.
+    pub fn retry(mut self) {
+        let io = self.io_mut();
+        io.retries = io.retries.saturating_add(1);
+        self.complete(IoStatus::NoMem);
+    }
+
     /// The raw pointer (the layer's child I/O passes it as the child's
     /// context word). Rebuilt with [`IoHandle::from_raw`].
     pub(crate) fn into_raw(self) -> usize {

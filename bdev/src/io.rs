@@ -192,6 +192,9 @@ pub struct BdevIo {
     pub(crate) abort_target: usize,
     /// COPY emulated by the layer: blocks copied so far.
     pub(crate) copied: u64,
+    /// Times a module sent this I/O back to be submitted again
+    /// ([`crate::IoHandle::retry`]).
+    pub(crate) retries: u32,
     /// The RESET the layer sends the module (not orchestrated again).
     pub(crate) layer_reset: bool,
     pub(crate) zcopy: Zcopy,
@@ -228,6 +231,7 @@ impl BdevIo {
             seek: 0,
             abort_target: 0,
             copied: 0,
+            retries: 0,
             layer_reset: false,
             zcopy: Zcopy::default(),
             module_ctx: [0; MODULE_CTX_WORDS],
@@ -259,6 +263,11 @@ impl BdevIo {
     /// block copied to).
     pub fn src_offset_blocks(&self) -> u64 {
         self.src_offset_blocks
+    }
+
+    /// Times a module has sent this I/O back to be submitted again.
+    pub fn retries(&self) -> u32 {
+        self.retries
     }
 
     /// SEEK_DATA/SEEK_HOLE, in the callback: the block found (the bdev's
@@ -460,6 +469,7 @@ impl BdevIo {
         self.fua = false;
         self.end = 0;
         self.copied = 0;
+        self.retries = 0;
         self.seek = 0;
         self.layer_reset = false;
         self.zcopy = Zcopy::default();

@@ -69,7 +69,10 @@ fn nvme_module_over_the_controller_model() {
     );
     data_test("Sim0n1", 7);
     data_test("Sim0n2", 8);
+    resets_under_load_lose_nothing();
+    nvme::set_bdev_retry_count(0).unwrap();
     reset_with_the_queue_full(&sim);
+    nvme::set_bdev_retry_count(3).unwrap();
     // A namespace resize in the controller reaches the bdev and its opener.
     let events: Arc<Mutex<Vec<BdevEvent>>> = Arc::default();
     let e2 = events.clone();
@@ -174,4 +177,65 @@ async fn read_one(ch: &bdev::BdevChannel, lba: u64, bs: usize) {
     let buf = bdev::memory().alloc(bs, 4096).unwrap();
     let (st, _) = ch.io(IoType::Read, Some(buf), lba, 1, false).await.unwrap();
     assert_eq!(st, IoStatus::Success, "read of block {lba}");
+}
+
+/// Five controller resets (as `bdev_nvme_reset_controller` does them) while
+/// 64 I/Os at a time run: with the default retry count, every I/O the
+/// resets took from the controller is submitted again, none fails, none
+/// completes twice.
+fn resets_under_load_lose_nothing() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static OK: AtomicUsize = AtomicUsize::new(0);
+    static FAILED: AtomicUsize = AtomicUsize::new(0);
+    static RETRIED: AtomicUsize = AtomicUsize::new(0);
+    fn one(io: &mut bdev::BdevIo, st: IoStatus) {
+        if st == IoStatus::Success {
+            OK.fetch_add(1, Ordering::SeqCst);
+        } else {
+            FAILED.fetch_add(1, Ordering::SeqCst);
+        }
+        if io.retries() > 0 {
+            RETRIED.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    assert_eq!(nvme::bdev_retry_count(), 3, "SPDK's default");
+    const DEPTH: usize = 64;
+    on(0, || async {
+        let desc = bdev::open("Sim0n1", true, |_: &str, _: BdevEvent| {}).unwrap();
+        let ch = desc.get_io_channel().unwrap();
+        let ctrlr = nvme::controllers_list()
+            .into_iter()
+            .find(|c| c.name() == "Sim0")
+            .unwrap();
+        let mut submitted = 0usize;
+        let mut resets = 0;
+        let deadline = reactor::now() + Duration::from_secs(30);
+        while resets < 5 || OK.load(Ordering::SeqCst) + FAILED.load(Ordering::SeqCst) < submitted {
+            while resets < 5
+                && submitted - OK.load(Ordering::SeqCst) - FAILED.load(Ordering::SeqCst) < DEPTH
+            {
+                let buf = bdev::memory().alloc(512, 4096).unwrap();
+                ch.read(buf, (submitted % 4096) as u64, 1, one, 0).unwrap();
+                submitted += 1;
+            }
+            if resets < 5 && submitted >= (resets + 1) * 500 {
+                ctrlr.reset().unwrap();
+                resets += 1;
+            }
+            assert!(reactor::now() < deadline, "stuck");
+            reactor::yield_now().await;
+        }
+        assert_eq!(FAILED.load(Ordering::SeqCst), 0, "no I/O failed");
+        assert_eq!(OK.load(Ordering::SeqCst), submitted, "each completed once");
+        assert!(
+            RETRIED.load(Ordering::SeqCst) > 0,
+            "the resets took I/O from the controller"
+        );
+        println!(
+            "{submitted} reads, 5 resets, {} retried",
+            RETRIED.load(Ordering::SeqCst)
+        );
+        drop(ch);
+        drop(desc);
+    });
 }

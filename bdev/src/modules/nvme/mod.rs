@@ -10,7 +10,7 @@ pub mod rpc;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -121,6 +121,45 @@ impl Drop for NvmeChannel {
     }
 }
 
+/// SPDK's `bdev_retry_count`: how many times an I/O the controller lost
+/// (aborted by a reset) is submitted again before it fails ABORTED to its
+/// submitter; -1: without limit. SPDK's default, 3.
+static BDEV_RETRY_COUNT: AtomicI32 = AtomicI32::new(3);
+
+/// Sets `bdev_retry_count` (see [`bdev_retry_count`]).
+///
+/// # Errors
+/// [`BdevError::Invalid`] below -1.
+pub fn set_bdev_retry_count(n: i32) -> Result<(), BdevError> {
+    if n < -1 {
+        return Err(BdevError::invalid(
+            "bdev_retry_count",
+            format!("{n}: -1 (no limit) or a count"),
+        ));
+    }
+    BDEV_RETRY_COUNT.store(n, Ordering::Relaxed);
+    Ok(())
+}
+
+/// How many times an I/O aborted by a controller reset is submitted again
+/// (-1: without limit).
+pub fn bdev_retry_count() -> i32 {
+    BDEV_RETRY_COUNT.load(Ordering::Relaxed)
+}
+
+/// Ends `h` with the controller's answer `r`: an I/O the controller lost
+/// to a reset goes back to the layer for another try while
+/// `bdev_retry_count` allows.
+fn finish_io(h: IoHandle, r: Result<u32, CommandError>) {
+    if r == Err(CommandError::AbortedByReset) {
+        let limit = bdev_retry_count();
+        if limit < 0 || h.io().retries() < limit as u32 {
+            return h.retry();
+        }
+    }
+    h.complete(status_of(r));
+}
+
 fn status_of(r: Result<u32, CommandError>) -> IoStatus {
     match r {
         Ok(_) => IoStatus::Success,
@@ -146,7 +185,7 @@ impl BdevOps for NvmeNs {
             .map_err(|e| e.to_string())?;
         let qpair = Rc::new(RefCell::new(qp));
         let q = Rc::downgrade(&qpair);
-        let done: RefCell<Vec<(IoHandle, IoStatus)>> =
+        let done: RefCell<Vec<(IoHandle, Result<u32, CommandError>)>> =
             RefCell::new(Vec::with_capacity(QPAIR_DEPTH as usize + REAP_MAX));
         let poller = reactor::register_poller(
             format!("nvme_{}n{}_core{core}", self.ctrlr.name, self.nsid),
@@ -163,11 +202,11 @@ impl BdevOps for NvmeNs {
                 // (up to the queue's depth, more than one poll's reap), so
                 // the list has room for the whole queue, made once.
                 let mut done = done.borrow_mut();
-                let n = q.process_completions(REAP_MAX, |h, r| done.push((h, status_of(r))));
+                let n = q.process_completions(REAP_MAX, |h, r| done.push((h, r)));
                 drop(q);
                 let n = n.max(done.len());
-                for (h, st) in done.drain(..) {
-                    h.complete(st);
+                for (h, r) in done.drain(..) {
+                    finish_io(h, r);
                 }
                 if n > 0 {
                     PollStatus::Busy

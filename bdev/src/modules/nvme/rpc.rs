@@ -16,6 +16,7 @@ pub fn methods() -> Vec<Method> {
         Method::new("bdev_nvme_detach_controller", detach_controller),
         Method::new("bdev_nvme_get_controllers", get_controllers),
         Method::new("bdev_nvme_reset_controller", reset_controller),
+        Method::new("bdev_nvme_set_options", set_options),
     ]
 }
 
@@ -149,6 +150,24 @@ fn detach_controller(params: Value) -> Result<Call, RpcError> {
     Ok(Call::reactor(move || async move {
         done(super::detach_controller(&p.name).await)
     }))
+}
+
+/// `bdev_nvme_set_options`' parameters: the ones this module implements
+/// (any other key is refused, not accepted and ignored).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetOptionsParams {
+    /// How many times an I/O aborted by a controller reset is submitted
+    /// again before it fails (-1: without limit; SPDK's default 3).
+    pub bdev_retry_count: Option<i32>,
+}
+
+fn set_options(params: Value) -> Result<Call, RpcError> {
+    let p: SetOptionsParams = decode(params)?;
+    if let Some(n) = p.bdev_retry_count {
+        super::set_bdev_retry_count(n).map_err(bdev_err)?;
+    }
+    Ok(Call::Done(json!(true)))
 }
 
 /// `bdev_nvme_reset_controller`'s parameters.
