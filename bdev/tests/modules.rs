@@ -105,6 +105,7 @@ fn nvme_module_over_the_controller_model() {
         nvme::detach_controller("Sim0").await.unwrap()
     });
     assert!(bdev::get("Sim0n2").is_none());
+    a_removed_controller_fails_its_io_and_its_bdevs_go(&mem);
     assert!(nvme::controllers_list().is_empty());
 }
 
@@ -238,4 +239,71 @@ fn resets_under_load_lose_nothing() {
         drop(ch);
         drop(desc);
     });
+}
+
+/// Surprise removal (every register reads all-ones): the I/O in flight
+/// fails fast, every opener gets Remove, the bdevs and the controller go,
+/// and nothing panics.
+fn a_removed_controller_fails_its_io_and_its_bdevs_go(mem: &DmaMemory) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static FAILED: AtomicUsize = AtomicUsize::new(0);
+    fn ended(_: &mut bdev::BdevIo, st: IoStatus) {
+        assert_eq!(st, IoStatus::Failed, "an I/O of a removed controller");
+        FAILED.fetch_add(1, Ordering::SeqCst);
+    }
+    let sim = Arc::new(SimController::new(
+        mem.clone(),
+        SimConfig {
+            namespaces: vec![(512, 8192)],
+            ..Default::default()
+        },
+    ));
+    let s2 = sim.clone();
+    on(0, move || async move {
+        let ctrlr = Controller::with_registers(
+            "simr".into(),
+            s2,
+            &bdev::memory(),
+            ControllerOptions::default(),
+        )
+        .unwrap();
+        nvme::attach("SimR", "0000:00:01.0".parse().unwrap(), ctrlr).unwrap()
+    });
+    let removed = Arc::new(AtomicUsize::new(0));
+    let holder: Arc<Mutex<Option<bdev::Desc>>> = Arc::default();
+    let (r2, h2) = (removed.clone(), holder.clone());
+    sim.hold_io(true);
+    on(1, move || async move {
+        let (r3, h3) = (r2.clone(), h2.clone());
+        let desc = bdev::open("SimRn1", true, move |_, e| {
+            if e == BdevEvent::Remove {
+                r3.fetch_add(1, Ordering::SeqCst);
+                h3.lock().unwrap().take();
+            }
+        })
+        .unwrap();
+        let ch = desc.get_io_channel().unwrap();
+        *h2.lock().unwrap() = Some(desc);
+        for i in 0..8 {
+            ch.read(bdev::memory().alloc(512, 4096).unwrap(), i, 1, ended, 0)
+                .unwrap();
+        }
+        // The channel goes once its I/O has ended.
+        drop(reactor::spawn(async move {
+            while FAILED.load(Ordering::SeqCst) < 8 {
+                reactor::yield_now().await;
+            }
+            drop(ch);
+        }));
+    });
+    sim.set_removed(true);
+    wait_until("the I/O in flight to fail", || {
+        FAILED.load(Ordering::SeqCst) == 8
+    });
+    wait_until("the bdev and the controller to go", || {
+        bdev::get("SimRn1").is_none()
+            && !nvme::controllers_list().iter().any(|c| c.name() == "SimR")
+    });
+    assert_eq!(removed.load(Ordering::SeqCst), 1, "its opener got Remove");
+    assert!(holder.lock().unwrap().is_none());
 }

@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use nvme_driver::pci::Bdf;
 use nvme_driver::{
-    CommandError, Controller, ControllerOptions, IoQpair, NsEvent, StatusKind, SubmitErrorKind,
+    CommandError, Controller, ControllerOptions, IoQpair, NsEvent, NvmeError, StatusKind,
+    SubmitErrorKind,
 };
 use reactor::{PollStatus, Poller};
 use serde_json::json;
@@ -438,8 +439,20 @@ pub fn attach(name: &str, bdf: Bdf, mut ctrlr: Controller) -> Result<Vec<String>
             // Admin work runs under the controller lock; namespace events raised
             // inside are delivered after it (see `on_ns_event`).
             let r = c.lock().poll_admin();
-            if let Err(e) = r {
-                log::debug!("nvme {}: {e}", c.name);
+            match r {
+                Err(NvmeError::Removed { .. }) if !c.detached.swap(true, Ordering::AcqRel) => {
+                    // Surprise removal (registers read all-ones): its queue
+                    // pairs fail their I/O at their next poll; its bdevs go
+                    // (Remove to every opener), then the controller.
+                    log::warn!(
+                        "nvme {}: controller removed; unregistering its bdevs",
+                        c.name
+                    );
+                    let name = c.name.clone();
+                    drop(reactor::spawn(async move { remove_gone(&name).await }));
+                }
+                Err(e) => log::debug!("nvme {}: {e}", c.name),
+                Ok(()) => {}
             }
             PollStatus::Idle
         },
@@ -496,8 +509,19 @@ pub async fn detach_controller(name: &str) -> Result<(), BdevError> {
         .get(name)
         .cloned()
         .ok_or_else(|| BdevError::NotFound(name.to_owned()))?;
+    for b in bdevs_of(name) {
+        crate::unregister(&b).await?;
+    }
+    c.detached.store(true, Ordering::Release);
+    controllers().remove(name);
+    c.lock().shutdown();
+    Ok(())
+}
+
+/// The names of controller `name`'s bdevs (`<name>n<nsid>`).
+fn bdevs_of(name: &str) -> Vec<String> {
     let prefix = format!("{name}n");
-    let bdevs: Vec<String> = crate::list()
+    crate::list()
         .into_iter()
         .filter(|b| {
             b.module() == "nvme"
@@ -506,14 +530,20 @@ pub async fn detach_controller(name: &str) -> Result<(), BdevError> {
                     .is_some_and(|r| r.parse::<u32>().is_ok())
         })
         .map(|b| b.name().to_owned())
-        .collect();
-    for b in bdevs {
-        crate::unregister(&b).await?;
+        .collect()
+}
+
+/// A controller that went away by itself: its bdevs are unregistered
+/// (their openers get Remove and close), then it leaves the list (no
+/// shutdown: there is no device to talk to).
+async fn remove_gone(name: &str) {
+    for b in bdevs_of(name) {
+        if let Err(e) = crate::unregister(&b).await {
+            log::warn!("nvme {name}: unregistering {b} after removal: {e}");
+        }
     }
-    c.detached.store(true, Ordering::Release);
     controllers().remove(name);
-    c.lock().shutdown();
-    Ok(())
+    log::info!("nvme {name}: removed");
 }
 
 /// The attached controllers.
