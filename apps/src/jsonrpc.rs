@@ -81,11 +81,7 @@ impl RpcError {
     /// The error for errno `e` (either sign): code `-|e|`, message the
     /// errno's text ("No such device" for 19), as SPDK answers.
     pub fn errno(e: i32) -> Self {
-        let e = e.unsigned_abs() as i32;
-        RpcError {
-            code: -e,
-            message: strerror(e),
-        }
+        bdev::rpc::RpcError::errno(e).into()
     }
 }
 

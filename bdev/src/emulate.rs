@@ -34,19 +34,37 @@ pub(crate) fn copy_next(s: &Rc<ChanState>, mut p: NonNull<BdevIo>) {
             return complete(p, IoStatus::NoMem);
         }
     };
+    let at = io.src_offset_blocks + io.copied;
+    let iov = IoVec::of(&buf, 0, len);
+    step(s, p, (IoType::Read, at, n, false), iov, buf, copy_read_done);
+}
+
+/// Launches one step of a COPY over the bounce buffer `buf` (segment
+/// `iov`), `done` called with the COPY as the context word; without an I/O
+/// object the buffer goes back and the COPY waits for resources (the step
+/// is done again later).
+fn step(
+    s: &Rc<ChanState>,
+    p: NonNull<BdevIo>,
+    (ty, offset_blocks, num_blocks, fua): (IoType, u64, u64, bool),
+    iov: IoVec,
+    buf: dma::DmaBuf,
+    done: crate::io::IoCallback,
+) {
     let Some(mut cp) = s.alloc_io() else {
         s.cache().free(buf);
         return complete(p, IoStatus::NoMem);
     };
     // SAFETY: freshly allocated, exclusively ours.
     let child = unsafe { cp.as_mut() };
-    child.ty = IoType::Read;
-    child.offset_blocks = io.src_offset_blocks + io.copied;
-    child.num_blocks = n;
-    child.iov[0] = IoVec::of(&buf, 0, len);
+    child.ty = ty;
+    child.offset_blocks = offset_blocks;
+    child.num_blocks = num_blocks;
+    child.fua = fua;
+    child.iov[0] = iov;
     child.iovcnt = 1;
     child.buf = Some(buf);
-    child.cb = Some(copy_read_done);
+    child.cb = Some(done);
     child.ctx = p.as_ptr() as usize;
     s.launch_internal(cp);
 }
@@ -63,24 +81,15 @@ fn copy_read_done(child: &mut BdevIo, status: IoStatus) {
         return complete(p, status);
     }
     // SAFETY: the COPY is in flight (waiting for this child).
-    let io = unsafe { &mut *p.as_ptr() };
-    let Some(mut cp) = s.alloc_io() else {
-        // Out of I/O objects: the chunk is read again later.
-        s.cache().free(buf);
-        return complete(p, IoStatus::NoMem);
-    };
-    // SAFETY: freshly allocated, exclusively ours.
-    let w = unsafe { cp.as_mut() };
-    w.ty = IoType::Write;
-    w.offset_blocks = io.offset_blocks + io.copied;
-    w.num_blocks = child.num_blocks;
-    w.iov[0] = child.iov[0];
-    w.iovcnt = 1;
-    w.buf = Some(buf);
-    w.fua = io.fua;
-    w.cb = Some(copy_write_done);
-    w.ctx = p.as_ptr() as usize;
-    s.launch_internal(cp);
+    let io = unsafe { p.as_ref() };
+    // Without an I/O object the chunk is read again later.
+    let args = (
+        IoType::Write,
+        io.offset_blocks + io.copied,
+        child.num_blocks,
+        io.fua,
+    );
+    step(&s, p, args, child.iov[0], buf, copy_write_done);
 }
 
 /// The chunk is written: on to the next.

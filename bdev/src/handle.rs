@@ -101,22 +101,11 @@ impl IoHandle {
     }
 
     /// The raw pointer (the layer's child I/O passes it as the child's
-    /// context word). Rebuilt with [`IoHandle::from_raw`].
+    /// context word; `child.rs` rebuilds the handle with `IoHandle::new`).
     pub(crate) fn into_raw(self) -> usize {
         let p = self.io.as_ptr() as usize;
         std::mem::forget(self);
         p
-    }
-
-    /// Rebuilds a handle from [`IoHandle::into_raw`].
-    ///
-    /// # Safety
-    /// `raw` must come from `into_raw` of a handle not rebuilt since.
-    #[allow(dead_code)]
-    pub(crate) unsafe fn from_raw(raw: usize) -> Self {
-        IoHandle {
-            io: NonNull::new(raw as *mut BdevIo).expect("non-null I/O pointer"),
-        }
     }
 }
 

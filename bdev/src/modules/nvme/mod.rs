@@ -203,9 +203,9 @@ impl BdevOps for NvmeNs {
                 // (up to the queue's depth, more than one poll's reap), so
                 // the list has room for the whole queue, made once.
                 let mut done = done.borrow_mut();
-                let n = q.process_completions(REAP_MAX, |h, r| done.push((h, r)));
+                q.process_completions(REAP_MAX, |h, r| done.push((h, r)));
                 drop(q);
-                let n = n.max(done.len());
+                let n = done.len();
                 for (h, r) in done.drain(..) {
                     finish_io(h, r);
                 }
