@@ -75,6 +75,10 @@ pub enum BdevError {
         /// What failed.
         reason: String,
     },
+    /// The operation is not allowed in the current state (the text says
+    /// why).
+    #[error("{0}")]
+    NotPermitted(String),
 }
 
 impl BdevError {
@@ -86,7 +90,7 @@ impl BdevError {
             BdevError::Invalid { .. }
             | BdevError::OutOfRange { .. }
             | BdevError::BufferSize { .. } => -libc_errno::EINVAL,
-            BdevError::Claimed { .. } => -libc_errno::EPERM,
+            BdevError::Claimed { .. } | BdevError::NotPermitted(_) => -libc_errno::EPERM,
             BdevError::Removing(_) | BdevError::Busy { .. } => -libc_errno::EBUSY,
             BdevError::ReadOnly(_) => -libc_errno::EBADF,
             BdevError::NoMem(_) => -libc_errno::ENOMEM,

@@ -41,7 +41,9 @@ fn nvme_bdevs_pass_the_data_test() {
     );
     let traddr = first_vfio_controller();
     let names = on(0, move || async move {
-        nvme::attach_controller("Nvme0", &traddr, ControllerOptions::default()).unwrap()
+        nvme::attach_controller("Nvme0", &traddr, ControllerOptions::default(), None)
+            .await
+            .unwrap()
     });
     println!("attached: {names:?}");
     assert_eq!(names, vec!["Nvme0n1", "Nvme0n2"]);

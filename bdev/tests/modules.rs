@@ -4,6 +4,7 @@
 
 mod common;
 
+use nvme_driver::blocking::BlockingController;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -220,7 +221,7 @@ fn resets_under_load_lose_nothing() {
                 submitted += 1;
             }
             if resets < 5 && submitted >= (resets + 1) * 500 {
-                ctrlr.reset().unwrap();
+                ctrlr.reset().await.unwrap();
                 resets += 1;
             }
             assert!(reactor::now() < deadline, "stuck");

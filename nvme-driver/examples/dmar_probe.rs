@@ -4,6 +4,7 @@
 //! log shows the stray DMA, and the harness must fail the run on it.
 
 use dma::{DmaConfig, DmaMemory};
+use nvme_driver::blocking::BlockingController;
 use nvme_driver::{Controller, ControllerOptions, IoQpair};
 
 fn main() {
@@ -20,7 +21,7 @@ fn main() {
     let mem = DmaMemory::new(DmaConfig::hugepages(64 << 20)).expect("DMA memory");
     let ctrlr = Controller::open(bdf, &mem, ControllerOptions::default()).expect("controller");
     let ns = ctrlr.namespaces().next().expect("a namespace").clone();
-    let mut qp: IoQpair<()> = ctrlr.create_io_qpair(4).expect("queue pair");
+    let mut qp: IoQpair<()> = ctrlr.connect_io_qpair(4).expect("queue pair");
     // 256 GiB: inside the 39-bit IOVA space, far above anything mapped.
     let unmapped = 0x40_0000_0000u64;
     qp.read(ns.nsid, 0, 1, &[(unmapped, ns.block_size as usize)], ())

@@ -2,22 +2,25 @@
 //! commands, asynchronous events, health checks, timeouts and reset.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use dma::{DmaBuf, DmaMemory};
 
-use crate::admin::{AdminQueue, StartError};
-use crate::cmd::admin as cmd;
+use crate::admin::AdminQueue;
+use crate::client::AdminClient;
 use crate::error::NvmeError;
 use crate::init::{Init, InitResult};
 use crate::pci::{Bdf, VfioPci};
 use crate::qcore::{PRP_LIST_ENTRIES, QueueCore};
 use crate::qpair::IoQpair;
 use crate::regs::{Cap, RegisterIo, Registers, Version, cc, csts};
-use crate::shared::{CtrlrState, Request, Shared};
-use crate::spec::{ErrorLogEntry, IdentifyController, IdentifyNamespace, SmartLog, Sqe, log_page};
+use crate::shared::{CtrlrState, Request, Shared, TimeoutAction};
+use crate::spec::{IdentifyController, IdentifyNamespace, log_page};
 
 /// Options for bringing up a controller.
 #[derive(Clone, Debug)]
@@ -60,16 +63,48 @@ pub struct Namespace {
 }
 
 impl Namespace {
-    fn from_identify(nsid: u32, id: &IdentifyNamespace) -> Self {
-        Namespace {
+    /// The namespace as Identify Namespace describes it, checked: an LBA
+    /// data size below 512 bytes or beyond 2^31 (LBADS), metadata the bdev
+    /// layer cannot carry, a size that overflows, or an id beyond what the
+    /// driver tracks is an error naming the field.
+    pub fn checked(nsid: u32, id: &IdentifyNamespace) -> Result<Self, String> {
+        if nsid == 0 || nsid as usize > crate::shared::MAX_NSID {
+            return Err(format!(
+                "namespace id {nsid} is outside 1..={}",
+                crate::shared::MAX_NSID
+            ));
+        }
+        let Some(fmt) = id.current_format() else {
+            return Err(format!(
+                "FLBAS selects LBA format {} of {}",
+                (id.flbas & 0x0f) | ((id.flbas >> 5) & 3) << 4,
+                id.lba_formats.len()
+            ));
+        };
+        if fmt.data_size < 512 {
+            return Err("the LBA format's data size (LBADS) is below 512 bytes or invalid".into());
+        }
+        if fmt.metadata_size != 0 {
+            return Err(format!(
+                "the LBA format carries {} bytes of metadata per block (not supported)",
+                fmt.metadata_size
+            ));
+        }
+        if id.nsze.checked_mul(fmt.data_size as u64).is_none() {
+            return Err(format!(
+                "NSZE {} blocks of {} bytes overflows",
+                id.nsze, fmt.data_size
+            ));
+        }
+        Ok(Namespace {
             nsid,
-            block_size: id.block_size(),
+            block_size: fmt.data_size,
             blocks: id.nsze,
-            metadata_size: id.current_format().map_or(0, |f| f.metadata_size),
+            metadata_size: fmt.metadata_size,
             nguid: id.nguid,
             eui64: id.eui64,
             deallocate_reads_zeroes: id.deallocated_reads_zeroes(),
-        }
+        })
     }
 
     /// Size in bytes.
@@ -98,7 +133,29 @@ pub enum NsEvent {
 /// Handler of namespace events.
 pub type NsEventHandler = Box<dyn FnMut(&NsEvent) + Send>;
 
-/// A controller brought up and ready for I/O queue pairs.
+/// An admin sequence the controller runs for itself (a namespace rescan
+/// after an event, an abort of a timed-out command), polled by
+/// [`Controller::poll_admin`].
+type Task = Pin<Box<dyn Future<Output = TaskEnd> + Send>>;
+
+enum TaskEnd {
+    Nothing,
+    Namespaces(Result<Vec<(u32, IdentifyNamespace)>, NvmeError>),
+    AbortFailed { qid: u16, cid: u16 },
+}
+
+enum ResetPhase {
+    /// CC.EN cleared; waiting for CSTS.RDY to clear (bounded by CAP.TO).
+    Disable { deadline: Instant },
+    /// Bring-up again from programming the admin queue.
+    Init(Box<Init>),
+}
+
+/// A controller brought up and ready for I/O queue pairs. Owned by one
+/// core, which calls [`Controller::poll_admin`] every millisecond or so:
+/// resets, namespace rescans and aborts advance there, step by step;
+/// nothing in this type waits (the waiting versions are in
+/// [`crate::blocking`], for threads that are not reactors).
 pub struct Controller {
     shared: Arc<Shared>,
     cap: Cap,
@@ -110,6 +167,11 @@ pub struct Controller {
     opts: ControllerOptions,
     aer_limit: usize,
     resets: u64,
+    resets_done: u64,
+    last_reset_error: Option<String>,
+    reset: Option<ResetPhase>,
+    shutdown_deadline: Option<Instant>,
+    tasks: Vec<Task>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -123,14 +185,88 @@ impl std::fmt::Debug for Controller {
     }
 }
 
-impl Controller {
-    /// Opens the PCIe controller at `bdf` (bound to vfio-pci) through the
-    /// process's VFIO container, maps `mem` into the container and brings
-    /// the controller up.
+/// A controller being brought up: [`Starting::poll`] advances it without
+/// waiting until it is ready (or failed).
+pub struct Starting {
+    shared: Arc<Shared>,
+    cap: Cap,
+    version: Version,
+    scratch: Option<DmaBuf>,
+    opts: ControllerOptions,
+    init: Init,
+}
+
+impl std::fmt::Debug for Starting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Starting")
+            .field("name", &self.shared.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Starting {
+    /// Advances bring-up as far as it goes without waiting.
     ///
     /// # Errors
     /// [`NvmeError`] naming the controller and the step that failed.
-    pub fn open(bdf: Bdf, mem: &DmaMemory, opts: ControllerOptions) -> Result<Self, NvmeError> {
+    pub fn poll(&mut self) -> Poll<Result<Controller, NvmeError>> {
+        let Some(scratch) = self.scratch.as_ref() else {
+            return Poll::Ready(Err(NvmeError::NotReady {
+                ctrlr: self.shared.name.clone(),
+                state: "finished",
+            }));
+        };
+        let result = match self.init.poll(&self.shared, scratch) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(e)) => {
+                self.shared.set_state(CtrlrState::Removed);
+                return Poll::Ready(Err(e));
+            }
+            Poll::Ready(Ok(r)) => r,
+        };
+        let Some(scratch) = self.scratch.take() else {
+            return Poll::Pending;
+        };
+        let mut c = Controller {
+            shared: self.shared.clone(),
+            cap: self.cap,
+            version: self.version,
+            identify: result.identify.clone(),
+            namespaces: BTreeMap::new(),
+            scratch,
+            handler: None,
+            opts: self.opts.clone(),
+            aer_limit: 0,
+            resets: 0,
+            resets_done: 0,
+            last_reset_error: None,
+            reset: None,
+            shutdown_deadline: None,
+            tasks: Vec::new(),
+        };
+        c.apply(result);
+        c.shared.set_state(CtrlrState::Ready);
+        Poll::Ready(Ok(c))
+    }
+
+    /// The controller's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+}
+
+impl Controller {
+    /// Opens the PCIe controller at `bdf` (bound to vfio-pci) through the
+    /// process's VFIO container, maps `mem` into the container and starts
+    /// bringing the controller up.
+    ///
+    /// # Errors
+    /// [`NvmeError`] naming the controller and the step that failed.
+    pub fn open_start(
+        bdf: Bdf,
+        mem: &DmaMemory,
+        opts: ControllerOptions,
+    ) -> Result<Starting, NvmeError> {
         let name = bdf.to_string();
         let lease = dma::vfio::DeviceLease::new(mem);
         let pci = VfioPci::open(bdf)?;
@@ -147,20 +283,22 @@ impl Controller {
             _pci: pci,
             _lease: lease,
         });
-        Self::with_registers(name, regs, mem, opts)
+        Self::start(name, regs, mem, opts)
     }
 
-    /// Brings up a controller reached through `regs` (BAR0, or a device model
-    /// in tests) whose DMA goes to `mem`.
+    /// Starts bringing up a controller reached through `regs` (BAR0, or a
+    /// device model in tests) whose DMA goes to `mem`. The registers read
+    /// here are checked: a value the driver cannot work with is an error
+    /// naming it.
     ///
     /// # Errors
-    /// [`NvmeError`] naming the controller and the step that failed.
-    pub fn with_registers(
+    /// [`NvmeError`] naming the controller and what it reported.
+    pub fn start(
         name: String,
         regs: Arc<dyn RegisterIo>,
         mem: &DmaMemory,
         opts: ControllerOptions,
-    ) -> Result<Self, NvmeError> {
+    ) -> Result<Starting, NvmeError> {
         let cap = Cap(regs.read64(Registers::CAP));
         if cap.0 == u64::MAX {
             return Err(NvmeError::Removed { ctrlr: name });
@@ -170,6 +308,16 @@ impl Controller {
             return Err(NvmeError::Unsupported {
                 ctrlr: name,
                 what: "CAP.CSS lacks the NVM command set".into(),
+            });
+        }
+        if cap.max_queue_entries() < 2 {
+            return Err(NvmeError::Unsupported {
+                ctrlr: name,
+                what: format!(
+                    "CAP.MQES is {} (queues of {} entries; at least 2 are needed)",
+                    cap.max_queue_entries().saturating_sub(1),
+                    cap.max_queue_entries()
+                ),
             });
         }
         let page = 4096;
@@ -189,7 +337,7 @@ impl Controller {
         };
         let admin_depth = opts
             .admin_depth
-            .clamp(2, cap.max_queue_entries().min(4096) as u16 - 1);
+            .clamp(2, (cap.max_queue_entries().min(4096) - 1) as u16);
         let core = QueueCore::new(
             0,
             admin_depth,
@@ -210,22 +358,14 @@ impl Controller {
             mem.clone(),
             opts.admin_timeout,
         ));
-        let result = Init::new(cap, opts.io_queues, true).run(&shared, &scratch)?;
-        let mut c = Controller {
+        Ok(Starting {
+            init: Init::new(cap, opts.io_queues, true),
             shared,
             cap,
             version,
-            identify: result.identify.clone(),
-            namespaces: BTreeMap::new(),
-            scratch,
-            handler: None,
+            scratch: Some(scratch),
             opts,
-            aer_limit: 0,
-            resets: 0,
-        };
-        c.apply(result);
-        c.shared.set_state(CtrlrState::Ready);
-        Ok(c)
+        })
     }
 
     /// Takes in what bring-up learned; returns the namespace events.
@@ -258,11 +398,25 @@ impl Controller {
                 *free = (1..=granted).rev().collect();
             }
         }
-        let fresh: BTreeMap<u32, Namespace> = r
-            .namespaces
-            .iter()
-            .map(|(nsid, id)| (*nsid, Namespace::from_identify(*nsid, id)))
-            .collect();
+        let events = self.take_namespaces(r.namespaces);
+        self.shared.admin().post_aers(self.aer_limit);
+        events
+    }
+
+    /// Replaces the namespace table with `list` (Identify data checked:
+    /// a namespace the driver cannot address is left out, with a warning
+    /// naming the field); updates what queue pairs check and returns what
+    /// changed.
+    fn take_namespaces(&mut self, list: Vec<(u32, IdentifyNamespace)>) -> Vec<NsEvent> {
+        let mut fresh = BTreeMap::new();
+        for (nsid, id) in list {
+            match Namespace::checked(nsid, &id) {
+                Ok(ns) => {
+                    fresh.insert(nsid, ns);
+                }
+                Err(what) => log::warn!("{}: namespace {nsid} left out: {what}", self.shared.name),
+            }
+        }
         let events = diff(&self.namespaces, &fresh);
         // Namespace by namespace, never all at once: queue pairs on other
         // cores read these while a reset re-identifies.
@@ -273,7 +427,6 @@ impl Controller {
             }
         }
         self.namespaces = fresh;
-        self.shared.admin().post_aers(self.aer_limit);
         events
     }
 
@@ -324,9 +477,35 @@ impl Controller {
         self.shared.state()
     }
 
-    /// Resets performed so far.
+    /// Resets started so far.
     pub fn resets(&self) -> u64 {
         self.resets
+    }
+
+    /// Resets finished so far (succeeded or failed).
+    pub fn resets_done(&self) -> u64 {
+        self.resets_done
+    }
+
+    /// Why the last reset failed (None: it succeeded, or none ran).
+    pub fn last_reset_error(&self) -> Option<&str> {
+        self.last_reset_error.as_deref()
+    }
+
+    /// Whether a reset is in progress.
+    pub fn resetting(&self) -> bool {
+        self.reset.is_some()
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// A handle for admin commands from any core (see [`AdminClient`]).
+    pub fn admin(&self) -> AdminClient {
+        AdminClient {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Registers the handler of namespace events.
@@ -334,12 +513,29 @@ impl Controller {
         self.handler = Some(handler);
     }
 
+    /// Sets the I/O command timeout (None: off) and what queue pairs do
+    /// when a command outlives it; applies to every queue pair at its next
+    /// poll.
+    pub fn set_io_timeout(&self, timeout: Option<Duration>, action: TimeoutAction) {
+        self.shared.set_io_timeout(timeout, action);
+    }
+
+    /// Sets how long an admin command may take before the controller is
+    /// reset.
+    pub fn set_admin_timeout(&self, timeout: Duration) {
+        self.shared.set_admin_timeout(timeout);
+    }
+
     /// Creates an I/O queue pair with `depth` commands outstanding at most
-    /// (up to CAP.MQES); move it to the core that will own it.
+    /// (up to CAP.MQES); move it to the core that will own it. It is
+    /// created on the controller by its own polls
+    /// ([`IoQpair::process_completions`]), without waiting: until then
+    /// submissions are refused as "resetting" ([`IoQpair::is_connected`]
+    /// tells).
     ///
     /// # Errors
-    /// [`NvmeError::InvalidDepth`], [`NvmeError::NoFreeQueue`], or the
-    /// failing queue-creation command.
+    /// [`NvmeError::InvalidDepth`], [`NvmeError::NoFreeQueue`],
+    /// [`NvmeError::Removed`], or the ring memory.
     pub fn create_io_qpair<C>(&self, depth: u32) -> Result<IoQpair<C>, NvmeError> {
         let max = self.shared.mqes - 1;
         if depth == 0 || depth > max {
@@ -349,7 +545,12 @@ impl Controller {
                 max,
             });
         }
-        self.ready()?;
+        if self.shared.state() == CtrlrState::Removed {
+            return Err(NvmeError::Removed {
+                ctrlr: self.shared.name.clone(),
+            });
+        }
+        self.shared.drive_retired();
         let qid = self
             .shared
             .free_qids
@@ -360,220 +561,190 @@ impl Controller {
                 ctrlr: self.shared.name.clone(),
                 granted: self.io_queues(),
             })?;
-        IoQpair::create(self.shared.clone(), qid, depth as u16).inspect_err(|_| {
-            self.shared
-                .free_qids
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(qid);
-        })
+        IoQpair::new(self.shared.clone(), qid, depth as u16)
+            .inspect_err(|_| self.shared.free_qid(qid))
     }
 
-    fn ready(&self) -> Result<(), NvmeError> {
-        match self.shared.state() {
-            CtrlrState::Ready => Ok(()),
-            s => Err(NvmeError::NotReady {
-                ctrlr: self.shared.name.clone(),
-                state: s.name(),
-            }),
-        }
-    }
-
-    /// Runs one admin command, with the scratch page as its data when
-    /// `data` is set. Returns DW0.
-    fn admin_command(
-        &mut self,
-        sqe: Sqe,
-        data: bool,
-        command: &'static str,
-    ) -> Result<u32, NvmeError> {
-        let sh = &self.shared;
-        let segs = [(self.scratch.iova(), 4096)];
-        let r = sh
-            .admin()
-            .execute(sqe, if data { &segs } else { &[] }, sh.admin_timeout);
-        match r {
-            Ok(Some(Ok(dw0))) => Ok(dw0),
-            Ok(Some(Err(source))) => Err(NvmeError::Admin {
-                ctrlr: sh.name.clone(),
-                command,
-                source,
-            }),
-            Ok(None) | Err(StartError::Busy) => {
-                sh.request(Request::Reset);
-                Err(NvmeError::AdminTimeout {
-                    ctrlr: sh.name.clone(),
-                    command,
-                    ms: sh.admin_timeout.as_millis() as u64,
-                })
-            }
-            Err(StartError::Full) => Err(NvmeError::AdminQueueFull {
-                ctrlr: sh.name.clone(),
-                command,
-            }),
-            Err(StartError::Prp(source)) => Err(NvmeError::Prp {
-                ctrlr: sh.name.clone(),
-                source,
-            }),
-        }
-    }
-
-    /// Reads `out.len()` bytes (a multiple of 4) of log page `lid` for
-    /// namespace `nsid` (0xffffffff: controller-wide).
+    /// The admin poller: call it periodically (every millisecond or so) on
+    /// the core that owns the controller. Without waiting, it reaps admin
+    /// completions and asynchronous events (a Namespace Attribute Changed
+    /// notice starts a rescan), advances a reset in progress, starts the
+    /// reset or abort a queue pair asked for (or that an admin timeout or
+    /// a fatal status calls for), deletes retired queues, and notices
+    /// removal.
     ///
     /// # Errors
-    /// The failing Get Log Page command.
-    pub fn get_log_page(&mut self, lid: u8, nsid: u32, out: &mut [u8]) -> Result<(), NvmeError> {
-        self.ready()?;
-        let mut done = 0;
-        while done < out.len() {
-            let n = (out.len() - done).min(4096);
-            let n4 = n.div_ceil(4) * 4;
-            self.admin_command(
-                cmd::get_log_page(lid, nsid, n4, done as u64),
-                true,
-                "Get Log Page",
-            )?;
-            self.scratch.read_at(0, &mut out[done..done + n]);
-            done += n;
+    /// [`NvmeError::Removed`] once the controller is gone; the error of a
+    /// reset that failed (once, when it fails).
+    pub fn poll_admin(&mut self) -> Result<(), NvmeError> {
+        let sh = self.shared.clone();
+        if sh.state() == CtrlrState::Removed {
+            return Err(NvmeError::Removed {
+                ctrlr: sh.name.clone(),
+            });
+        }
+        let st = sh.regs.read32(Registers::CSTS);
+        if st == u32::MAX {
+            self.mark_removed();
+            return Err(NvmeError::Removed {
+                ctrlr: sh.name.clone(),
+            });
+        }
+        if self.shutdown_deadline.is_some() {
+            return Ok(());
+        }
+        if self.reset.is_some() {
+            return self.advance_reset(st);
+        }
+        if sh.state() == CtrlrState::Failed {
+            // A reset failed: only another reset (asked for by the owner)
+            // brings it back.
+            return Ok(());
+        }
+        if st & csts::CFS != 0 {
+            log::warn!("{}: controller fatal status; resetting", sh.name);
+            return self.start_reset();
+        }
+        let (events, timed_out) = {
+            let mut admin = sh.admin();
+            admin.poll();
+            admin.expire(Instant::now());
+            let t = std::mem::take(&mut admin.timed_out);
+            (std::mem::take(&mut admin.events), t)
+        };
+        if timed_out > 0 {
+            log::warn!(
+                "{}: {timed_out} admin command(s) timed out; resetting",
+                sh.name
+            );
+            return self.start_reset();
+        }
+        sh.drive_retired();
+        let requests = std::mem::take(&mut *sh.requests.lock().unwrap_or_else(|p| p.into_inner()));
+        if requests.contains(&Request::Reset) {
+            return self.start_reset();
+        }
+        for r in requests {
+            if let Request::Abort { qid, cid } = r {
+                let admin = self.admin();
+                self.tasks.push(Box::pin(async move {
+                    match admin.abort(qid, cid).await {
+                        Ok(true) => {
+                            log::info!("{}: queue {qid} command {cid} aborted", admin.name());
+                            TaskEnd::Nothing
+                        }
+                        Ok(false) => {
+                            log::warn!(
+                                "{}: queue {qid} command {cid} could not be aborted",
+                                admin.name()
+                            );
+                            TaskEnd::AbortFailed { qid, cid }
+                        }
+                        Err(e) => {
+                            log::warn!(
+                                "{}: abort of queue {qid} command {cid} failed: {e}",
+                                admin.name()
+                            );
+                            TaskEnd::AbortFailed { qid, cid }
+                        }
+                    }
+                }));
+            }
+        }
+        for dw0 in events {
+            self.async_event(dw0);
+        }
+        self.run_tasks()?;
+        let limit = self.aer_limit;
+        sh.admin().post_aers(limit);
+        Ok(())
+    }
+
+    /// Polls the admin sequences in flight once each.
+    fn run_tasks(&mut self) -> Result<(), NvmeError> {
+        if self.tasks.is_empty() {
+            return Ok(());
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut ended = Vec::new();
+        self.tasks.retain_mut(|t| match t.as_mut().poll(&mut cx) {
+            Poll::Ready(end) => {
+                ended.push(end);
+                false
+            }
+            Poll::Pending => true,
+        });
+        for end in ended {
+            match end {
+                TaskEnd::Nothing => {}
+                TaskEnd::Namespaces(Ok(list)) => {
+                    let events = self.take_namespaces(list);
+                    self.deliver(&events);
+                }
+                TaskEnd::Namespaces(Err(e)) => {
+                    log::warn!("{}: namespace rescan: {e}", self.shared.name)
+                }
+                TaskEnd::AbortFailed { qid, cid } => {
+                    // As SPDK: an abort that fails resets the controller.
+                    log::warn!(
+                        "{}: the abort of queue {qid} command {cid} failed; resetting",
+                        self.shared.name
+                    );
+                    return self.start_reset();
+                }
+            }
         }
         Ok(())
     }
 
-    /// SMART / Health Information, controller-wide.
-    ///
-    /// # Errors
-    /// The failing Get Log Page command.
-    pub fn smart_log(&mut self) -> Result<SmartLog, NvmeError> {
-        let mut b = [0u8; 512];
-        self.get_log_page(log_page::SMART, 0xffff_ffff, &mut b)?;
-        // SAFETY: SmartLog is repr(C), 512 bytes, made only of integers and
-        // byte arrays, so every bit pattern is valid.
-        Ok(unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<SmartLog>()) })
-    }
-
-    /// The Error Information log, newest first (up to ELPE + 1 entries, at
-    /// most 64).
-    ///
-    /// # Errors
-    /// The failing Get Log Page command.
-    pub fn error_log(&mut self) -> Result<Vec<ErrorLogEntry>, NvmeError> {
-        let n = (self.identify.elpe as usize + 1).min(64);
-        let mut b = vec![0u8; n * 64];
-        self.get_log_page(log_page::ERROR, 0xffff_ffff, &mut b)?;
-        Ok(b.chunks_exact(64)
-            // SAFETY: ErrorLogEntry is repr(C), 64 bytes of integers: every
-            // bit pattern is valid.
-            .map(|c| unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<ErrorLogEntry>()) })
-            .filter(|e| e.error_count != 0)
-            .collect())
-    }
-
-    /// Get Features: the current value (DW0) of feature `fid`.
-    ///
-    /// # Errors
-    /// The failing command.
-    pub fn get_feature(&mut self, fid: u8, nsid: u32) -> Result<u32, NvmeError> {
-        self.ready()?;
-        self.admin_command(cmd::get_features(fid, nsid), false, "Get Features")
-    }
-
-    /// Set Features: sets feature `fid` to `value` (CDW11); returns DW0.
-    ///
-    /// # Errors
-    /// The failing command.
-    pub fn set_feature(&mut self, fid: u8, value: u32) -> Result<u32, NvmeError> {
-        self.ready()?;
-        self.admin_command(cmd::set_features(fid, value), false, "Set Features")
-    }
-
-    /// Asks the controller to abort command `cid` on queue `qid`. Returns
-    /// whether the controller says it was aborted (DW0 bit 0 clear).
-    ///
-    /// # Errors
-    /// The failing Abort command.
-    pub fn abort(&mut self, qid: u16, cid: u16) -> Result<bool, NvmeError> {
-        self.ready()?;
-        let dw0 = self.admin_command(cmd::abort(qid, cid), false, "Abort")?;
-        Ok(dw0 & 1 == 0)
-    }
-
-    /// Formats namespace `nsid` with LBA format `lbaf` (erasing it), then
-    /// re-reads the namespaces.
-    ///
-    /// # Errors
-    /// [`NvmeError::Unsupported`] when the controller lacks Format NVM, or
-    /// the failing command.
-    pub fn format_nvm(&mut self, nsid: u32, lbaf: u8) -> Result<Vec<NsEvent>, NvmeError> {
-        self.ready()?;
-        if !self.identify.supports_format() {
-            return Err(NvmeError::Unsupported {
-                ctrlr: self.shared.name.clone(),
-                what: "Format NVM (OACS bit 1)".into(),
-            });
-        }
-        self.admin_command(cmd::format_nvm(nsid, lbaf), false, "Format NVM")?;
-        self.rescan_namespaces()
-    }
-
-    /// Re-reads the active namespaces, updates the table I/O checks use, and
-    /// reports (and hands to the handler) what changed.
-    ///
-    /// # Errors
-    /// The failing Identify command.
-    pub fn rescan_namespaces(&mut self) -> Result<Vec<NsEvent>, NvmeError> {
-        self.ready()?;
-        let mut nsids = Vec::new();
-        loop {
-            let after = nsids.last().copied().unwrap_or(0);
-            self.admin_command(
-                cmd::active_namespaces(after),
-                true,
-                "Identify (Active Namespace List)",
-            )?;
-            let mut b = [0u8; 4096];
-            self.scratch.read_at(0, &mut b);
-            let mut n = 0;
-            for c in b.chunks_exact(4) {
-                let id = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                if id == 0 || id <= nsids.last().copied().unwrap_or(0) || id == u32::MAX {
-                    break;
-                }
-                nsids.push(id);
-                n += 1;
-            }
-            if n < 1024 || nsids.len() >= 1 << 16 {
-                break;
-            }
-        }
-        let mut fresh = BTreeMap::new();
-        for nsid in nsids {
-            self.admin_command(cmd::identify_namespace(nsid), true, "Identify Namespace")?;
-            let mut b = [0u8; 4096];
-            self.scratch.read_at(0, &mut b);
-            let id = IdentifyNamespace::parse(&b);
-            if id.is_active() {
-                fresh.insert(nsid, Namespace::from_identify(nsid, &id));
-            }
-        }
-        let events = diff(&self.namespaces, &fresh);
-        for ev in &events {
-            match ev {
-                NsEvent::Removed(nsid) => {
-                    if let Some(b) = self.shared.block_sizes.get(*nsid as usize - 1) {
-                        b.store(0, Ordering::Relaxed);
-                    }
-                }
-                NsEvent::Added(ns) | NsEvent::Resized { ns, .. } => {
-                    if let Some(b) = self.shared.block_sizes.get(ns.nsid as usize - 1) {
-                        b.store(ns.block_size, Ordering::Relaxed);
-                    }
+    fn async_event(&mut self, dw0: u32) {
+        let kind = dw0 & 7;
+        let info = (dw0 >> 8) & 0xff;
+        let lid = ((dw0 >> 16) & 0xff) as u8;
+        log::info!(
+            "{}: asynchronous event type {kind} info {info:#x} log {lid:#x}",
+            self.shared.name
+        );
+        const NOTICE: u32 = 2;
+        const NS_ATTRIBUTE_CHANGED: u32 = 0;
+        let rescan = kind == NOTICE && info == NS_ATTRIBUTE_CHANGED;
+        let admin = self.admin();
+        self.tasks.push(Box::pin(async move {
+            // Reading the log page the event names re-arms the event.
+            if lid != 0 {
+                let len = if lid == log_page::CHANGED_NS_LIST {
+                    4096
+                } else {
+                    512
+                };
+                if let Err(e) = admin.get_log_page(lid, 0xffff_ffff, len).await {
+                    log::warn!("{e}");
                 }
             }
-        }
-        self.namespaces = fresh;
+            if rescan {
+                TaskEnd::Namespaces(admin.identify_namespaces().await)
+            } else {
+                TaskEnd::Nothing
+            }
+        }));
+    }
+
+    /// Starts a namespace rescan (as a Namespace Attribute Changed notice
+    /// does); [`Controller::poll_admin`] runs it and delivers the events.
+    pub fn start_rescan(&mut self) {
+        let admin = self.admin();
+        self.tasks.push(Box::pin(async move {
+            TaskEnd::Namespaces(admin.identify_namespaces().await)
+        }));
+    }
+
+    /// Re-reads the namespaces from `list` (what
+    /// [`AdminClient::identify_namespaces`] returned) and delivers what
+    /// changed to the handler; returns the events.
+    pub fn update_namespaces(&mut self, list: Vec<(u32, IdentifyNamespace)>) -> Vec<NsEvent> {
+        let events = self.take_namespaces(list);
         self.deliver(&events);
-        Ok(events)
+        events
     }
 
     fn deliver(&mut self, events: &[NsEvent]) {
@@ -584,205 +755,179 @@ impl Controller {
         }
     }
 
-    /// The admin poller: call it periodically (a timed poller, every few
-    /// milliseconds) on the core that owns the controller. It reaps
-    /// asynchronous events (and re-reads the namespaces on a Namespace
-    /// Attribute Changed notice), aborts timed-out commands, resets the
-    /// controller on a fatal status or when asked, and notices removal.
-    ///
-    /// # Errors
-    /// [`NvmeError::Removed`] once the controller is gone; errors of a reset.
-    pub fn poll_admin(&mut self) -> Result<(), NvmeError> {
-        if self.shared.state() == CtrlrState::Removed {
-            return Err(NvmeError::Removed {
-                ctrlr: self.shared.name.clone(),
-            });
-        }
-        let st = self.shared.regs.read32(Registers::CSTS);
-        if st == u32::MAX {
-            self.mark_removed();
-            return Err(NvmeError::Removed {
-                ctrlr: self.shared.name.clone(),
-            });
-        }
-        if st & csts::CFS != 0 {
-            log::warn!("{}: controller fatal status; resetting", self.shared.name);
-            return self.reset();
-        }
-        let events = {
-            let mut admin = self.shared.admin();
-            if !admin.busy() {
-                let _ = admin.poll();
-            }
-            std::mem::take(&mut admin.events)
-        };
-        let requests = std::mem::take(
-            &mut *self
-                .shared
-                .requests
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
-        if requests.contains(&Request::Reset) {
-            return self.reset();
-        }
-        for r in requests {
-            if let Request::Abort { qid, cid } = r {
-                match self.abort(qid, cid) {
-                    Ok(aborted) => log::info!(
-                        "{}: abort of queue {qid} command {cid}: {}",
-                        self.shared.name,
-                        if aborted { "aborted" } else { "not aborted" }
-                    ),
-                    Err(e) => log::warn!(
-                        "{}: abort of queue {qid} command {cid} failed: {e}",
-                        self.shared.name
-                    ),
-                }
-            }
-        }
-        for dw0 in events {
-            self.handle_async_event(dw0)?;
-        }
-        let limit = self.aer_limit;
-        self.shared.admin().post_aers(limit);
-        Ok(())
-    }
-
-    fn handle_async_event(&mut self, dw0: u32) -> Result<(), NvmeError> {
-        let kind = dw0 & 7;
-        let info = (dw0 >> 8) & 0xff;
-        let lid = ((dw0 >> 16) & 0xff) as u8;
-        log::info!(
-            "{}: asynchronous event type {kind} info {info:#x} log {lid:#x}",
-            self.shared.name
-        );
-        // Reading the log page the event names re-arms the event.
-        if lid != 0 {
-            let mut b = vec![
-                0u8;
-                if lid == log_page::CHANGED_NS_LIST {
-                    4096
-                } else {
-                    512
-                }
-            ];
-            if let Err(e) = self.get_log_page(lid, 0xffff_ffff, &mut b) {
-                log::warn!("{e}");
-            }
-        }
-        const NOTICE: u32 = 2;
-        const NS_ATTRIBUTE_CHANGED: u32 = 0;
-        if kind == NOTICE && info == NS_ATTRIBUTE_CHANGED {
-            self.rescan_namespaces()?;
-        }
-        Ok(())
-    }
-
     fn mark_removed(&mut self) {
         log::warn!("{}: controller removed", self.shared.name);
         self.shared.set_state(CtrlrState::Removed);
         self.shared.admin().reset();
+        self.tasks.clear();
+        if self.reset.take().is_some() {
+            self.resets_done += 1;
+            self.last_reset_error = Some("controller removed".into());
+        }
     }
 
-    /// Resets the controller: refuses new I/O, disables the controller
-    /// (which ends every command on it), re-initialises it and re-reads the
-    /// namespaces. Queue pairs complete what was outstanding with
-    /// "aborted by reset" and re-create their queues on their next poll.
+    /// Starts a reset (or joins the one in progress): new I/O is refused,
+    /// the controller is disabled (which ends every command on it), then
+    /// brought up again and the namespaces re-read, all by
+    /// [`Controller::poll_admin`]. Queue pairs complete what was
+    /// outstanding with "aborted by reset" and create their queues again
+    /// on their next polls. [`Controller::resets_done`] counts it when it
+    /// ends; a failed reset leaves the controller [`CtrlrState::Failed`]
+    /// (another reset may bring it back).
     ///
     /// # Errors
-    /// The step that failed; a controller that does not come back is marked
-    /// removed.
-    pub fn reset(&mut self) -> Result<(), NvmeError> {
+    /// [`NvmeError::Removed`] for a removed controller.
+    pub fn start_reset(&mut self) -> Result<(), NvmeError> {
         let sh = self.shared.clone();
         if sh.state() == CtrlrState::Removed {
             return Err(NvmeError::Removed {
                 ctrlr: sh.name.clone(),
             });
         }
+        if self.reset.is_some() {
+            return Ok(());
+        }
         log::info!("{}: resetting controller", sh.name);
         sh.set_state(CtrlrState::Resetting);
         self.resets += 1;
-        // Disable: the controller stops processing and forgets every queue.
+        self.tasks.clear();
         let regs = &*sh.regs;
-        let deadline = Instant::now() + Duration::from_millis(self.cap.timeout_ms().max(500));
         regs.write32(Registers::CC, regs.read32(Registers::CC) & !cc::EN);
+        self.reset = Some(ResetPhase::Disable {
+            deadline: Instant::now() + Duration::from_millis(self.cap.timeout_ms().max(500)),
+        });
+        Ok(())
+    }
+
+    fn advance_reset(&mut self, st: u32) -> Result<(), NvmeError> {
+        let sh = self.shared.clone();
         loop {
-            let st = regs.read32(Registers::CSTS);
-            if st == u32::MAX {
-                self.mark_removed();
-                return Err(NvmeError::Removed {
-                    ctrlr: sh.name.clone(),
-                });
-            }
-            if st & csts::RDY == 0 {
-                break;
-            }
-            if Instant::now() > deadline {
-                self.mark_removed();
-                return Err(NvmeError::InitTimeout {
-                    ctrlr: sh.name.clone(),
-                    state: "reset-disable",
-                    waited_ms: self.cap.timeout_ms().max(500),
-                    csts: st,
-                });
-            }
-            std::thread::sleep(Duration::from_micros(100));
-        }
-        sh.admin().reset();
-        sh.requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
-        // From here on queue pairs fail what they had and wait for Ready.
-        sh.bump_generation();
-        match Init::new(self.cap, self.opts.io_queues, false).run(&sh, &self.scratch) {
-            Ok(r) => {
-                let events = self.apply(r);
-                sh.set_state(CtrlrState::Ready);
-                self.deliver(&events);
-                Ok(())
-            }
-            Err(e) => {
-                self.mark_removed();
-                Err(e)
+            match self.reset.as_mut() {
+                None => return Ok(()),
+                Some(ResetPhase::Disable { deadline }) => {
+                    if st & csts::RDY != 0 {
+                        if Instant::now() > *deadline {
+                            let e = NvmeError::InitTimeout {
+                                ctrlr: sh.name.clone(),
+                                state: "reset-disable",
+                                waited_ms: self.cap.timeout_ms().max(500),
+                                csts: st,
+                            };
+                            return self.reset_failed(e);
+                        }
+                        return Ok(());
+                    }
+                    // Disabled: the controller forgot every queue.
+                    sh.admin().reset();
+                    sh.requests
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clear();
+                    // From here on queue pairs fail what they had and wait
+                    // for Ready.
+                    sh.bump_generation();
+                    sh.drive_retired();
+                    self.reset = Some(ResetPhase::Init(Box::new(Init::new(
+                        self.cap,
+                        self.opts.io_queues,
+                        false,
+                    ))));
+                }
+                Some(ResetPhase::Init(init)) => match init.poll(&sh, &self.scratch) {
+                    Poll::Pending => return Ok(()),
+                    Poll::Ready(Err(e)) => return self.reset_failed(e),
+                    Poll::Ready(Ok(r)) => {
+                        self.reset = None;
+                        let events = self.apply(r);
+                        sh.set_state(CtrlrState::Ready);
+                        self.resets_done += 1;
+                        self.last_reset_error = None;
+                        log::info!("{}: reset done", sh.name);
+                        self.deliver(&events);
+                        return Ok(());
+                    }
+                },
             }
         }
     }
 
-    /// Asks for a reset from any thread holding a queue pair (it happens on
+    fn reset_failed(&mut self, e: NvmeError) -> Result<(), NvmeError> {
+        self.reset = None;
+        self.resets_done += 1;
+        self.last_reset_error = Some(e.to_string());
+        if matches!(e, NvmeError::Removed { .. }) {
+            self.mark_removed();
+        } else {
+            log::warn!("{}: reset failed: {e}", self.shared.name);
+            self.shared.admin().reset();
+            self.shared.bump_generation();
+            self.shared.set_state(CtrlrState::Failed);
+        }
+        Err(e)
+    }
+
+    /// Asks for a reset from any thread holding a queue pair (it starts at
     /// the next [`Controller::poll_admin`]).
     pub fn request_reset(&self) {
         self.shared.request(Request::Reset);
     }
 
-    /// Orderly shutdown: normal shutdown notification, then wait (bounded by
-    /// CAP.TO) for the controller to finish. Queue pairs fail fast after.
-    pub fn shutdown(&mut self) {
+    /// Starts an orderly shutdown: the normal shutdown notification; queue
+    /// pairs fail fast from now on. [`Controller::poll_shutdown`] tells
+    /// when the controller finished (bounded by CAP.TO).
+    pub fn start_shutdown(&mut self) {
         let sh = &self.shared;
         if sh.state() == CtrlrState::Removed {
             return;
         }
         sh.set_state(CtrlrState::Removed);
+        self.tasks.clear();
+        self.reset = None;
         let regs = &*sh.regs;
         let v = regs.read32(Registers::CC);
         regs.write32(Registers::CC, (v & !cc::SHN_MASK) | cc::SHN_NORMAL);
-        let deadline =
-            Instant::now() + Duration::from_millis(self.cap.timeout_ms().clamp(500, 10_000));
-        while Instant::now() < deadline {
-            let st = regs.read32(Registers::CSTS);
-            if st == u32::MAX || st & csts::SHST_MASK == csts::SHST_COMPLETE {
-                break;
+        self.shutdown_deadline =
+            Some(Instant::now() + Duration::from_millis(self.cap.timeout_ms().clamp(500, 10_000)));
+    }
+
+    /// Whether the shutdown [`Controller::start_shutdown`] began is over
+    /// (the controller reports it complete, is gone, or took longer than
+    /// CAP.TO); the controller is disabled then.
+    pub fn poll_shutdown(&mut self) -> Poll<()> {
+        let Some(deadline) = self.shutdown_deadline else {
+            return Poll::Ready(());
+        };
+        let regs = &*self.shared.regs;
+        let st = regs.read32(Registers::CSTS);
+        if st == u32::MAX
+            || st & csts::SHST_MASK == csts::SHST_COMPLETE
+            || Instant::now() > deadline
+        {
+            if st != u32::MAX {
+                regs.write32(Registers::CC, regs.read32(Registers::CC) & !cc::EN);
             }
-            std::thread::sleep(Duration::from_micros(200));
+            self.shutdown_deadline = None;
+            self.shared.admin().reset();
+            return Poll::Ready(());
         }
-        regs.write32(Registers::CC, regs.read32(Registers::CC) & !cc::EN);
+        Poll::Pending
+    }
+
+    /// Whether the controller is shut down or gone (nothing left to wait
+    /// for when it is dropped).
+    pub(crate) fn needs_shutdown(&self) -> bool {
+        self.shared.state() != CtrlrState::Removed || self.shutdown_deadline.is_some()
     }
 }
 
 impl Drop for Controller {
     fn drop(&mut self) {
-        self.shutdown();
+        if self.needs_shutdown() {
+            // Its owner did not shut it down: do it here, waiting (bounded
+            // by CAP.TO). Reactors shut controllers down with the polled
+            // calls first.
+            crate::blocking::finish_shutdown(self);
+        }
     }
 }
 

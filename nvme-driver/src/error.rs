@@ -150,6 +150,10 @@ pub enum SubmitErrorKind {
     /// The controller is being reset: retry after it is ready again.
     #[error("controller resetting")]
     Resetting,
+    /// A reset of the controller failed, or it refused to create this
+    /// queue: nothing is accepted until a reset succeeds.
+    #[error("controller failed (a reset did not bring it back)")]
+    Failed,
     /// The controller is gone; nothing will be accepted any more.
     #[error("controller removed")]
     Removed,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use dma::DmaBuf;
 
-use crate::admin::{AdminOutcome, StartError};
+use crate::admin::{AdminEnd, StartError};
 use crate::cmd::admin as cmd;
 use crate::error::NvmeError;
 use crate::regs::{Cap, Registers, cc, csts};
@@ -69,7 +69,8 @@ pub(crate) struct Init {
     deadline: Instant,
     cap: Cap,
     want_queues: u16,
-    admin_in_flight: bool,
+    /// The admin command of this step, in flight.
+    ticket: Option<u64>,
     identify: Option<IdentifyController>,
     nsids: Vec<u32>,
     ns_index: usize,
@@ -92,7 +93,7 @@ impl Init {
             deadline: now,
             cap,
             want_queues,
-            admin_in_flight: false,
+            ticket: None,
             identify: None,
             nsids: Vec::new(),
             ns_index: 0,
@@ -105,7 +106,7 @@ impl Init {
         self.step = step;
         self.entered = Instant::now();
         self.deadline = self.entered + timeout;
-        self.admin_in_flight = false;
+        self.ticket = None;
     }
 
     fn ready_timeout(&self) -> Duration {
@@ -132,41 +133,50 @@ impl Init {
         command: &'static str,
     ) -> Poll<Result<u32, NvmeError>> {
         let mut admin = sh.admin();
-        if !self.admin_in_flight {
-            let segs = data.map(|d| [(d.iova(), 4096)]);
-            match admin.start(sqe, segs.as_ref().map_or(&[][..], |s| &s[..])) {
-                Ok(()) => self.admin_in_flight = true,
-                Err(StartError::Busy | StartError::Full) => {
-                    return Poll::Ready(Err(NvmeError::AdminQueueFull {
+        let ticket = match self.ticket {
+            Some(t) => t,
+            None => {
+                let segs = data.map(|d| [(d.iova(), 4096)]);
+                let segs = segs.as_ref().map_or(&[][..], |s| &s[..]);
+                // The scratch page belongs to the controller, which outlives
+                // the command (a timeout ends in a reset or the removal).
+                match admin.start(sqe, segs, None, sh.admin_timeout()) {
+                    Ok(t) => {
+                        self.ticket = Some(t);
+                        t
+                    }
+                    Err((StartError::Full, _)) => {
+                        return Poll::Ready(Err(NvmeError::AdminQueueFull {
+                            ctrlr: sh.name.clone(),
+                            command,
+                        }));
+                    }
+                    Err((StartError::Prp(source), _)) => {
+                        return Poll::Ready(Err(NvmeError::Prp {
+                            ctrlr: sh.name.clone(),
+                            source,
+                        }));
+                    }
+                }
+            }
+        };
+        admin.expire(Instant::now());
+        match admin.check(ticket, None) {
+            None => Poll::Pending,
+            Some((end, _)) => {
+                self.ticket = None;
+                drop(admin);
+                Poll::Ready(match end {
+                    // Bring-up gives up (its caller resets or fails the
+                    // attach); no reset request from here.
+                    AdminEnd::TimedOut => Err(NvmeError::AdminTimeout {
                         ctrlr: sh.name.clone(),
                         command,
-                    }));
-                }
-                Err(StartError::Prp(source)) => {
-                    return Poll::Ready(Err(NvmeError::Prp {
-                        ctrlr: sh.name.clone(),
-                        source,
-                    }));
-                }
+                        ms: sh.admin_timeout().as_millis() as u64,
+                    }),
+                    end => crate::client::finish(sh, command, end),
+                })
             }
-        }
-        match admin.poll() {
-            AdminOutcome::Done(r) => {
-                self.admin_in_flight = false;
-                Poll::Ready(r.map_err(|source| NvmeError::Admin {
-                    ctrlr: sh.name.clone(),
-                    command,
-                    source,
-                }))
-            }
-            AdminOutcome::Pending if Instant::now() > self.deadline => {
-                Poll::Ready(Err(NvmeError::AdminTimeout {
-                    ctrlr: sh.name.clone(),
-                    command,
-                    ms: sh.admin_timeout.as_millis() as u64,
-                }))
-            }
-            AdminOutcome::Pending => Poll::Pending,
         }
     }
 
@@ -235,7 +245,7 @@ impl Init {
                         }));
                     }
                     if st & csts::RDY != 0 {
-                        self.go(Step::IdentifyController, sh.admin_timeout);
+                        self.go(Step::IdentifyController, sh.admin_timeout());
                     } else if Instant::now() > self.deadline {
                         return Poll::Ready(Err(self.timed_out(sh, st)));
                     } else {
@@ -256,7 +266,7 @@ impl Init {
                     let mut b = [0u8; 4096];
                     scratch.read_at(0, &mut b);
                     self.identify = Some(IdentifyController::parse(&b));
-                    self.go(Step::SetNumQueues, sh.admin_timeout);
+                    self.go(Step::SetNumQueues, sh.admin_timeout());
                 }
                 Step::SetNumQueues => {
                     let want = self.want_queues.max(1);
@@ -276,7 +286,7 @@ impl Init {
                         }
                     }
                     self.nsids.clear();
-                    self.go(Step::ListNamespaces, sh.admin_timeout);
+                    self.go(Step::ListNamespaces, sh.admin_timeout());
                 }
                 Step::ListNamespaces => {
                     let after = self.nsids.last().copied().unwrap_or(0);
@@ -292,31 +302,18 @@ impl Init {
                     }
                     let mut b = [0u8; 4096];
                     scratch.read_at(0, &mut b);
-                    let mut n = 0;
-                    for chunk in b.chunks_exact(4) {
-                        let id = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-                        // The list is ascending and ends at the first zero;
-                        // anything else is ignored rather than trusted.
-                        if id == 0
-                            || id <= self.nsids.last().copied().unwrap_or(0)
-                            || id == u32::MAX
-                        {
-                            break;
-                        }
-                        self.nsids.push(id);
-                        n += 1;
-                    }
+                    let n = parse_ns_list(&b, &mut self.nsids);
                     if n == 1024 && self.nsids.len() < 1 << 16 {
-                        self.go(Step::ListNamespaces, sh.admin_timeout);
+                        self.go(Step::ListNamespaces, sh.admin_timeout());
                     } else {
                         self.namespaces.clear();
                         self.ns_index = 0;
-                        self.go(Step::IdentifyNamespaces, sh.admin_timeout);
+                        self.go(Step::IdentifyNamespaces, sh.admin_timeout());
                     }
                 }
                 Step::IdentifyNamespaces => {
                     let Some(&nsid) = self.nsids.get(self.ns_index) else {
-                        self.go(Step::ConfigureAer, sh.admin_timeout);
+                        self.go(Step::ConfigureAer, sh.admin_timeout());
                         continue;
                     };
                     match self.admin(
@@ -336,7 +333,7 @@ impl Init {
                         self.namespaces.push((nsid, ns));
                     }
                     self.ns_index += 1;
-                    self.go(Step::IdentifyNamespaces, sh.admin_timeout);
+                    self.go(Step::IdentifyNamespaces, sh.admin_timeout());
                 }
                 Step::ConfigureAer => {
                     match self.admin(
@@ -355,7 +352,12 @@ impl Init {
                     self.go(Step::Done, Duration::ZERO);
                 }
                 Step::Done => {
-                    let identify = self.identify.take().expect("identified");
+                    let Some(identify) = self.identify.take() else {
+                        return Poll::Ready(Err(NvmeError::Unsupported {
+                            ctrlr: sh.name.clone(),
+                            what: "bring-up ended without Identify Controller data".into(),
+                        }));
+                    };
                     return Poll::Ready(Ok(InitResult {
                         identify,
                         namespaces: std::mem::take(&mut self.namespaces),
@@ -365,20 +367,21 @@ impl Init {
             }
         }
     }
+}
 
-    /// Runs the machine to the end, sleeping briefly between polls.
-    pub fn run(mut self, sh: &Shared, scratch: &DmaBuf) -> Result<InitResult, NvmeError> {
-        let mut spins = 0u32;
-        loop {
-            if let Poll::Ready(r) = self.poll(sh, scratch) {
-                return r;
-            }
-            spins += 1;
-            if spins < 100 {
-                std::hint::spin_loop();
-            } else {
-                std::thread::sleep(Duration::from_micros(100));
-            }
+/// Appends the ids of an Active Namespace List page to `nsids`; returns how
+/// many it held. The list is ascending and ends at the first zero; an id
+/// out of order or the broadcast value ends it too (device data is checked,
+/// not trusted).
+pub(crate) fn parse_ns_list(page: &[u8], nsids: &mut Vec<u32>) -> usize {
+    let mut n = 0;
+    for chunk in page.chunks_exact(4) {
+        let id = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        if id == 0 || id <= nsids.last().copied().unwrap_or(0) || id == u32::MAX {
+            break;
         }
+        nsids.push(id);
+        n += 1;
     }
+    n
 }

@@ -9,14 +9,19 @@
 //! events.
 //!
 //! Must not: take interrupts, lock or allocate on the submit/complete path,
-//! or create Rust references into memory the controller may write.
+//! create Rust references into memory the controller may write, or wait:
+//! bring-up ([`Controller::start`] → [`Starting::poll`]), reset, queue
+//! creation and deletion, and admin commands ([`AdminClient`]'s futures)
+//! advance by polls on the owning core. Only [`blocking`] waits, for
+//! threads that are not reactors.
 //!
 //! # Shape
 //!
 //! ```text
 //!  Controller (control path, one core)        IoQpair<C> (one per core)
 //!   ├ Init state machine (init.rs)             ├ SubmissionRing / CompletionRing
-//!   ├ AdminQueue + AERs (admin.rs)  <─ create ─┤ trackers[cid]: ctx C + PRP page
+//!   ├ AdminQueue: tickets + AERs (admin.rs) <─ ┤ trackers[cid]: ctx C + PRP page
+//!   ├ AdminClient futures (client.rs)          ├ connects itself by polls
 //!   └ poll_admin: events, aborts, reset        └ process_completions(max, |ctx, res|)
 //!          │            shared.rs: state, reset generation, block sizes
 //!          └──────── RegisterIo: BAR0 via VFIO (pci/), or sim::SimController
@@ -36,6 +41,8 @@
 //!   submission and completion allocate nothing (see the `no_alloc` test).
 
 mod admin;
+pub mod blocking;
+mod client;
 pub mod cmd;
 mod ctrlr;
 mod error;
@@ -51,8 +58,9 @@ pub mod sim;
 pub mod spec;
 pub mod status;
 
-pub use ctrlr::{Controller, ControllerOptions, Namespace, NsEvent, NsEventHandler};
+pub use client::{AdminClient, AdminCommand, aborted_by_reset};
+pub use ctrlr::{Controller, ControllerOptions, Namespace, NsEvent, NsEventHandler, Starting};
 pub use error::{NvmeError, SubmitError, SubmitErrorKind};
 pub use qpair::{IoQpair, QpairStats};
-pub use shared::CtrlrState;
+pub use shared::{CtrlrState, TimeoutAction};
 pub use status::{CommandError, NvmeStatus, StatusKind};

@@ -276,6 +276,11 @@ impl<C> QueueCore<C> {
         n
     }
 
+    /// The rings' memory (the queue is being deleted; the trackers go).
+    pub fn into_rings(self) -> (DmaBuf, DmaBuf) {
+        (self.sq.into_mem(), self.cq.into_mem())
+    }
+
     /// Starts the rings again from empty (after a reset, before the queue is
     /// created on the controller again).
     pub fn reset_rings(&mut self) {
@@ -353,10 +358,28 @@ mod tests {
         assert_eq!(done, vec![100, 101]);
         assert_eq!(q.outstanding, 1);
         // Ring of 4 slots: slot 3 then slot 0 with the phase flipped.
-        post(&q, 3, 0, true);
+        // First a completion whose command id the queue never issued
+        // (beyond its depth): device data is checked, the entry consumed
+        // and ignored, nothing panics.
+        post(&q, 3, 0xfffe, true);
+        assert_eq!(q.reap(16, |ctx, _| done.push(ctx)), 1);
+        assert_eq!(done, vec![100, 101]);
+        assert_eq!(q.outstanding, 1);
+        post(&q, 0, 0, false);
         assert_eq!(q.reap(16, |ctx, _| done.push(ctx)), 1);
         assert_eq!(done, vec![100, 101, 102]);
-        post(&q, 0, 5, true); // old phase: not a new entry
+        // Back to the start of the test's pattern: phase flips again after
+        // slot 3.
+        q.submit(Sqe::new(2, 1), &[], 102).unwrap();
+        post(&q, 1, 0, false);
+        post(&q, 2, 0xffff, false);
+        assert_eq!(q.reap(16, |ctx, _| done.push(ctx)), 2);
+        done.truncate(2);
+        q.submit(Sqe::new(2, 1), &[], 102).unwrap();
+        post(&q, 3, 0, false);
+        assert_eq!(q.reap(16, |ctx, _| done.push(ctx)), 1);
+        assert_eq!(done, vec![100, 101, 102]);
+        post(&q, 0, 5, false); // old phase: not a new entry
         assert_eq!(q.reap(16, |ctx, _| done.push(ctx)), 0);
         // Full queue: 3 outstanding of depth 3.
         for i in 0..3 {

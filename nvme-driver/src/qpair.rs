@@ -4,23 +4,33 @@
 //! rung once per batch, completions are reaped by phase tag with a cap per
 //! poll and handed to a closure with the caller's per-command context.
 //!
-//! # Reset and removal
+//! # Creation, reset and removal
+//! A queue pair is created on the controller by its own polls, without
+//! waiting: Create I/O Completion Queue, then Create I/O Submission Queue,
+//! each started on the admin queue and collected on a later poll (the
+//! admin queue's lock is only tried, never waited for, and only while not
+//! connected). Submissions before that are refused with
+//! [`SubmitErrorKind::Resetting`].
+//!
 //! When the controller is reset, commands outstanding on the queue pair are
 //! completed with [`CommandError::AbortedByReset`] on its next poll (the
 //! controller lost them; they may or may not have taken effect) and the
-//! queue is created again on the controller; submissions in between are
-//! refused with [`SubmitErrorKind::Resetting`]. When the controller is
-//! removed, outstanding commands complete with
-//! [`CommandError::ControllerRemoved`] and every submission fails at once.
-//! Every command is completed exactly once.
+//! queue is created again the same way. When the controller is removed,
+//! outstanding commands complete with [`CommandError::ControllerRemoved`]
+//! and every submission fails at once. Every command is completed exactly
+//! once. A dropped queue pair hands its rings to the controller's admin
+//! poller, which deletes the queue and frees them once the controller let
+//! go of them.
 
+use std::mem::ManuallyDrop;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::admin::AdminEnd;
 use crate::cmd::{admin as acmd, io as iocmd};
 use crate::error::{NvmeError, SubmitError, SubmitErrorKind};
 use crate::qcore::QueueCore;
-use crate::shared::{CtrlrState, Request, Shared};
+use crate::shared::{CtrlrState, Request, Retired, Shared, TimeoutAction};
 use crate::spec::{DsmRange, Sqe};
 use crate::status::{CommandError, NvmeStatus};
 
@@ -50,13 +60,30 @@ pub struct QpairStats {
 /// An I/O queue pair whose commands carry a context of type `C` (the
 /// caller's per-I/O state, handed back on completion).
 pub struct IoQpair<C> {
-    core: QueueCore<C>,
+    /// Taken only by `Drop`, which hands the rings to the admin poller.
+    core: ManuallyDrop<QueueCore<C>>,
     shared: Arc<Shared>,
     generation: u64,
     connected: bool,
-    timeout: Option<Duration>,
+    connect: Connect,
+    timeout: Option<(Duration, TimeoutAction)>,
     last_scan: Instant,
     stats: QpairStats,
+}
+
+/// Where creating the queue on the controller stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Connect {
+    /// Nothing sent yet (or the controller was reset since).
+    Start,
+    /// Create I/O Completion Queue in flight.
+    Cq(u64),
+    /// Create I/O Submission Queue in flight.
+    Sq(u64),
+    /// Connected.
+    Done,
+    /// The controller refused: submissions fail until the next reset.
+    Refused,
 }
 
 impl<C> std::fmt::Debug for IoQpair<C> {
@@ -80,8 +107,9 @@ fn result_of(cqe: &crate::spec::Cqe) -> Result<u32, CommandError> {
 }
 
 impl<C> IoQpair<C> {
-    /// Creates the queue pair on the controller (control path).
-    pub(crate) fn create(shared: Arc<Shared>, qid: u16, depth: u16) -> Result<Self, NvmeError> {
+    /// A queue pair for queue `qid`, not yet created on the controller
+    /// (its polls do that).
+    pub(crate) fn new(shared: Arc<Shared>, qid: u16, depth: u16) -> Result<Self, NvmeError> {
         let mut core = QueueCore::new(
             qid,
             depth,
@@ -96,66 +124,120 @@ impl<C> IoQpair<C> {
         })?;
         core.sgl_align = shared.sgl_align.load(std::sync::atomic::Ordering::Relaxed);
         let generation = shared.generation();
-        let mut qp = IoQpair {
-            core,
+        Ok(IoQpair {
+            core: ManuallyDrop::new(core),
             shared,
             generation,
             connected: false,
+            connect: Connect::Start,
             timeout: None,
             last_scan: Instant::now(),
             stats: QpairStats::default(),
-        };
-        qp.create_on_controller()?;
-        qp.connected = true;
-        Ok(qp)
+        })
     }
 
-    fn create_on_controller(&mut self) -> Result<(), NvmeError> {
-        let sh = &self.shared;
-        let entries = self.core.sq.entries();
-        let qid = self.core.qid;
-        let mut admin = sh.admin();
-        let run =
-            |admin: &mut crate::admin::AdminQueue, sqe: Sqe, command: &'static str| match admin
-                .execute(sqe, &[], sh.admin_timeout)
-            {
-                Ok(Some(Ok(_))) => Ok(()),
-                Ok(Some(Err(source))) => Err(NvmeError::Admin {
-                    ctrlr: sh.name.clone(),
-                    command,
-                    source,
-                }),
-                Ok(None) => {
-                    sh.request(Request::Reset);
-                    Err(NvmeError::AdminTimeout {
-                        ctrlr: sh.name.clone(),
-                        command,
-                        ms: sh.admin_timeout.as_millis() as u64,
-                    })
-                }
-                Err(_) => Err(NvmeError::AdminQueueFull {
-                    ctrlr: sh.name.clone(),
-                    command,
-                }),
-            };
-        run(
-            &mut admin,
-            acmd::create_io_cq(qid, entries, self.core.cq.iova()),
-            "Create I/O Completion Queue",
-        )?;
-        if let Err(e) = run(
-            &mut admin,
-            acmd::create_io_sq(qid, entries, self.core.sq.iova(), qid),
-            "Create I/O Submission Queue",
-        ) {
-            let _ = run(
-                &mut admin,
-                acmd::delete_io_cq(qid),
-                "Delete I/O Completion Queue",
-            );
-            return Err(e);
+    /// Whether the controller refused to create the queue (it is tried
+    /// again after the next reset).
+    pub fn connect_refused(&self) -> bool {
+        self.connect == Connect::Refused
+    }
+
+    /// Whether the queue exists on the controller (submissions accepted).
+    pub fn is_connected(&self) -> bool {
+        self.connected && self.shared.generation() == self.generation
+    }
+
+    /// Advances creating the queue on the controller without waiting;
+    /// returns whether it is connected now.
+    fn advance_connect(&mut self) -> bool {
+        if self.shared.state() != CtrlrState::Ready {
+            return false;
         }
-        Ok(())
+        // Never wait for the admin queue: another core holds it for a
+        // moment at most; the next poll tries again.
+        let sh = self.shared.clone();
+        let mut admin = match sh.admin.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return false,
+        };
+        let qid = self.core.qid;
+        let entries = self.core.sq.entries();
+        let timeout = sh.admin_timeout();
+        loop {
+            match self.connect {
+                Connect::Done => return true,
+                Connect::Refused => return false,
+                Connect::Start => {
+                    match admin.start(
+                        acmd::create_io_cq(qid, entries, self.core.cq.iova()),
+                        &[],
+                        None,
+                        timeout,
+                    ) {
+                        Ok(t) => self.connect = Connect::Cq(t),
+                        Err(_) => return false,
+                    }
+                }
+                Connect::Cq(t) => match admin.check(t, None) {
+                    None => return false,
+                    Some((AdminEnd::Done(Ok(_)), _)) => {
+                        match admin.start(
+                            acmd::create_io_sq(qid, entries, self.core.sq.iova(), qid),
+                            &[],
+                            None,
+                            timeout,
+                        ) {
+                            Ok(t) => self.connect = Connect::Sq(t),
+                            Err(_) => return false,
+                        }
+                    }
+                    Some((end, _)) => {
+                        self.refused(end, "Create I/O Completion Queue");
+                        return false;
+                    }
+                },
+                Connect::Sq(t) => match admin.check(t, None) {
+                    None => return false,
+                    Some((AdminEnd::Done(Ok(_)), _)) => {
+                        self.connect = Connect::Done;
+                        self.connected = true;
+                        return true;
+                    }
+                    Some((end, _)) => {
+                        // The completion queue exists: delete it (nothing
+                        // waits for the answer; a reset forgets it anyway).
+                        let _ = admin.start(acmd::delete_io_cq(qid), &[], None, timeout);
+                        self.refused(end, "Create I/O Submission Queue");
+                        return false;
+                    }
+                },
+            }
+        }
+    }
+
+    fn refused(&mut self, end: AdminEnd, command: &'static str) {
+        let e = match end {
+            AdminEnd::TimedOut => {
+                // The controller stopped answering: the reset brings the
+                // queue back.
+                self.shared.request(Request::Reset);
+                self.connect = Connect::Start;
+                return;
+            }
+            AdminEnd::Done(Err(crate::status::CommandError::AbortedByReset)) => {
+                self.connect = Connect::Start;
+                return;
+            }
+            AdminEnd::Done(r) => r.err(),
+        };
+        log::warn!(
+            "{}: {command} for queue {}: {}",
+            self.shared.name,
+            self.core.qid,
+            e.map_or_else(String::new, |e| e.to_string())
+        );
+        self.connect = Connect::Refused;
     }
 
     /// The queue identifier.
@@ -182,11 +264,23 @@ impl<C> IoQpair<C> {
         }
     }
 
-    /// Enables per-command timeouts: a command outstanding longer than
-    /// `timeout` is aborted through the controller's admin poller, and the
-    /// controller is reset when it is still outstanding after twice that.
-    pub fn set_timeout(&mut self, timeout: Option<Duration>) {
+    /// Sets this queue pair's command timeout and what to do about a
+    /// command that outlives it (None: the controller's setting, see
+    /// [`crate::Controller::set_io_timeout`]). Each timed-out command gets
+    /// the action once: `Abort` has the admin poller abort it (and reset
+    /// the controller if the abort fails or finds nothing), `Reset` resets
+    /// the controller, `None` logs it.
+    pub fn set_timeout(&mut self, timeout: Option<(Duration, TimeoutAction)>) {
         self.timeout = timeout;
+    }
+
+    #[inline]
+    fn effective_timeout(&self) -> Option<(Duration, TimeoutAction)> {
+        self.timeout.or_else(|| {
+            self.shared
+                .io_timeout()
+                .map(|t| (t, self.shared.timeout_action()))
+        })
     }
 
     #[inline]
@@ -196,6 +290,8 @@ impl<C> IoQpair<C> {
         }
         match self.shared.state() {
             CtrlrState::Removed => Err(SubmitErrorKind::Removed),
+            CtrlrState::Failed => Err(SubmitErrorKind::Failed),
+            _ if self.connect == Connect::Refused => Err(SubmitErrorKind::Failed),
             _ => Err(SubmitErrorKind::Resetting),
         }
     }
@@ -475,7 +571,7 @@ impl<C> IoQpair<C> {
         max: usize,
         mut on_complete: impl FnMut(C, Result<u32, CommandError>),
     ) -> usize {
-        if self.timeout.is_some() {
+        if self.timeout.is_some() || self.shared.io_timeout().is_some() {
             // One clock read per poll, not per command: submissions stamp
             // themselves with the time of the last poll.
             self.core.now = Instant::now();
@@ -506,7 +602,7 @@ impl<C> IoQpair<C> {
 
     #[cold]
     fn idle_checks(&mut self, on_complete: &mut impl FnMut(C, Result<u32, CommandError>)) {
-        let Some(timeout) = self.timeout else {
+        let Some((timeout, action)) = self.effective_timeout() else {
             // Without timeouts, a vanished device is still noticed.
             if self.shared.state() == CtrlrState::Removed {
                 self.recover(on_complete);
@@ -526,33 +622,35 @@ impl<C> IoQpair<C> {
         }
         let qid = self.core.qid;
         for (cid, t) in self.core.trackers.iter_mut().enumerate() {
-            if t.ctx.is_none() {
+            if t.ctx.is_none() || t.abort_requested {
                 continue;
             }
             let age = now.duration_since(t.submitted);
-            if age > timeout * 2 && t.abort_requested {
-                log::warn!(
-                    "{}: queue {qid} command {cid} (opcode {:#x}) still outstanding after abort; resetting",
-                    self.shared.name,
-                    t.opcode
-                );
-                self.shared.request(Request::Reset);
-            } else if age > timeout && !t.abort_requested {
-                log::warn!(
-                    "{}: queue {qid} command {cid} (opcode {:#x}) timed out after {age:?}; aborting",
-                    self.shared.name,
-                    t.opcode
-                );
-                t.abort_requested = true;
-                self.shared.request(Request::Abort {
+            if age <= timeout {
+                continue;
+            }
+            // Each command gets the action once (as SPDK's timeout
+            // callback).
+            t.abort_requested = true;
+            log::warn!(
+                "{}: queue {qid} command {cid} (opcode {:#x}) timed out after {age:?}; action: {}",
+                self.shared.name,
+                t.opcode,
+                action.name()
+            );
+            match action {
+                TimeoutAction::None => {}
+                TimeoutAction::Abort => self.shared.request(Request::Abort {
                     qid,
                     cid: cid as u16,
-                });
+                }),
+                TimeoutAction::Reset => self.shared.request(Request::Reset),
             }
         }
     }
 
-    /// Reconnects after a reset, or fails everything after removal.
+    /// Reconnects after a reset (or connects the first time), or fails
+    /// everything after removal; never waits.
     #[cold]
     fn recover(&mut self, on_complete: &mut impl FnMut(C, Result<u32, CommandError>)) -> usize {
         let state = self.shared.state();
@@ -567,26 +665,19 @@ impl<C> IoQpair<C> {
             // The controller was disabled: it will never complete these.
             n += self.fail_outstanding(CommandError::AbortedByReset, on_complete);
             self.core.reset_rings();
+            if self.connected {
+                self.stats.reconnects += 1;
+            }
             self.connected = false;
+            self.connect = Connect::Start;
             self.generation = generation;
         }
-        if !self.connected && state == CtrlrState::Ready {
-            match self.create_on_controller() {
-                Ok(()) => {
-                    self.connected = true;
-                    self.stats.reconnects += 1;
-                    log::info!(
-                        "{}: queue {} re-created after reset",
-                        self.shared.name,
-                        self.core.qid
-                    );
-                }
-                Err(e) => log::warn!(
-                    "{}: re-creating queue {}: {e}",
-                    self.shared.name,
-                    self.core.qid
-                ),
-            }
+        if !self.connected && self.advance_connect() && self.stats.reconnects > 0 {
+            log::info!(
+                "{}: queue {} re-created after reset",
+                self.shared.name,
+                self.core.qid
+            );
         }
         n
     }
@@ -606,24 +697,7 @@ impl<C> IoQpair<C> {
 
 impl<C> Drop for IoQpair<C> {
     fn drop(&mut self) {
-        let sh = &self.shared;
-        if self.connected && sh.generation() == self.generation && sh.state() == CtrlrState::Ready {
-            let mut admin = sh.admin();
-            for sqe in [
-                acmd::delete_io_sq(self.core.qid),
-                acmd::delete_io_cq(self.core.qid),
-            ] {
-                match admin.execute(sqe, &[], sh.admin_timeout) {
-                    Ok(Some(Ok(_))) => {}
-                    other => log::warn!(
-                        "{}: deleting queue {}: {:?}",
-                        sh.name,
-                        self.core.qid,
-                        other.map(|o| o.map(|r| r.map_err(|e| e.to_string())))
-                    ),
-                }
-            }
-        }
+        let sh = self.shared.clone();
         if self.core.outstanding > 0 {
             log::warn!(
                 "{}: queue {} dropped with {} commands outstanding",
@@ -632,9 +706,32 @@ impl<C> Drop for IoQpair<C> {
                 self.core.outstanding
             );
         }
-        sh.free_qids
+        // SAFETY: `core` is taken once, here, and not used after.
+        let core = unsafe { ManuallyDrop::take(&mut self.core) };
+        let qid = core.qid;
+        if let Connect::Cq(t) | Connect::Sq(t) = self.connect {
+            sh.admin().forget(t);
+        }
+        let created = !matches!(self.connect, Connect::Start | Connect::Refused)
+            && sh.generation() == self.generation
+            && sh.state() != CtrlrState::Removed;
+        if !created {
+            sh.free_qid(qid);
+            return;
+        }
+        // The controller may still use the rings: the admin poller deletes
+        // the queue (SQ, then CQ) and frees them after.
+        let (sq, cq) = core.into_rings();
+        sh.retired
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(self.core.qid);
+            .push(Retired {
+                qid,
+                _rings: (sq, cq),
+                generation: self.generation,
+                step: None,
+                sq_deleted: false,
+                stuck: false,
+            });
     }
 }

@@ -55,6 +55,11 @@ impl SubmissionRing {
         self.mem.iova()
     }
 
+    /// The ring's memory.
+    pub(crate) fn into_mem(self) -> DmaBuf {
+        self.mem
+    }
+
     /// The entry in `slot` (tests read back what was placed).
     #[cfg(test)]
     pub fn entry(&self, slot: u16) -> Sqe {
@@ -127,6 +132,11 @@ impl CompletionRing {
     /// IO-virtual address of the ring.
     pub fn iova(&self) -> u64 {
         self.mem.iova()
+    }
+
+    /// The ring's memory.
+    pub(crate) fn into_mem(self) -> DmaBuf {
+        self.mem
     }
 
     /// Number of slots.

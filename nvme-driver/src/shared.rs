@@ -1,16 +1,68 @@
 //! State of a controller that its queue pairs on other cores read: the
 //! register window, the reset generation, the controller state, namespace
-//! block sizes, the admin queue (for queue re-creation) and requests from
-//! queue pairs to the controller's admin poller (abort, reset).
+//! block sizes, the admin queue (held only for a moment: nothing waits
+//! while holding it), the timeout settings, requests from queue pairs to
+//! the controller's admin poller (abort, reset) and the queues being
+//! deleted.
 
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use dma::DmaMemory;
+use dma::{DmaBuf, DmaMemory};
 
-use crate::admin::AdminQueue;
+use crate::admin::{AdminEnd, AdminQueue};
 use crate::regs::RegisterIo;
+
+/// What a queue pair does about a command outstanding longer than the I/O
+/// timeout (SPDK's `action_on_timeout`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum TimeoutAction {
+    /// Log it and keep waiting.
+    None = 0,
+    /// Abort the command; reset the controller if the Abort fails.
+    Abort = 1,
+    /// Reset the controller.
+    Reset = 2,
+}
+
+impl TimeoutAction {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => TimeoutAction::Abort,
+            2 => TimeoutAction::Reset,
+            _ => TimeoutAction::None,
+        }
+    }
+
+    /// SPDK's name for it (`none`, `abort`, `reset`).
+    pub fn name(self) -> &'static str {
+        match self {
+            TimeoutAction::None => "none",
+            TimeoutAction::Abort => "abort",
+            TimeoutAction::Reset => "reset",
+        }
+    }
+}
+
+/// A queue being deleted on the controller: its rings stay allocated
+/// until the controller has let go of them (the Delete commands
+/// completed, or the controller was reset or removed).
+pub(crate) struct Retired {
+    pub qid: u16,
+    /// Held, not read: freed with the entry.
+    pub _rings: (DmaBuf, DmaBuf),
+    pub generation: u64,
+    /// The Delete command in flight: (ticket, deleting the SQ).
+    pub step: Option<(u64, bool)>,
+    pub sq_deleted: bool,
+    /// A Delete failed: kept until the controller forgets the queue.
+    pub stuck: bool,
+}
+
+/// Namespace ids the driver tracks (1..=MAX_NSID).
+pub(crate) const MAX_NSID: usize = 1024;
 
 /// The states a controller can be in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,8 +74,10 @@ pub enum CtrlrState {
     Ready = 1,
     /// Being reset: submissions are refused with "resetting".
     Resetting = 2,
-    /// Gone or failed for good: everything fails fast.
+    /// Gone or shut down: everything fails fast.
     Removed = 3,
+    /// A reset failed: I/O is refused until another reset succeeds.
+    Failed = 4,
 }
 
 impl CtrlrState {
@@ -32,6 +86,7 @@ impl CtrlrState {
             0 => CtrlrState::Initializing,
             1 => CtrlrState::Ready,
             2 => CtrlrState::Resetting,
+            4 => CtrlrState::Failed,
             _ => CtrlrState::Removed,
         }
     }
@@ -43,6 +98,7 @@ impl CtrlrState {
             CtrlrState::Ready => "ready",
             CtrlrState::Resetting => "resetting",
             CtrlrState::Removed => "removed",
+            CtrlrState::Failed => "failed",
         }
     }
 }
@@ -72,9 +128,12 @@ pub(crate) struct Shared {
     pub admin: Mutex<AdminQueue>,
     pub requests: Mutex<Vec<Request>>,
     pub free_qids: Mutex<Vec<u16>>,
+    pub retired: Mutex<Vec<Retired>>,
     pub granted_queues: AtomicU32,
     pub mem: DmaMemory,
-    pub admin_timeout: Duration,
+    admin_timeout_us: AtomicU64,
+    io_timeout_us: AtomicU64,
+    timeout_action: AtomicU8,
 }
 
 impl Shared {
@@ -99,13 +158,153 @@ impl Shared {
             mqes,
             state: AtomicU8::new(CtrlrState::Initializing as u8),
             generation: AtomicU64::new(0),
-            block_sizes: (0..1024).map(|_| AtomicU32::new(0)).collect(),
+            block_sizes: (0..MAX_NSID).map(|_| AtomicU32::new(0)).collect(),
             admin: Mutex::new(admin),
             requests: Mutex::new(Vec::new()),
             free_qids: Mutex::new(Vec::new()),
+            retired: Mutex::new(Vec::new()),
             granted_queues: AtomicU32::new(0),
             mem,
-            admin_timeout,
+            admin_timeout_us: AtomicU64::new(admin_timeout.as_micros().max(1) as u64),
+            io_timeout_us: AtomicU64::new(0),
+            timeout_action: AtomicU8::new(TimeoutAction::None as u8),
+        }
+    }
+
+    /// How long an admin command may take.
+    pub fn admin_timeout(&self) -> Duration {
+        Duration::from_micros(self.admin_timeout_us.load(Ordering::Relaxed))
+    }
+
+    pub fn set_admin_timeout(&self, t: Duration) {
+        self.admin_timeout_us.store(
+            t.as_micros().clamp(1, u64::MAX as u128) as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The I/O command timeout (None: off).
+    #[inline]
+    pub fn io_timeout(&self) -> Option<Duration> {
+        match self.io_timeout_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+
+    pub fn set_io_timeout(&self, t: Option<Duration>, action: TimeoutAction) {
+        self.timeout_action.store(action as u8, Ordering::Relaxed);
+        self.io_timeout_us.store(
+            t.map_or(0, |t| t.as_micros().clamp(1, u64::MAX as u128) as u64),
+            Ordering::Relaxed,
+        );
+    }
+
+    pub fn timeout_action(&self) -> TimeoutAction {
+        TimeoutAction::from_u8(self.timeout_action.load(Ordering::Relaxed))
+    }
+
+    /// Gives queue `qid` back for reuse.
+    pub fn free_qid(&self, qid: u16) {
+        self.free_qids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(qid);
+    }
+
+    /// Whether queues are being deleted.
+    pub fn retiring(&self) -> bool {
+        !self
+            .retired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
+    /// Advances the deletion of retired queues (Delete SQ, then Delete CQ,
+    /// then the rings and the queue id are free); never waits. Queues of a
+    /// controller reset or removed since they retired are simply freed:
+    /// the controller forgot them.
+    pub fn drive_retired(&self) {
+        let Ok(mut retired) = self.retired.try_lock() else {
+            return;
+        };
+        if retired.is_empty() {
+            return;
+        }
+        let (state, generation) = (self.state(), self.generation());
+        let timeout = self.admin_timeout();
+        let mut admin = self.admin();
+        let mut i = 0;
+        while i < retired.len() {
+            let r = &mut retired[i];
+            if state == CtrlrState::Removed || r.generation != generation {
+                if let Some((t, _)) = r.step.take() {
+                    admin.forget(t);
+                }
+                let r = retired.swap_remove(i);
+                self.free_qid(r.qid);
+                continue;
+            }
+            if state != CtrlrState::Ready || r.stuck {
+                i += 1;
+                continue;
+            }
+            match r.step {
+                None => {
+                    let sqe = if r.sq_deleted {
+                        crate::cmd::admin::delete_io_cq(r.qid)
+                    } else {
+                        crate::cmd::admin::delete_io_sq(r.qid)
+                    };
+                    if let Ok(t) = admin.start(sqe, &[], None, timeout) {
+                        r.step = Some((t, !r.sq_deleted));
+                    }
+                    i += 1;
+                }
+                Some((t, sq)) => match admin.check(t, None) {
+                    None => i += 1,
+                    Some((AdminEnd::Done(Ok(_)), _)) if sq => {
+                        r.step = None;
+                        r.sq_deleted = true;
+                        i += 1;
+                    }
+                    Some((AdminEnd::Done(Ok(_)), _)) => {
+                        let r = retired.swap_remove(i);
+                        self.free_qid(r.qid);
+                    }
+                    Some((AdminEnd::Done(Err(e)), _)) if sq => {
+                        // No submission queue to delete (its creation did
+                        // not finish): the completion queue next.
+                        log::debug!("{}: deleting queue {} (SQ): {e}", self.name, r.qid);
+                        r.step = None;
+                        r.sq_deleted = true;
+                        i += 1;
+                    }
+                    Some((end, _)) => {
+                        // The controller refused or did not answer: it may
+                        // still use the rings, so they stay until a reset
+                        // or the removal makes it forget the queue.
+                        log::warn!(
+                            "{}: deleting queue {} ({}): {}",
+                            self.name,
+                            r.qid,
+                            if sq { "SQ" } else { "CQ" },
+                            match end {
+                                AdminEnd::TimedOut => "timed out".to_string(),
+                                AdminEnd::Done(r) =>
+                                    r.err().map_or_else(String::new, |e| e.to_string()),
+                            }
+                        );
+                        if end == AdminEnd::TimedOut {
+                            self.request(Request::Reset);
+                        }
+                        r.step = None;
+                        r.stuck = true;
+                        i += 1;
+                    }
+                },
+            }
         }
     }
 

@@ -88,6 +88,8 @@ struct State {
     events: VecDeque<u32>,
     changed: Vec<u32>,
     hold: bool,
+    hold_admin: bool,
+    zero_lbads: Vec<u32>,
     held: Vec<(u16, Sqe)>,
     removed: bool,
     ignore_abort: bool,
@@ -142,6 +144,8 @@ impl SimController {
                 events: VecDeque::new(),
                 changed: Vec::new(),
                 hold: false,
+                hold_admin: false,
+                zero_lbads: Vec::new(),
                 held: Vec::new(),
                 removed: false,
                 ignore_abort: false,
@@ -169,6 +173,19 @@ impl SimController {
     /// While held, I/O commands are accepted but not completed.
     pub fn hold_io(&self, hold: bool) {
         self.st().hold = hold;
+    }
+
+    /// While held, admin commands (other than Asynchronous Event
+    /// Requests) are accepted but not completed, as a slow controller's.
+    pub fn hold_admin(&self, hold: bool) {
+        self.st().hold_admin = hold;
+    }
+
+    /// Makes Identify Namespace for `nsid` select an LBA format with an
+    /// LBA data size of zero (LBADS 0): bad device data the driver must
+    /// refuse without a panic.
+    pub fn report_zero_lba_size(&self, nsid: u32) {
+        self.st().zero_lbads.push(nsid);
     }
 
     /// Completes every held command.
@@ -386,7 +403,9 @@ impl SimController {
             let at = sq.base + sq.head as u64 * 64;
             sq.head = (sq.head + 1) % sq.entries;
             let Some(sqe) = self.read_sqe(at) else { return };
-            if st.hold && qid != 0 {
+            if st.hold && qid != 0
+                || st.hold_admin && qid == 0 && sqe.opcode() != aop::ASYNC_EVENT_REQUEST
+            {
                 st.held.push((qid, sqe));
                 continue;
             }
@@ -450,6 +469,11 @@ impl SimController {
                             b[128..132].copy_from_slice(&(9u32 << 16).to_le_bytes());
                             b[132..136].copy_from_slice(&(12u32 << 16).to_le_bytes());
                             b[104..108].copy_from_slice(&c.nsid.to_le_bytes());
+                            if st.zero_lbads.contains(&c.nsid) {
+                                b[25] = 2; // a third format, in use, LBADS 0
+                                b[26] = 2;
+                                b[136..140].copy_from_slice(&0u32.to_le_bytes());
+                            }
                         } else if c.nsid == 0 || c.nsid > 32 {
                             return Some((NvmeStatus::new(0, 0x0b), 0));
                         }

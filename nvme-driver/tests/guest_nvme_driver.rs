@@ -3,6 +3,7 @@
 //! `ci/guest-tier` (`#[ignore]`d on the host). Any DMAR fault the guest
 //! kernel logs fails the whole run.
 
+use nvme_driver::blocking::BlockingController;
 use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
@@ -215,7 +216,7 @@ fn random_data_on_two_cores_reads_back() {
         // Each thread owns one half of the first 32 MiB of the namespace.
         let span = (32u64 << 20) / bs as u64;
         assert!(span <= blocks);
-        let qps: Vec<IoQpair<usize>> = (0..2).map(|_| c.create_io_qpair(16).unwrap()).collect();
+        let qps: Vec<IoQpair<usize>> = (0..2).map(|_| c.connect_io_qpair(16).unwrap()).collect();
         let handles: Vec<_> = qps
             .into_iter()
             .enumerate()
@@ -351,7 +352,7 @@ fn flush_zeroes_deallocate_and_out_of_range() {
     let mem = memory();
     for ns in c.namespaces().cloned().collect::<Vec<_>>() {
         let bs = ns.block_size as usize;
-        let mut qp: IoQpair<&'static str> = c.create_io_qpair(8).unwrap();
+        let mut qp: IoQpair<&'static str> = c.connect_io_qpair(8).unwrap();
         let mut buf = mem.alloc(16 * bs, 4096).unwrap();
         buf.fill(0xa7);
         let seg = [(buf.iova(), 16 * bs)];
@@ -413,7 +414,7 @@ fn kernel_reads_what_the_driver_wrote() {
     {
         let c = open(bdf);
         serial = c.identify().serial.clone();
-        let mut qp: IoQpair<()> = c.create_io_qpair(8).unwrap();
+        let mut qp: IoQpair<()> = c.connect_io_qpair(8).unwrap();
         for ns in c.namespaces() {
             let bs = ns.block_size as usize;
             for _ in 0..4 {
@@ -510,7 +511,7 @@ fn reset_under_load() {
     let mut c = open(bdf);
     let ns = c.namespaces().next().unwrap().clone();
     let bs = ns.block_size as usize;
-    let mut qp: IoQpair<u64> = c.create_io_qpair(32).unwrap();
+    let mut qp: IoQpair<u64> = c.connect_io_qpair(32).unwrap();
     let (full_tx, full_rx) = std::sync::mpsc::channel::<usize>();
     let (reset_tx, reset_rx) = std::sync::mpsc::channel::<()>();
     let mem = memory();
@@ -568,6 +569,11 @@ fn reset_under_load() {
         while qp.outstanding() > 0 {
             qp.process_completions(32, &mut record);
             assert!(Instant::now() < deadline, "stuck after the reset");
+        }
+        // The queue is created again by the queue pair's own polls.
+        while !qp.is_connected() {
+            qp.process_completions(32, &mut record);
+            assert!(Instant::now() < deadline, "the queue did not come back");
         }
         (qp, before, next, completions, twice)
     });

@@ -4,6 +4,7 @@
 //! kept outside the measured windows by holding commands and releasing them
 //! in between.
 
+use nvme_driver::blocking::BlockingController;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::Arc;
@@ -67,7 +68,7 @@ fn submit_and_complete_allocate_nothing() {
         ControllerOptions::default(),
     )
     .unwrap();
-    let mut qp: IoQpair<u64> = ctrlr.create_io_qpair(64).unwrap();
+    let mut qp: IoQpair<u64> = ctrlr.connect_io_qpair(64).unwrap();
     let mut cache = mem.cache();
     // Warm up: the cache's first refill and the completion closure's state.
     let mut bufs: Vec<dma::DmaBuf> = (0..64).map(|_| cache.alloc(4096).unwrap()).collect();

@@ -2,6 +2,8 @@
 //! data integrity through PRP lists and ring wrap, errors, queue full, reset
 //! under load, timeouts, removal, namespace events, admin commands.
 
+use nvme_driver::TimeoutAction;
+use nvme_driver::blocking::BlockingController;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -93,7 +95,7 @@ fn random_writes_read_back_through_prp_lists_and_ring_wrap() {
     let seed = 0x5eed_0001u64 ^ std::process::id() as u64;
     eprintln!("seed {seed:#x}");
     let mut rng = Rng(seed | 1);
-    let mut qp: IoQpair<usize> = r.ctrlr.create_io_qpair(8).unwrap();
+    let mut qp: IoQpair<usize> = r.ctrlr.connect_io_qpair(8).unwrap();
     for &(nsid, bs, blocks) in &[(1u32, 512usize, 8192u64), (2, 4096, 1024)] {
         let mut expected = vec![0u8; bs * blocks as usize];
         let mut bufs: Vec<(DmaBuf, usize, u64, usize)> = Vec::new();
@@ -165,7 +167,7 @@ fn random_writes_read_back_through_prp_lists_and_ring_wrap() {
 #[test]
 fn scatter_gather_segments_land_in_order() {
     let r = rig();
-    let mut qp: IoQpair<()> = r.ctrlr.create_io_qpair(4).unwrap();
+    let mut qp: IoQpair<()> = r.ctrlr.connect_io_qpair(4).unwrap();
     // 12 KiB from three separate pages (the first one at an offset of 3 KiB).
     let mut a = r.mem.alloc(8192, 4096).unwrap();
     let mut b = r.mem.alloc(4096, 4096).unwrap();
@@ -191,7 +193,7 @@ fn scatter_gather_segments_land_in_order() {
 #[test]
 fn doorbell_is_rung_once_per_batch() {
     let r = rig();
-    let mut qp: IoQpair<u32> = r.ctrlr.create_io_qpair(32).unwrap();
+    let mut qp: IoQpair<u32> = r.ctrlr.connect_io_qpair(32).unwrap();
     let buf = r.mem.alloc(4096 * 16, 4096).unwrap();
     let before = r.sim.doorbell_writes();
     for i in 0..16u32 {
@@ -223,7 +225,7 @@ fn doorbell_is_rung_once_per_batch() {
 #[test]
 fn errors_from_the_device_and_from_submission() {
     let r = rig();
-    let mut qp: IoQpair<&'static str> = r.ctrlr.create_io_qpair(8).unwrap();
+    let mut qp: IoQpair<&'static str> = r.ctrlr.connect_io_qpair(8).unwrap();
     let buf = r.mem.alloc(256 * 1024, 4096).unwrap();
     // Past the end: the device answers LBA Out of Range; no crash.
     qp.read(1, 8190, 4, &[(buf.iova(), 2048)], "past end")
@@ -272,7 +274,7 @@ fn errors_from_the_device_and_from_submission() {
 #[test]
 fn flush_write_zeroes_deallocate_and_compare() {
     let r = rig();
-    let mut qp: IoQpair<u8> = r.ctrlr.create_io_qpair(8).unwrap();
+    let mut qp: IoQpair<u8> = r.ctrlr.connect_io_qpair(8).unwrap();
     let mut buf = r.mem.alloc(8 * 4096, 4096).unwrap();
     buf.fill(0xee);
     let seg = [(buf.iova(), 8 * 4096)];
@@ -313,7 +315,7 @@ fn flush_write_zeroes_deallocate_and_compare() {
 #[test]
 fn queue_full_is_reported_not_blocking() {
     let r = rig();
-    let mut qp: IoQpair<u32> = r.ctrlr.create_io_qpair(4).unwrap();
+    let mut qp: IoQpair<u32> = r.ctrlr.connect_io_qpair(4).unwrap();
     let buf = r.mem.alloc(4096, 4096).unwrap();
     r.sim.hold_io(true);
     for i in 0..4 {
@@ -339,7 +341,7 @@ fn queue_full_is_reported_not_blocking() {
 #[test]
 fn reset_under_load_loses_nothing_and_completes_nothing_twice() {
     let mut r = rig();
-    let mut qp: IoQpair<u32> = r.ctrlr.create_io_qpair(64).unwrap();
+    let mut qp: IoQpair<u32> = r.ctrlr.connect_io_qpair(64).unwrap();
     let buf = r.mem.alloc(4096, 4096).unwrap();
     let mut done: Vec<(u32, Result<u32, CommandError>)> = Vec::new();
     // Some complete before the reset, some are held by the device.
@@ -385,8 +387,8 @@ fn reset_under_load_loses_nothing_and_completes_nothing_twice() {
 #[test]
 fn timed_out_command_is_aborted() {
     let mut r = rig();
-    let mut qp: IoQpair<u32> = r.ctrlr.create_io_qpair(8).unwrap();
-    qp.set_timeout(Some(Duration::from_millis(30)));
+    let mut qp: IoQpair<u32> = r.ctrlr.connect_io_qpair(8).unwrap();
+    qp.set_timeout(Some((Duration::from_millis(30), TimeoutAction::Abort)));
     let buf = r.mem.alloc(4096, 4096).unwrap();
     r.sim.hold_io(true);
     qp.read(2, 0, 1, &[(buf.iova(), 4096)], 1).unwrap();
@@ -408,8 +410,8 @@ fn timed_out_command_is_aborted() {
 #[test]
 fn command_the_abort_cannot_reach_leads_to_a_reset() {
     let mut r = rig();
-    let mut qp: IoQpair<u32> = r.ctrlr.create_io_qpair(8).unwrap();
-    qp.set_timeout(Some(Duration::from_millis(30)));
+    let mut qp: IoQpair<u32> = r.ctrlr.connect_io_qpair(8).unwrap();
+    qp.set_timeout(Some((Duration::from_millis(30), TimeoutAction::Abort)));
     let buf = r.mem.alloc(4096, 4096).unwrap();
     r.sim.hold_io(true);
     r.sim.ignore_abort(true);
@@ -429,10 +431,19 @@ fn command_the_abort_cannot_reach_leads_to_a_reset() {
 fn fatal_status_triggers_a_reset() {
     let mut r = rig();
     r.sim.set_fatal();
+    // The poll that sees the fatal status starts the reset; later polls
+    // finish it (nothing waits inside one).
     r.ctrlr.poll_admin().unwrap();
     assert_eq!(r.ctrlr.resets(), 1);
+    assert_eq!(r.ctrlr.state(), CtrlrState::Resetting);
+    let mut polls = 1;
+    while r.ctrlr.resets_done() < 1 {
+        r.ctrlr.poll_admin().unwrap();
+        polls += 1;
+        assert!(polls < 10_000, "the reset never ended");
+    }
     assert_eq!(r.ctrlr.state(), CtrlrState::Ready);
-    let mut qp: IoQpair<()> = r.ctrlr.create_io_qpair(4).unwrap();
+    let mut qp: IoQpair<()> = r.ctrlr.connect_io_qpair(4).unwrap();
     let buf = r.mem.alloc(512, 4096).unwrap();
     qp.read(1, 0, 1, &[(buf.iova(), 512)], ()).unwrap();
     let mut done = Vec::new();
@@ -443,7 +454,7 @@ fn fatal_status_triggers_a_reset() {
 #[test]
 fn removed_controller_fails_fast_without_hanging() {
     let mut r = rig();
-    let mut qp: IoQpair<u32> = r.ctrlr.create_io_qpair(8).unwrap();
+    let mut qp: IoQpair<u32> = r.ctrlr.connect_io_qpair(8).unwrap();
     let buf = r.mem.alloc(4096, 4096).unwrap();
     r.sim.hold_io(true);
     for i in 0..3 {
@@ -465,15 +476,15 @@ fn removed_controller_fails_fast_without_hanging() {
     );
     let e = qp.read(2, 0, 1, &[(buf.iova(), 4096)], 9).unwrap_err();
     assert_eq!(e.kind, SubmitErrorKind::Removed);
-    assert!(r.ctrlr.create_io_qpair::<()>(4).is_err());
+    assert!(r.ctrlr.connect_io_qpair::<()>(4).is_err());
     assert!(r.ctrlr.reset().is_err());
 }
 
 #[test]
 fn removal_is_noticed_by_a_queue_pair_with_timeouts() {
     let r = rig();
-    let mut qp: IoQpair<u32> = r.ctrlr.create_io_qpair(8).unwrap();
-    qp.set_timeout(Some(Duration::from_millis(20)));
+    let mut qp: IoQpair<u32> = r.ctrlr.connect_io_qpair(8).unwrap();
+    qp.set_timeout(Some((Duration::from_millis(20), TimeoutAction::Abort)));
     let buf = r.mem.alloc(4096, 4096).unwrap();
     r.sim.hold_io(true);
     qp.read(2, 0, 1, &[(buf.iova(), 4096)], 1).unwrap();
@@ -509,7 +520,7 @@ fn namespace_changes_arrive_as_events() {
     }
     assert_eq!(r.ctrlr.namespace(1).unwrap().blocks, 16384);
     // The grown range is usable at once.
-    let mut qp: IoQpair<()> = r.ctrlr.create_io_qpair(4).unwrap();
+    let mut qp: IoQpair<()> = r.ctrlr.connect_io_qpair(4).unwrap();
     let buf = r.mem.alloc(512, 4096).unwrap();
     qp.read(1, 16000, 1, &[(buf.iova(), 512)], ()).unwrap();
     let mut done = Vec::new();
@@ -542,13 +553,17 @@ fn admin_commands_log_pages_and_features() {
     );
     // Every granted queue can be created, one more cannot.
     let qps: Vec<IoQpair<()>> = (0..8)
-        .map(|_| r.ctrlr.create_io_qpair(4).unwrap())
+        .map(|_| r.ctrlr.connect_io_qpair(4).unwrap())
         .collect();
-    let e = r.ctrlr.create_io_qpair::<()>(4).unwrap_err().to_string();
+    let e = r.ctrlr.connect_io_qpair::<()>(4).unwrap_err().to_string();
     assert!(e.contains("no free I/O queue"), "{e}");
     drop(qps);
-    let _again: IoQpair<()> = r.ctrlr.create_io_qpair(4).unwrap();
-    let e = r.ctrlr.create_io_qpair::<()>(5000).unwrap_err().to_string();
+    let _again: IoQpair<()> = r.ctrlr.connect_io_qpair(4).unwrap();
+    let e = r
+        .ctrlr
+        .connect_io_qpair::<()>(5000)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("queue depth 5000"), "{e}");
     // Format back to zeroes with 4096-byte blocks on namespace 1.
     let events = r.ctrlr.format_nvm(1, 1).unwrap();
@@ -559,7 +574,7 @@ fn admin_commands_log_pages_and_features() {
 fn queue_pairs_on_two_threads_at_once() {
     let mut r = rig();
     let qps: Vec<IoQpair<u64>> = (0..2)
-        .map(|_| r.ctrlr.create_io_qpair(16).unwrap())
+        .map(|_| r.ctrlr.connect_io_qpair(16).unwrap())
         .collect();
     let handles: Vec<_> = qps
         .into_iter()
@@ -601,4 +616,187 @@ fn queue_pairs_on_two_threads_at_once() {
     }
     drop(qps);
     r.ctrlr.poll_admin().unwrap();
+}
+
+/// A reset with a whole queue (256 commands) in the device's hands: every
+/// one comes back aborted by the reset, exactly once, and the queue works
+/// after.
+#[test]
+fn reset_with_256_commands_in_flight() {
+    let mut r = rig();
+    let mut qp: IoQpair<u32> = r.ctrlr.connect_io_qpair(256).unwrap();
+    let buf = r.mem.alloc(512, 4096).unwrap();
+    r.sim.reserve_held(256);
+    r.sim.hold_io(true);
+    for i in 0..256 {
+        qp.read(1, i as u64, 1, &[(buf.iova(), 512)], i).unwrap();
+    }
+    let e = qp.read(1, 0, 1, &[(buf.iova(), 512)], 999).unwrap_err();
+    assert_eq!(e.kind, SubmitErrorKind::QueueFull);
+    qp.ring_doorbell();
+    assert_eq!(r.sim.held(), 256);
+    r.sim.hold_io(false);
+    r.ctrlr.reset().unwrap();
+    let mut done = Vec::new();
+    wait_all(&mut qp, &mut done);
+    let mut seen = vec![0u32; 256];
+    for (c, res) in &done {
+        seen[*c as usize] += 1;
+        assert_eq!(*res, Err(CommandError::AbortedByReset));
+    }
+    assert!(seen.iter().all(|&n| n == 1), "each exactly once");
+    while !qp.is_connected() {
+        qp.process_completions(64, |_, _| {});
+    }
+    done.clear();
+    qp.read(1, 0, 1, &[(buf.iova(), 512)], 7).unwrap();
+    wait_all(&mut qp, &mut done);
+    assert_eq!(done, vec![(7, Ok(0))]);
+}
+
+/// Polls the queue pair and the admin poller until `until` holds (5 s at
+/// most), for `at_least` in any case.
+fn poll_for(
+    r: &mut Rig,
+    qp: &mut IoQpair<u32>,
+    done: &mut Vec<(u32, Result<u32, CommandError>)>,
+    at_least: Duration,
+    until: impl Fn(&[(u32, Result<u32, CommandError>)]) -> bool,
+) {
+    let start = std::time::Instant::now();
+    while (start.elapsed() < at_least || !until(done)) && start.elapsed() < Duration::from_secs(5) {
+        qp.process_completions(16, |c, res| done.push((c, res)));
+        r.ctrlr.poll_admin().unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// `action_on_timeout` none (the controller-wide setting): the timed-out
+/// command is only logged: no abort, no reset; it completes when the
+/// device answers.
+#[test]
+fn timeout_with_action_none_only_logs() {
+    use nvme_driver::spec::admin_opcode;
+    let mut r = rig();
+    r.ctrlr
+        .set_io_timeout(Some(Duration::from_millis(20)), TimeoutAction::None);
+    let mut qp: IoQpair<u32> = r.ctrlr.connect_io_qpair(8).unwrap();
+    let buf = r.mem.alloc(4096, 4096).unwrap();
+    r.sim.hold_io(true);
+    qp.read(2, 0, 1, &[(buf.iova(), 4096)], 1).unwrap();
+    let mut done = Vec::new();
+    poll_for(
+        &mut r,
+        &mut qp,
+        &mut done,
+        Duration::from_millis(150),
+        |_| true,
+    );
+    assert!(done.is_empty(), "still waiting for the device");
+    assert_eq!(r.sim.command_count(true, admin_opcode::ABORT), 0);
+    assert_eq!(r.ctrlr.resets(), 0);
+    r.sim.release_held();
+    wait_all(&mut qp, &mut done);
+    assert_eq!(done, vec![(1, Ok(0))]);
+}
+
+/// `action_on_timeout` reset: the controller is reset, the command comes
+/// back aborted by it; no Abort is sent.
+#[test]
+fn timeout_with_action_reset_resets_the_controller() {
+    use nvme_driver::spec::admin_opcode;
+    let mut r = rig();
+    r.ctrlr
+        .set_io_timeout(Some(Duration::from_millis(20)), TimeoutAction::Reset);
+    let mut qp: IoQpair<u32> = r.ctrlr.connect_io_qpair(8).unwrap();
+    let buf = r.mem.alloc(4096, 4096).unwrap();
+    r.sim.hold_io(true);
+    qp.read(2, 0, 1, &[(buf.iova(), 4096)], 1).unwrap();
+    let mut done = Vec::new();
+    poll_for(&mut r, &mut qp, &mut done, Duration::ZERO, |d| {
+        !d.is_empty()
+    });
+    assert_eq!(done, vec![(1, Err(CommandError::AbortedByReset))]);
+    assert_eq!(r.ctrlr.resets(), 1);
+    assert_eq!(r.sim.command_count(true, admin_opcode::ABORT), 0);
+}
+
+/// `action_on_timeout` abort, set controller-wide: the Abort ends the
+/// command with "aborted as requested"; no reset.
+#[test]
+fn timeout_with_action_abort_aborts_the_command() {
+    use nvme_driver::spec::admin_opcode;
+    let mut r = rig();
+    r.ctrlr
+        .set_io_timeout(Some(Duration::from_millis(20)), TimeoutAction::Abort);
+    let mut qp: IoQpair<u32> = r.ctrlr.connect_io_qpair(8).unwrap();
+    let buf = r.mem.alloc(4096, 4096).unwrap();
+    r.sim.hold_io(true);
+    qp.read(2, 0, 1, &[(buf.iova(), 4096)], 1).unwrap();
+    let mut done = Vec::new();
+    poll_for(&mut r, &mut qp, &mut done, Duration::ZERO, |d| {
+        !d.is_empty()
+    });
+    assert_eq!(done.len(), 1);
+    assert_eq!(
+        done[0].1.unwrap_err().status().unwrap().kind(),
+        StatusKind::AbortRequested
+    );
+    assert_eq!(r.sim.command_count(true, admin_opcode::ABORT), 1);
+    assert_eq!(r.ctrlr.resets(), 0);
+}
+
+/// An admin command that outlives the admin timeout resets the
+/// controller; its waiter gets the timeout error; the controller works
+/// after.
+#[test]
+fn admin_timeout_resets_the_controller() {
+    let mut r = rig();
+    r.ctrlr.set_admin_timeout(Duration::from_millis(30));
+    r.sim.hold_admin(true);
+    let e = r.ctrlr.get_feature(0x06, 0).unwrap_err().to_string();
+    assert!(e.contains("timed out"), "{e}");
+    r.sim.hold_admin(false);
+    let start = std::time::Instant::now();
+    while r.ctrlr.resets_done() < 1 {
+        r.ctrlr.poll_admin().unwrap();
+        assert!(start.elapsed() < Duration::from_secs(5), "no reset");
+    }
+    assert_eq!(r.ctrlr.state(), CtrlrState::Ready);
+    r.ctrlr.get_feature(0x06, 0).unwrap();
+}
+
+/// Identify Namespace selecting an LBA format with a zero data size: that
+/// namespace is left out (an error naming the field in the log), the
+/// others work, I/O to it is refused; nothing panics.
+#[test]
+fn a_namespace_with_a_zero_lba_data_size_is_left_out() {
+    let mem = DmaMemory::new(DmaConfig::anonymous(64 << 20)).unwrap();
+    let sim = Arc::new(SimController::new(mem.clone(), SimConfig::default()));
+    sim.report_zero_lba_size(2);
+    let c =
+        Controller::with_registers("sim0".into(), sim, &mem, ControllerOptions::default()).unwrap();
+    let ids: Vec<u32> = c.namespaces().map(|n| n.nsid).collect();
+    assert_eq!(ids, vec![1]);
+    let mut qp: IoQpair<u32> = c.connect_io_qpair(4).unwrap();
+    let buf = mem.alloc(4096, 4096).unwrap();
+    let e = qp.read(2, 0, 1, &[(buf.iova(), 4096)], 0).unwrap_err();
+    assert_eq!(e.kind, SubmitErrorKind::InvalidNamespace(2));
+    qp.read(1, 0, 1, &[(buf.iova(), 512)], 1).unwrap();
+    let mut done = Vec::new();
+    wait_all(&mut qp, &mut done);
+    assert_eq!(done, vec![(1, Ok(0))]);
+}
+
+/// A controller whose registers read all-ones at bring-up (already gone)
+/// is an error naming it, not a panic.
+#[test]
+fn all_ones_registers_at_bring_up_are_an_error() {
+    let mem = DmaMemory::new(DmaConfig::anonymous(16 << 20)).unwrap();
+    let sim = Arc::new(SimController::new(mem.clone(), SimConfig::default()));
+    sim.set_removed(true);
+    let e = Controller::with_registers("sim0".into(), sim, &mem, ControllerOptions::default())
+        .unwrap_err();
+    assert!(matches!(e, nvme_driver::NvmeError::Removed { .. }), "{e}");
+    assert!(e.to_string().contains("all-ones"), "{e}");
 }

@@ -3,6 +3,7 @@
 //! verify mode (including a block corrupted behind the worker's back through
 //! a second queue pair), errors, and the measured window.
 
+use nvme_driver::blocking::BlockingController;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -61,7 +62,7 @@ fn params(nsid: u32, block_size: u32) -> WorkerParams {
 }
 
 fn worker(r: &Rig, p: WorkerParams) -> Worker {
-    let qp = r.ctrlr.create_io_qpair::<u32>(p.depth).unwrap();
+    let qp = r.ctrlr.connect_io_qpair::<u32>(p.depth).unwrap();
     Worker::new(qp, &r.mem, "sim0".into(), 0, p, Clock::os(), 42).unwrap()
 }
 
@@ -250,7 +251,7 @@ fn verify_catches_a_block_corrupted_behind_its_back() {
     }
     assert!(all_written(&w), "every unit written");
     assert_eq!(w.counts()[5], 0, "no mismatch before the corruption");
-    let mut other = r.ctrlr.create_io_qpair::<u32>(4).unwrap();
+    let mut other = r.ctrlr.connect_io_qpair::<u32>(4).unwrap();
     let target = w.unit_lba(7) + 2;
     corrupt(&r, &mut other, 1, target, 1, 512);
     for _ in 0..1_000_000 {
@@ -312,7 +313,7 @@ fn failed_ios_are_counted_and_the_run_ends() {
 fn the_window_bounds_what_is_measured() {
     let r = rig();
     let clock = Clock::os();
-    let qp = r.ctrlr.create_io_qpair::<u32>(8).unwrap();
+    let qp = r.ctrlr.connect_io_qpair::<u32>(8).unwrap();
     let p = WorkerParams {
         io_limit: None,
         ..params(1, 512)
@@ -339,7 +340,7 @@ fn the_window_bounds_what_is_measured() {
 #[test]
 fn bad_parameters_are_refused() {
     let r = rig();
-    let qp = r.ctrlr.create_io_qpair::<u32>(8).unwrap();
+    let qp = r.ctrlr.connect_io_qpair::<u32>(8).unwrap();
     let e = Worker::new(
         qp,
         &r.mem,
@@ -358,7 +359,7 @@ fn bad_parameters_are_refused() {
             .contains("not a multiple of the block size 512"),
         "{e}"
     );
-    let qp = r.ctrlr.create_io_qpair::<u32>(8).unwrap();
+    let qp = r.ctrlr.connect_io_qpair::<u32>(8).unwrap();
     let e = Worker::new(
         qp,
         &r.mem,
@@ -382,7 +383,7 @@ fn bad_parameters_are_refused() {
 fn an_early_stop_ends_the_window() {
     let r = rig();
     let clock = Clock::os();
-    let qp = r.ctrlr.create_io_qpair::<u32>(8).unwrap();
+    let qp = r.ctrlr.connect_io_qpair::<u32>(8).unwrap();
     let p = WorkerParams {
         io_limit: None,
         ..params(1, 512)

@@ -4,6 +4,7 @@
 //! model's own work is kept outside the counted windows by holding commands
 //! and releasing them in between.
 
+use nvme_driver::blocking::BlockingController;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::Arc;
@@ -87,7 +88,7 @@ fn the_poll_loop_allocates_nothing() {
             ControllerOptions::default(),
         )
         .unwrap();
-        let qp = ctrlr.create_io_qpair::<u32>(16).unwrap();
+        let qp = ctrlr.connect_io_qpair::<u32>(16).unwrap();
         let p = WorkerParams {
             nsid: 1,
             block_size: 512,

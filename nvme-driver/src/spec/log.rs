@@ -39,7 +39,13 @@ pub struct SmartLog {
     pub media_errors: [u8; 16],
     /// Number of error information log entries.
     pub num_err_log_entries: [u8; 16],
-    _rsvd192: [u8; 320],
+    /// Minutes above the warning composite temperature threshold.
+    pub warning_temp_time: [u8; 4],
+    /// Minutes above the critical composite temperature threshold.
+    pub critical_temp_time: [u8; 4],
+    /// Temperature sensors 1-8 in kelvins (0: not reported).
+    pub temp_sensors: [u8; 16],
+    _rsvd216: [u8; 296],
 }
 
 const _: () = assert!(size_of::<SmartLog>() == 512);
@@ -51,6 +57,61 @@ pub fn le128(bytes: &[u8; 16]) -> u64 {
 }
 
 impl SmartLog {
+    /// Reads the page from its 512 bytes (shorter input reads as zeroes).
+    pub fn parse(b: &[u8]) -> SmartLog {
+        let mut page = [0u8; 512];
+        let n = b.len().min(512);
+        page[..n].copy_from_slice(&b[..n]);
+        // SAFETY: SmartLog is repr(C), 512 bytes, made only of integers and
+        // byte arrays, so every bit pattern is valid; the read is unaligned.
+        unsafe { std::ptr::read_unaligned(page.as_ptr().cast::<SmartLog>()) }
+    }
+
+    /// Minutes above the warning composite temperature threshold.
+    pub fn warning_temperature_time(&self) -> u32 {
+        u32::from_le_bytes(self.warning_temp_time)
+    }
+
+    /// Minutes above the critical composite temperature threshold.
+    pub fn critical_temperature_time(&self) -> u32 {
+        u32::from_le_bytes(self.critical_temp_time)
+    }
+
+    /// Controller busy time in minutes.
+    pub fn controller_busy_minutes(&self) -> u64 {
+        le128(&self.controller_busy_time)
+    }
+
+    /// Data units read (thousands of 512-byte units).
+    pub fn data_units_read(&self) -> u64 {
+        le128(&self.data_units_read)
+    }
+
+    /// Data units written (thousands of 512-byte units).
+    pub fn data_units_written(&self) -> u64 {
+        le128(&self.data_units_written)
+    }
+
+    /// Power-on hours.
+    pub fn power_on_hours(&self) -> u64 {
+        le128(&self.power_on_hours)
+    }
+
+    /// Unsafe shutdowns.
+    pub fn unsafe_shutdowns(&self) -> u64 {
+        le128(&self.unsafe_shutdowns)
+    }
+
+    /// Media and data integrity errors.
+    pub fn media_errors(&self) -> u64 {
+        le128(&self.media_errors)
+    }
+
+    /// Error information log entries over the controller's life.
+    pub fn error_log_entries(&self) -> u64 {
+        le128(&self.num_err_log_entries)
+    }
+
     /// Composite temperature in kelvins.
     pub fn temperature_kelvin(&self) -> u16 {
         u16::from_le_bytes(self.temperature)
@@ -103,3 +164,15 @@ pub struct ErrorLogEntry {
 }
 
 const _: () = assert!(size_of::<ErrorLogEntry>() == 64);
+
+impl ErrorLogEntry {
+    /// Reads one entry from its 64 bytes (shorter input reads as zeroes).
+    pub fn parse(b: &[u8]) -> ErrorLogEntry {
+        let mut e = [0u8; 64];
+        let n = b.len().min(64);
+        e[..n].copy_from_slice(&b[..n]);
+        // SAFETY: ErrorLogEntry is repr(C), 64 bytes of integers: every bit
+        // pattern is valid; the read is unaligned.
+        unsafe { std::ptr::read_unaligned(e.as_ptr().cast::<ErrorLogEntry>()) }
+    }
+}

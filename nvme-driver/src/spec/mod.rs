@@ -8,7 +8,7 @@ mod sqe;
 
 pub use cqe::Cqe;
 pub use identify::{IdentifyController, IdentifyNamespace, LbaFormat};
-pub use log::{ErrorLogEntry, SmartLog};
+pub use log::{ErrorLogEntry, SmartLog, le128};
 pub use sqe::{DsmRange, Sqe};
 
 /// Admin command opcodes.

@@ -7,6 +7,7 @@
 //!  core thread (pinned), per core in -c:          └─ barrier ─ poll workers until done
 //! ```
 
+use nvme_driver::blocking::BlockingController;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -315,7 +316,7 @@ pub fn run(cfg: &Config, log: &mut dyn FnMut(&str)) -> Result<Outcome, RunError>
         let mut ws = Vec::new();
         for (ci, ns, units) in &namespaces {
             let c = &ctrlrs[*ci].0;
-            let qp = c.create_io_qpair::<u32>(cfg.depth).map_err(|e| match e {
+            let qp = c.connect_io_qpair::<u32>(cfg.depth).map_err(|e| match e {
                 NvmeError::InvalidDepth { max, .. } => usage(
                     "-q",
                     Some(&cfg.depth.to_string()),

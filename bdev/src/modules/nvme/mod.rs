@@ -1,26 +1,45 @@
 //! The NVMe bdev module: attaches a PCIe controller through the driver and
 //! registers one bdev per active namespace, named `<controller>n<nsid>`.
 //! Each core's channel owns a queue pair polled by a poller on that core;
-//! an admin poller on the attaching core reaps asynchronous events, so a
-//! namespace resize reaches the bdev (and everything stacked on it) as a
-//! Resize event, and a removed namespace unregisters its bdev.
+//! an admin poller on the attaching core (every millisecond) advances the
+//! controller's control path: asynchronous events (a namespace resize
+//! reaches the bdev as a Resize event, an added namespace registers a
+//! bdev, a removed one unregisters it), timeouts, resets and removal.
+//!
+//! Nothing here waits on a reactor thread: bring-up, resets, admin
+//! commands and shutdown are polled state machines or futures that sleep
+//! on the reactor's timer between polls; the controller's lock is held
+//! only for a non-waiting call and never by the I/O path.
+//!
+//! Recovery follows SPDK's `bdev_nvme` options ([`NvmeOptions`]): I/O a
+//! reset took is submitted again (`bdev_retry_count`); commands past
+//! `timeout_us` are aborted or the controller reset (`action_on_timeout`);
+//! a controller whose reset failed is retried every `reconnect_delay_sec`,
+//! fails its I/O fast after `fast_io_fail_timeout_sec` and is deleted
+//! after `ctrlr_loss_timeout_sec`.
 
+pub mod options;
 pub mod rpc;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 use std::time::Duration;
 
 use nvme_driver::pci::Bdf;
 use nvme_driver::{
-    CommandError, Controller, ControllerOptions, IoQpair, NsEvent, NvmeError, StatusKind,
-    SubmitErrorKind,
+    AdminClient, CommandError, Controller, ControllerOptions, CtrlrState, IoQpair, NsEvent,
+    NvmeError, StatusKind, SubmitErrorKind,
 };
 use reactor::{PollStatus, Poller};
 use serde_json::json;
+
+pub use options::{
+    NvmeOptions, Recovery, bdev_retry_count, options, set_bdev_retry_count, set_options,
+};
 
 use crate::{Bdev, BdevError, BdevOps, BdevProps, IoHandle, IoStatus, IoType, IoVec, MAX_IOV};
 
@@ -28,14 +47,33 @@ use crate::{Bdev, BdevError, BdevOps, BdevProps, IoHandle, IoStatus, IoType, IoV
 const QPAIR_DEPTH: u32 = 256;
 /// Completions reaped per poll.
 const REAP_MAX: usize = 64;
+/// Period of the admin poller and of waits for the control path.
+const ADMIN_PERIOD: Duration = Duration::from_millis(1);
+
+/// Where a controller whose reset failed stands (SPDK's reconnect logic).
+#[derive(Debug, Default)]
+struct Reconnect {
+    /// When the first reset of this outage failed (reactor clock).
+    failed_since: Option<Duration>,
+    /// When the next reset is due.
+    next_try: Option<Duration>,
+}
 
 /// An attached controller.
 pub struct NvmeCtrlr {
     name: String,
     bdf: Bdf,
+    /// Locked only for a call that does not wait, never across an await
+    /// and never by the I/O path.
     ctrlr: Mutex<Controller>,
-    /// Set by `detach_controller`: the admin poller unregisters itself
-    /// (on its own core) at its next run.
+    admin: AdminClient,
+    recovery: Recovery,
+    reconnect: Mutex<Reconnect>,
+    /// I/O submitted while the controller is failed fails at once (instead
+    /// of waiting for a reconnect).
+    fail_fast: AtomicBool,
+    /// Set by `detach_controller` (or when the controller went): the admin
+    /// poller unregisters itself (on its own core) at its next run.
     detached: AtomicBool,
 }
 
@@ -43,6 +81,24 @@ static CONTROLLERS: Mutex<BTreeMap<String, Arc<NvmeCtrlr>>> = Mutex::new(BTreeMa
 
 fn controllers() -> MutexGuard<'static, BTreeMap<String, Arc<NvmeCtrlr>>> {
     CONTROLLERS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn module_err(name: &str, what: &str, e: impl std::fmt::Display) -> BdevError {
+    BdevError::Module {
+        module: "nvme".into(),
+        reason: format!("{name}: {what}: {e}"),
+    }
+}
+
+/// Polls `f` every [`ADMIN_PERIOD`] on the reactor's timer until it is
+/// ready.
+async fn poll_until<T>(mut f: impl FnMut() -> Poll<T>) -> T {
+    loop {
+        if let Poll::Ready(v) = f() {
+            return v;
+        }
+        reactor::sleep(ADMIN_PERIOD).await;
+    }
 }
 
 impl NvmeCtrlr {
@@ -65,32 +121,156 @@ impl NvmeCtrlr {
         self.lock().identify().cntlid
     }
 
+    /// The recovery options it runs with.
+    pub fn recovery(&self) -> Recovery {
+        self.recovery
+    }
+
+    /// Admin commands to it (futures; any core).
+    pub fn admin(&self) -> &AdminClient {
+        &self.admin
+    }
+
+    /// Identify Controller's model, serial and firmware revision.
+    pub fn identity(&self) -> (String, String, String) {
+        let c = self.lock();
+        let id = c.identify();
+        (id.model.clone(), id.serial.clone(), id.firmware.clone())
+    }
+
+    /// Entries of the Error Information log page the controller keeps
+    /// (ELPE + 1).
+    pub fn error_log_entries(&self) -> usize {
+        self.lock().identify().elpe as usize + 1
+    }
+
     /// Resets the controller (disable, enable, admin and I/O queues
-    /// re-created; commands outstanding then complete as aborted by the
-    /// reset on their queue pair's next poll).
+    /// re-created; commands outstanding complete as aborted by the reset
+    /// on their queue pair's next poll, and go again while
+    /// `bdev_retry_count` allows). Joins a reset already in progress
+    /// (one at a time). Waits on the reactor's timer, never on the thread.
     ///
     /// # Errors
     /// [`BdevError::Module`] with the driver's reason.
-    pub fn reset(&self) -> Result<(), BdevError> {
-        self.lock().reset().map_err(|e| BdevError::Module {
-            module: "nvme".into(),
-            reason: format!("{}: reset: {e}", self.name),
+    pub async fn reset(&self) -> Result<(), BdevError> {
+        let target = {
+            let mut c = self.lock();
+            c.start_reset()
+                .map_err(|e| module_err(&self.name, "reset", e))?;
+            c.resets()
+        };
+        poll_until(|| {
+            let c = self.lock();
+            if c.resets_done() < target {
+                return Poll::Pending;
+            }
+            Poll::Ready(match c.state() {
+                CtrlrState::Ready => Ok(()),
+                s => Err(module_err(
+                    &self.name,
+                    "reset",
+                    c.last_reset_error().unwrap_or(s.name()),
+                )),
+            })
         })
+        .await
+    }
+
+    /// SPDK's name for the controller's state (`enabled`, `resetting`,
+    /// `reconnect_is_delayed`, `failed`, `deleting`).
+    pub fn state_name(&self) -> &'static str {
+        if self.detached.load(Ordering::Acquire) {
+            return "deleting";
+        }
+        let st = self.lock().state();
+        match st {
+            CtrlrState::Ready => "enabled",
+            CtrlrState::Initializing | CtrlrState::Resetting => "resetting",
+            CtrlrState::Failed
+                if self
+                    .reconnect
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .next_try
+                    .is_some() =>
+            {
+                "reconnect_is_delayed"
+            }
+            CtrlrState::Failed => "failed",
+            CtrlrState::Removed => "deleting",
+        }
     }
 
     /// `bdev_nvme_get_controllers`' entry for it.
     pub fn info_json(&self) -> serde_json::Value {
-        let c = self.lock();
-        let id = c.identify();
+        let cntlid = self.cntlid();
         json!({
             "name": self.name,
             "ctrlrs": [{
-                "state": c.state().name(),
+                "state": self.state_name(),
                 "trid": { "trtype": "PCIe", "traddr": self.bdf.to_string() },
-                "cntlid": id.cntlid,
+                "cntlid": cntlid,
                 "host": { "nqn": "", "addr": "", "svcid": "" },
             }],
         })
+    }
+
+    /// The admin poller's work after a reset failed: another reset every
+    /// `reconnect_delay_sec`; I/O fails fast once `fast_io_fail_timeout_sec`
+    /// passed (at once when no reconnect is configured); the controller is
+    /// deleted once `ctrlr_loss_timeout_sec` passed. Returns whether the
+    /// controller is to be deleted.
+    fn after_failure(&self, c: &mut Controller) -> bool {
+        let now = reactor::now();
+        let r = self.recovery;
+        let mut rc = self.reconnect.lock().unwrap_or_else(|p| p.into_inner());
+        if c.state() != CtrlrState::Failed {
+            if c.state() == CtrlrState::Ready && rc.failed_since.is_some() {
+                log::info!("nvme {}: reconnected", self.name);
+                *rc = Reconnect::default();
+                self.fail_fast.store(false, Ordering::Release);
+            }
+            return false;
+        }
+        if r.reconnect_delay_sec == 0 {
+            // SPDK's default: no reconnects; the controller stays failed
+            // (its I/O fails) until a reset succeeds.
+            self.fail_fast.store(true, Ordering::Release);
+            return false;
+        }
+        let since = *rc.failed_since.get_or_insert(now);
+        let elapsed = now.saturating_sub(since);
+        if r.ctrlr_loss_timeout_sec > 0
+            && elapsed >= Duration::from_secs(r.ctrlr_loss_timeout_sec as u64)
+        {
+            log::warn!(
+                "nvme {}: not back after ctrlr_loss_timeout_sec ({} s): deleting it",
+                self.name,
+                r.ctrlr_loss_timeout_sec
+            );
+            return true;
+        }
+        if r.fast_io_fail_timeout_sec > 0
+            && elapsed >= Duration::from_secs(r.fast_io_fail_timeout_sec as u64)
+            && !self.fail_fast.swap(true, Ordering::AcqRel)
+        {
+            log::warn!(
+                "nvme {}: fast_io_fail_timeout_sec ({} s) passed: failing its I/O",
+                self.name,
+                r.fast_io_fail_timeout_sec
+            );
+        }
+        let due = *rc
+            .next_try
+            .get_or_insert(now + Duration::from_secs(r.reconnect_delay_sec as u64));
+        if now >= due {
+            rc.next_try = None;
+            log::info!("nvme {}: reconnecting", self.name);
+            if let Err(e) = c.start_reset() {
+                log::warn!("nvme {}: reconnect: {e}", self.name);
+            }
+        }
+        false
     }
 }
 
@@ -113,39 +293,14 @@ pub struct NvmeChannel {
 impl Drop for NvmeChannel {
     fn drop(&mut self) {
         self.poller.unregister();
-        // Deliver whatever completed; the rest fails when the queue pair goes.
-        let mut q = self.qpair.borrow_mut();
-        let start = std::time::Instant::now();
-        while q.outstanding() > 0 && start.elapsed() < Duration::from_secs(5) {
-            q.process_completions(REAP_MAX, |h, r| h.complete(status_of(r)));
+        // Deliver whatever completed, without waiting; a command still in
+        // the controller's hands is failed to its submitter when the queue
+        // pair goes (its handle fails on drop), and the queue pair's rings
+        // stay with the controller until it has deleted the queue.
+        if let Ok(mut q) = self.qpair.try_borrow_mut() {
+            q.process_completions(QPAIR_DEPTH as usize, |h, r| h.complete(status_of(r)));
         }
     }
-}
-
-/// SPDK's `bdev_retry_count`: how many times an I/O the controller lost
-/// (aborted by a reset) is submitted again before it fails ABORTED to its
-/// submitter; -1: without limit. SPDK's default, 3.
-static BDEV_RETRY_COUNT: AtomicI32 = AtomicI32::new(3);
-
-/// Sets `bdev_retry_count` (see [`bdev_retry_count`]).
-///
-/// # Errors
-/// [`BdevError::Invalid`] below -1.
-pub fn set_bdev_retry_count(n: i32) -> Result<(), BdevError> {
-    if n < -1 {
-        return Err(BdevError::invalid(
-            "bdev_retry_count",
-            format!("{n}: -1 (no limit) or a count"),
-        ));
-    }
-    BDEV_RETRY_COUNT.store(n, Ordering::Relaxed);
-    Ok(())
-}
-
-/// How many times an I/O aborted by a controller reset is submitted again
-/// (-1: without limit).
-pub fn bdev_retry_count() -> i32 {
-    BDEV_RETRY_COUNT.load(Ordering::Relaxed)
 }
 
 /// Ends `h` with the controller's answer `r`: an I/O the controller lost
@@ -179,6 +334,8 @@ impl BdevOps for NvmeNs {
     type Channel = NvmeChannel;
 
     fn create_channel(&self, core: reactor::CoreId) -> Result<NvmeChannel, String> {
+        // The queue is created on the controller by the poller's first
+        // polls; I/O before that waits in the layer (refused as NoMem).
         let qp: IoQpair<IoHandle> = self
             .ctrlr
             .lock()
@@ -204,8 +361,12 @@ impl BdevOps for NvmeNs {
                 // the list has room for the whole queue, made once.
                 let mut done = done.borrow_mut();
                 q.process_completions(REAP_MAX, |h, r| done.push((h, r)));
+                let connecting = !q.is_connected();
                 drop(q);
                 let n = done.len();
+                if connecting && n == 0 {
+                    return PollStatus::Idle;
+                }
                 for (h, r) in done.drain(..) {
                     finish_io(h, r);
                 }
@@ -260,15 +421,20 @@ impl BdevOps for NvmeNs {
                 // The layer has frozen every channel of this bdev and runs
                 // one reset at a time; the controller's other namespaces'
                 // I/O completes as aborted by the reset too (SPDK's
-                // bdev_nvme resets the controller as well).
-                let st = match self.ctrlr.reset() {
-                    Ok(()) => IoStatus::Success,
-                    Err(e) => {
-                        log::warn!("{e}");
-                        IoStatus::Failed
-                    }
-                };
-                return io.complete(st);
+                // bdev_nvme resets the controller as well). The reset runs
+                // as a task; the I/O completes when it ends.
+                let c = self.ctrlr.clone();
+                drop(reactor::spawn(async move {
+                    let st = match c.reset().await {
+                        Ok(()) => IoStatus::Success,
+                        Err(e) => {
+                            log::warn!("{e}");
+                            IoStatus::Failed
+                        }
+                    };
+                    io.complete(st);
+                }));
+                return;
             }
             IoType::Zcopy | IoType::SeekData | IoType::SeekHole | IoType::Copy | IoType::Abort => {
                 drop(q);
@@ -279,6 +445,12 @@ impl BdevOps for NvmeNs {
         if let Err(e) = res {
             let st = match e.kind {
                 SubmitErrorKind::QueueFull | SubmitErrorKind::Resetting => IoStatus::NoMem,
+                // A reset failed: the I/O waits for a reconnect unless the
+                // options say to fail it (see `NvmeCtrlr::after_failure`).
+                SubmitErrorKind::Failed if !self.ctrlr.fail_fast.load(Ordering::Acquire) => {
+                    IoStatus::NoMem
+                }
+                SubmitErrorKind::Failed => IoStatus::Failed,
                 SubmitErrorKind::Removed => IoStatus::Aborted,
                 other => {
                     log::warn!("nvme {}n{nsid}: I/O refused: {other}", self.ctrlr.name);
@@ -369,17 +541,20 @@ fn register_ns(c: &Arc<NvmeCtrlr>, ns: &nvme_driver::Namespace) -> Result<Bdev, 
 
 /// Attaches the PCIe controller at `traddr` (bound to vfio-pci) as `name`
 /// and registers a bdev per namespace; returns their names. Must run on a
-/// reactor: the admin poller lives on the calling core. DMA goes to the
-/// layer's memory ([`crate::set_memory`] with hugepage memory).
+/// reactor: the admin poller lives on the calling core; bring-up is polled
+/// on the reactor's timer. DMA goes to the layer's memory
+/// ([`crate::set_memory`] with hugepage memory).
 ///
 /// # Errors
 /// [`BdevError::Exists`] for a taken name, [`BdevError::Invalid`] for a
 /// malformed address, [`BdevError::Module`] when the controller cannot be
-/// opened (with the driver's reason).
-pub fn attach_controller(
+/// opened or brought up (with the driver's reason; nothing is left
+/// registered, so a later attach may succeed).
+pub async fn attach_controller(
     name: &str,
     traddr: &str,
     opts: ControllerOptions,
+    recovery: Option<Recovery>,
 ) -> Result<Vec<String>, BdevError> {
     reactor::current_core().ok_or(BdevError::NotOnReactor("bdev_nvme_attach_controller"))?;
     if controllers().contains_key(name) {
@@ -391,24 +566,45 @@ pub fn attach_controller(
     if controllers().values().any(|c| c.bdf == bdf) {
         return Err(BdevError::Exists(format!("controller at {bdf}")));
     }
-    let ctrlr = Controller::open(bdf, &crate::memory(), opts).map_err(|e| BdevError::Module {
-        module: "nvme".into(),
-        reason: e.to_string(),
-    })?;
-    attach(name, bdf, ctrlr)
+    let mut starting = Controller::open_start(bdf, &crate::memory(), opts)
+        .map_err(|e| module_err(name, "attach", e))?;
+    let ctrlr = poll_until(|| starting.poll())
+        .await
+        .map_err(|e| module_err(name, "attach", e))?;
+    attach_with(
+        name,
+        bdf,
+        ctrlr,
+        recovery.unwrap_or_else(|| options().recovery()),
+    )
 }
 
 /// Attaches a controller already brought up (through VFIO by
 /// [`attach_controller`], or a device model in tests) as `name`, with `bdf`
-/// as its address; registers its namespaces' bdevs and returns their names.
-/// Must run on a reactor: the admin poller lives on the calling core.
+/// as its address, with the global recovery options; registers its
+/// namespaces' bdevs and returns their names. Must run on a reactor: the
+/// admin poller lives on the calling core.
 ///
 /// # Errors
 /// [`BdevError::Exists`] for a taken name.
-pub fn attach(name: &str, bdf: Bdf, mut ctrlr: Controller) -> Result<Vec<String>, BdevError> {
+pub fn attach(name: &str, bdf: Bdf, ctrlr: Controller) -> Result<Vec<String>, BdevError> {
+    attach_with(name, bdf, ctrlr, options().recovery())
+}
+
+fn attach_with(
+    name: &str,
+    bdf: Bdf,
+    mut ctrlr: Controller,
+    recovery: Recovery,
+) -> Result<Vec<String>, BdevError> {
     reactor::current_core().ok_or(BdevError::NotOnReactor("bdev_nvme_attach_controller"))?;
     if controllers().contains_key(name) {
         return Err(BdevError::Exists(name.to_owned()));
+    }
+    let o = options();
+    ctrlr.set_io_timeout(o.io_timeout(), o.action_on_timeout);
+    if let Some(t) = o.admin_timeout() {
+        ctrlr.set_admin_timeout(t);
     }
     let namespaces: Vec<nvme_driver::Namespace> = ctrlr.namespaces().cloned().collect();
     let ctrlr_name = name.to_owned();
@@ -416,7 +612,11 @@ pub fn attach(name: &str, bdf: Bdf, mut ctrlr: Controller) -> Result<Vec<String>
     let c = Arc::new(NvmeCtrlr {
         name: name.to_owned(),
         bdf,
+        admin: ctrlr.admin(),
         ctrlr: Mutex::new(ctrlr),
+        recovery,
+        reconnect: Mutex::new(Reconnect::default()),
+        fail_fast: AtomicBool::new(false),
         detached: AtomicBool::new(false),
     });
     controllers().insert(name.to_owned(), c.clone());
@@ -425,7 +625,7 @@ pub fn attach(name: &str, bdf: Bdf, mut ctrlr: Controller) -> Result<Vec<String>
     // the controller detached.
     drop(reactor::register_timed_poller(
         format!("nvme_admin_{name}"),
-        Duration::from_millis(10),
+        ADMIN_PERIOD,
         move || {
             let Some(c) = weak
                 .upgrade()
@@ -436,23 +636,33 @@ pub fn attach(name: &str, bdf: Bdf, mut ctrlr: Controller) -> Result<Vec<String>
                 }
                 return PollStatus::Idle;
             };
-            // Admin work runs under the controller lock; namespace events raised
-            // inside are delivered after it (see `on_ns_event`).
-            let r = c.lock().poll_admin();
+            // Nothing in here waits: the poll advances what is in progress
+            // and returns. Namespace events raised inside are handed to
+            // tasks (see `on_ns_event`).
+            let (r, delete) = {
+                let mut g = c.lock();
+                let r = g.poll_admin();
+                let delete = c.after_failure(&mut g);
+                (r, delete)
+            };
+            let gone = matches!(r, Err(NvmeError::Removed { .. }));
             match r {
-                Err(NvmeError::Removed { .. }) if !c.detached.swap(true, Ordering::AcqRel) => {
-                    // Surprise removal (registers read all-ones): its queue
-                    // pairs fail their I/O at their next poll; its bdevs go
-                    // (Remove to every opener), then the controller.
-                    log::warn!(
-                        "nvme {}: controller removed; unregistering its bdevs",
-                        c.name
-                    );
-                    let name = c.name.clone();
-                    drop(reactor::spawn(async move { remove_gone(&name).await }));
-                }
-                Err(e) => log::debug!("nvme {}: {e}", c.name),
+                Err(NvmeError::Removed { .. }) => {}
+                Err(e) => log::warn!("nvme {}: {e}", c.name),
                 Ok(()) => {}
+            }
+            if (gone || delete) && !c.detached.swap(true, Ordering::AcqRel) {
+                // Surprise removal (registers read all-ones), or the
+                // controller stayed failed past ctrlr_loss_timeout_sec: its
+                // queue pairs fail their I/O; its bdevs go (Remove to every
+                // opener), then the controller.
+                log::warn!("nvme {}: controller gone; unregistering its bdevs", c.name);
+                c.fail_fast.store(true, Ordering::Release);
+                if delete {
+                    c.lock().start_shutdown();
+                }
+                let name = c.name.clone();
+                drop(reactor::spawn(async move { remove_gone(&name).await }));
             }
             PollStatus::Idle
         },
@@ -479,6 +689,7 @@ fn on_ns_event(ctrlr: &str, ev: &NsEvent) {
         }
         NsEvent::Removed(nsid) => {
             let name = format!("{ctrlr}n{nsid}");
+            log::info!("nvme {ctrlr}: namespace {nsid} went away; unregistering {name}");
             drop(reactor::spawn(async move {
                 if let Err(e) = crate::unregister(&name).await {
                     log::warn!("{name}: unregister after namespace removal: {e}");
@@ -487,6 +698,7 @@ fn on_ns_event(ctrlr: &str, ev: &NsEvent) {
         }
         NsEvent::Added(ns) => {
             let (ctrlr, ns) = (ctrlr.to_owned(), ns.clone());
+            log::info!("nvme {ctrlr}: namespace {} appeared", ns.nsid);
             drop(reactor::spawn(async move {
                 let c = controllers().get(&ctrlr).cloned();
                 if let Some(c) = c
@@ -500,7 +712,8 @@ fn on_ns_event(ctrlr: &str, ev: &NsEvent) {
 }
 
 /// Detaches controller `name`: unregisters its bdevs (waiting for their
-/// openers), stops its admin poller and shuts the controller down.
+/// openers), stops its admin poller and shuts the controller down (polled
+/// on the reactor's timer, bounded by CAP.TO).
 ///
 /// # Errors
 /// [`BdevError::NotFound`] when no controller has that name.
@@ -514,7 +727,8 @@ pub async fn detach_controller(name: &str) -> Result<(), BdevError> {
     }
     c.detached.store(true, Ordering::Release);
     controllers().remove(name);
-    c.lock().shutdown();
+    c.lock().start_shutdown();
+    poll_until(|| c.lock().poll_shutdown()).await;
     Ok(())
 }
 
@@ -533,16 +747,19 @@ fn bdevs_of(name: &str) -> Vec<String> {
         .collect()
 }
 
-/// A controller that went away by itself: its bdevs are unregistered
-/// (their openers get Remove and close), then it leaves the list (no
-/// shutdown: there is no device to talk to).
+/// A controller that went away by itself (or was given up on): its bdevs
+/// are unregistered (their openers get Remove and close), then it leaves
+/// the list.
 async fn remove_gone(name: &str) {
     for b in bdevs_of(name) {
         if let Err(e) = crate::unregister(&b).await {
             log::warn!("nvme {name}: unregistering {b} after removal: {e}");
         }
     }
-    controllers().remove(name);
+    let c = controllers().remove(name);
+    if let Some(c) = c {
+        poll_until(|| c.lock().poll_shutdown()).await;
+    }
     log::info!("nvme {name}: removed");
 }
 

@@ -1,12 +1,15 @@
 //! The NVMe module's methods: attach a PCIe controller bound to vfio-pci
-//! (a bdev per namespace), detach it, list controllers; its part of the
-//! bdev subsystem's configuration is one attach per controller
+//! (a bdev per namespace), detach it, list controllers, reset one, read
+//! its health, set the module's options; its part of the bdev subsystem's
+//! configuration is the options, then one attach per controller
 //! ([`config`]).
 
-use nvme_driver::ControllerOptions;
+use nvme_driver::{ControllerOptions, TimeoutAction};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::Recovery;
+use crate::BdevError;
 use crate::rpc::{Call, Ignored, Method, RpcError, bdev_err, decode, done};
 
 /// The methods.
@@ -17,21 +20,46 @@ pub fn methods() -> Vec<Method> {
         Method::new("bdev_nvme_get_controllers", get_controllers),
         Method::new("bdev_nvme_reset_controller", reset_controller),
         Method::new("bdev_nvme_set_options", set_options),
+        Method::new(
+            "bdev_nvme_get_controller_health_info",
+            get_controller_health_info,
+        ),
     ]
 }
 
 /// `bdev_nvme_attach_controller` for every attached controller (the bdev
 /// subsystem's first entries in `save_config`).
 pub fn config() -> Vec<Value> {
-    super::controllers_list()
-        .iter()
-        .map(|c| {
-            json!({
-                "method": "bdev_nvme_attach_controller",
-                "params": { "name": c.name(), "trtype": "PCIe", "traddr": c.bdf().to_string() },
-            })
+    let o = super::options();
+    let mut out = vec![json!({
+        "method": "bdev_nvme_set_options",
+        "params": {
+            "action_on_timeout": o.action_on_timeout.name(),
+            "timeout_us": o.timeout_us,
+            "timeout_admin_us": o.timeout_admin_us,
+            "keep_alive_timeout_ms": o.keep_alive_timeout_ms,
+            "transport_retry_count": o.transport_retry_count,
+            "bdev_retry_count": o.bdev_retry_count,
+            "ctrlr_loss_timeout_sec": o.ctrlr_loss_timeout_sec,
+            "reconnect_delay_sec": o.reconnect_delay_sec,
+            "fast_io_fail_timeout_sec": o.fast_io_fail_timeout_sec,
+        },
+    })];
+    out.extend(super::controllers_list().iter().map(|c| {
+        let r = c.recovery();
+        json!({
+            "method": "bdev_nvme_attach_controller",
+            "params": {
+                "name": c.name(),
+                "trtype": "PCIe",
+                "traddr": c.bdf().to_string(),
+                "ctrlr_loss_timeout_sec": r.ctrlr_loss_timeout_sec,
+                "reconnect_delay_sec": r.reconnect_delay_sec,
+                "fast_io_fail_timeout_sec": r.fast_io_fail_timeout_sec,
+            },
         })
-        .collect()
+    }));
+    out
 }
 
 /// `bdev_nvme_attach_controller`'s parameters: PCIe only; the keys that
@@ -74,12 +102,13 @@ pub struct AttachParams {
     _fabrics_connect_timeout_us: Ignored,
     #[serde(rename = "multipath")]
     _multipath: Ignored,
-    #[serde(rename = "ctrlr_loss_timeout_sec")]
-    _ctrlr_loss_timeout_sec: Ignored,
-    #[serde(rename = "reconnect_delay_sec")]
-    _reconnect_delay_sec: Ignored,
-    #[serde(rename = "fast_io_fail_timeout_sec")]
-    _fast_io_fail_timeout_sec: Ignored,
+    /// This controller's reconnect policy (the module's options when
+    /// none of the three is given).
+    pub ctrlr_loss_timeout_sec: Option<i32>,
+    /// Seconds between reconnect attempts.
+    pub reconnect_delay_sec: Option<u32>,
+    /// Seconds after which I/O to a failed controller fails.
+    pub fast_io_fail_timeout_sec: Option<u32>,
     #[serde(rename = "psk")]
     _psk: Ignored,
     #[serde(rename = "max_bdevs")]
@@ -138,8 +167,28 @@ fn attach_controller(params: Value) -> Result<Call, RpcError> {
     if let Some(q) = p.num_io_queues {
         opts.io_queues = q.clamp(1, u16::MAX as u32) as u16;
     }
+    let recovery = (p.ctrlr_loss_timeout_sec.is_some()
+        || p.reconnect_delay_sec.is_some()
+        || p.fast_io_fail_timeout_sec.is_some())
+    .then(|| {
+        let d = super::options().recovery();
+        Recovery {
+            ctrlr_loss_timeout_sec: p.ctrlr_loss_timeout_sec.unwrap_or(d.ctrlr_loss_timeout_sec),
+            reconnect_delay_sec: p.reconnect_delay_sec.unwrap_or(d.reconnect_delay_sec),
+            fast_io_fail_timeout_sec: p
+                .fast_io_fail_timeout_sec
+                .unwrap_or(d.fast_io_fail_timeout_sec),
+        }
+    });
+    if let Some(r) = recovery
+        && let Err(why) = r.validate()
+    {
+        log::error!("bdev_nvme_attach_controller: {why}");
+        return Err(RpcError::errno(-libc::EINVAL));
+    }
     Ok(Call::reactor(move || async move {
-        super::attach_controller(&p.name, &p.traddr, opts)
+        super::attach_controller(&p.name, &p.traddr, opts, recovery)
+            .await
             .map(|names| json!(names))
             .map_err(bdev_err)
     }))
@@ -152,22 +201,120 @@ fn detach_controller(params: Value) -> Result<Call, RpcError> {
     }))
 }
 
-/// `bdev_nvme_set_options`' parameters: the ones this module implements
-/// (any other key is refused, not accepted and ignored).
+/// `bdev_nvme_set_options`' parameters: SPDK's names and types; what is
+/// not given keeps its current value. The keys that only matter for the
+/// fabrics transports, multipath or features this module does not have are
+/// accepted and ignored (Longhorn and SPDK's scripts send them).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SetOptionsParams {
-    /// How many times an I/O aborted by a controller reset is submitted
-    /// again before it fails (-1: without limit; SPDK's default 3).
+    /// `none`, `abort` or `reset`.
+    pub action_on_timeout: Option<String>,
+    /// I/O command timeout in microseconds (0: off).
+    pub timeout_us: Option<u64>,
+    /// Admin command timeout in microseconds (0: `timeout_us`).
+    pub timeout_admin_us: Option<u64>,
+    /// Keep Alive timeout (fabrics).
+    pub keep_alive_timeout_ms: Option<u32>,
+    /// Transport error retries (fabrics).
+    pub transport_retry_count: Option<u32>,
+    /// Submissions again of an I/O a reset took (-1: without limit).
     pub bdev_retry_count: Option<i32>,
+    /// Seconds a failed controller is retried before it is deleted.
+    pub ctrlr_loss_timeout_sec: Option<i32>,
+    /// Seconds between reconnect attempts.
+    pub reconnect_delay_sec: Option<u32>,
+    /// Seconds after which I/O to a failed controller fails.
+    pub fast_io_fail_timeout_sec: Option<u32>,
+    #[serde(rename = "retry_count")]
+    _retry_count: Ignored,
+    #[serde(rename = "arbitration_burst")]
+    _arbitration_burst: Ignored,
+    #[serde(rename = "low_priority_weight")]
+    _low_priority_weight: Ignored,
+    #[serde(rename = "medium_priority_weight")]
+    _medium_priority_weight: Ignored,
+    #[serde(rename = "high_priority_weight")]
+    _high_priority_weight: Ignored,
+    #[serde(rename = "nvme_adminq_poll_period_us")]
+    _nvme_adminq_poll_period_us: Ignored,
+    #[serde(rename = "nvme_ioq_poll_period_us")]
+    _nvme_ioq_poll_period_us: Ignored,
+    #[serde(rename = "io_queue_requests")]
+    _io_queue_requests: Ignored,
+    #[serde(rename = "delay_cmd_submit")]
+    _delay_cmd_submit: Ignored,
+    #[serde(rename = "transport_ack_timeout")]
+    _transport_ack_timeout: Ignored,
+    #[serde(rename = "disable_auto_failback")]
+    _disable_auto_failback: Ignored,
+    #[serde(rename = "generate_uuids")]
+    _generate_uuids: Ignored,
+    #[serde(rename = "transport_tos")]
+    _transport_tos: Ignored,
+    #[serde(rename = "nvme_error_stat")]
+    _nvme_error_stat: Ignored,
+    #[serde(rename = "rdma_srq_size")]
+    _rdma_srq_size: Ignored,
+    #[serde(rename = "io_path_stat")]
+    _io_path_stat: Ignored,
+    #[serde(rename = "allow_accel_sequence")]
+    _allow_accel_sequence: Ignored,
+    #[serde(rename = "rdma_max_cq_size")]
+    _rdma_max_cq_size: Ignored,
+    #[serde(rename = "rdma_cm_event_timeout_ms")]
+    _rdma_cm_event_timeout_ms: Ignored,
+    #[serde(rename = "dhchap_digests")]
+    _dhchap_digests: Ignored,
+    #[serde(rename = "dhchap_dhgroups")]
+    _dhchap_dhgroups: Ignored,
 }
 
+/// Sets the module's options: SPDK's semantics and answers — -1 "RPC not
+/// permitted with nvme controllers already attached" once a controller is
+/// attached, the -32603 decode error for an unknown `action_on_timeout`,
+/// -22 for values that break SPDK's rules (the rule goes to the log).
 fn set_options(params: Value) -> Result<Call, RpcError> {
     let p: SetOptionsParams = decode(params)?;
-    if let Some(n) = p.bdev_retry_count {
-        super::set_bdev_retry_count(n).map_err(bdev_err)?;
+    let mut o = super::options();
+    if let Some(a) = &p.action_on_timeout {
+        o.action_on_timeout = match a.as_str() {
+            "none" => TimeoutAction::None,
+            "abort" => TimeoutAction::Abort,
+            "reset" => TimeoutAction::Reset,
+            _ => {
+                log::info!("Invalid parameter value: action_on_timeout");
+                return Err(RpcError {
+                    code: -32603,
+                    message: "spdk_json_decode_object failed".into(),
+                });
+            }
+        };
     }
-    Ok(Call::Done(json!(true)))
+    macro_rules! take {
+        ($($k:ident),*) => { $( if let Some(v) = p.$k { o.$k = v; } )* };
+    }
+    take!(
+        timeout_us,
+        timeout_admin_us,
+        keep_alive_timeout_ms,
+        transport_retry_count,
+        bdev_retry_count,
+        ctrlr_loss_timeout_sec,
+        reconnect_delay_sec,
+        fast_io_fail_timeout_sec
+    );
+    match super::set_options(o) {
+        Ok(()) => Ok(Call::Done(json!(true))),
+        Err(BdevError::NotPermitted(why)) => Err(RpcError {
+            code: -1,
+            message: why,
+        }),
+        Err(e) => {
+            log::error!("{e}; Failed to set nvme opts.");
+            Err(RpcError::errno(-libc::EINVAL))
+        }
+    }
 }
 
 /// `bdev_nvme_reset_controller`'s parameters.
@@ -192,7 +339,7 @@ fn reset_controller(params: Value) -> Result<Call, RpcError> {
             .find(|c| c.name() == p.name)
             .filter(|c| p.cntlid.is_none_or(|id| id == c.cntlid()))
             .ok_or_else(|| RpcError::errno(-libc::ENODEV))?;
-        c.reset().map_err(bdev_err)?;
+        c.reset().await.map_err(bdev_err)?;
         Ok(json!(true))
     }))
 }
@@ -208,4 +355,109 @@ fn get_controllers(params: Value) -> Result<Call, RpcError> {
         return Err(RpcError::errno(-libc::ENODEV));
     }
     Ok(Call::Done(Value::Array(list)))
+}
+
+/// `bdev_nvme_get_controller_health_info`'s parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthParams {
+    /// The controller.
+    pub name: String,
+}
+
+/// The controller's SMART / Health Information log, with SPDK's keys in
+/// SPDK's order; -32603 "Device not found" for an unknown controller and
+/// "Internal error." when the log cannot be read, as SPDK.
+fn get_controller_health_info(params: Value) -> Result<Call, RpcError> {
+    if params.is_null() {
+        return Err(RpcError {
+            code: -32603,
+            message: "Missing device name".into(),
+        });
+    }
+    let p: HealthParams = decode(params).map_err(|_| RpcError {
+        code: -32603,
+        message: "Invalid parameters".into(),
+    })?;
+    Ok(Call::reactor(move || async move {
+        let Some(c) = super::controllers_list()
+            .into_iter()
+            .find(|c| c.name() == p.name)
+        else {
+            log::error!("nvme ctrlr name '{}' does not exist", p.name);
+            return Err(RpcError {
+                code: -32603,
+                message: "Device not found".into(),
+            });
+        };
+        let smart = c.admin().smart_log().await.map_err(|e| {
+            log::error!("bdev_nvme_get_controller_health_info: {e}");
+            RpcError {
+                code: -32603,
+                message: "Internal error.".into(),
+            }
+        })?;
+        let (model, serial, firmware) = c.identity();
+        Ok(health_json(
+            &model,
+            &serial,
+            &firmware,
+            &c.bdf().to_string(),
+            &smart,
+        ))
+    }))
+}
+
+/// SPDK's health report of a SMART log (celsius = kelvin - 273).
+pub fn health_json(
+    model: &str,
+    serial: &str,
+    firmware: &str,
+    traddr: &str,
+    s: &nvme_driver::spec::SmartLog,
+) -> Value {
+    use nvme_driver::spec::le128;
+    let celsius = |k: u16| k as i64 - 273;
+    let mut m = serde_json::Map::new();
+    m.insert("model_number".into(), json!(model.trim_end()));
+    m.insert("serial_number".into(), json!(serial.trim_end()));
+    m.insert("firmware_revision".into(), json!(firmware.trim_end()));
+    m.insert("traddr".into(), json!(traddr));
+    m.insert("critical_warning".into(), json!(s.critical_warning));
+    m.insert(
+        "temperature_celsius".into(),
+        json!(celsius(s.temperature_kelvin())),
+    );
+    m.insert(
+        "available_spare_percentage".into(),
+        json!(s.available_spare),
+    );
+    m.insert(
+        "available_spare_threshold_percentage".into(),
+        json!(s.available_spare_threshold),
+    );
+    m.insert("percentage_used".into(), json!(s.percentage_used));
+    for (k, v) in [
+        ("data_units_read", &s.data_units_read),
+        ("data_units_written", &s.data_units_written),
+        ("host_read_commands", &s.host_read_commands),
+        ("host_write_commands", &s.host_write_commands),
+        ("controller_busy_time", &s.controller_busy_time),
+        ("power_cycles", &s.power_cycles),
+        ("power_on_hours", &s.power_on_hours),
+        ("unsafe_shutdowns", &s.unsafe_shutdowns),
+        ("media_errors", &s.media_errors),
+        ("num_err_log_entries", &s.num_err_log_entries),
+    ] {
+        m.insert(k.into(), json!(le128(v)));
+    }
+    m.insert(
+        "warning_temperature_time_minutes".into(),
+        json!(s.warning_temperature_time()),
+    );
+    m.insert(
+        "critical_composite_temperature_time_minutes".into(),
+        json!(s.critical_temperature_time()),
+    );
+    Value::Object(m)
 }
