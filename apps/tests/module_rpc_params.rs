@@ -116,20 +116,66 @@ fn module_methods_decode_parameters_as_before() {
         a.call("accel_crypto_keys_get", json!({"key_name": "nope"})),
         Err((-2, "No such file or directory".into()))
     );
-    // bdev_nvme_set_options: what is implemented is taken, a bad count is
-    // EINVAL, a key not implemented is refused rather than ignored.
+    // bdev_nvme_set_options as SPDK's: its options taken, values that
+    // break its rules EINVAL, an unknown action its decode error, a key no
+    // SPDK version has refused.
     assert_eq!(
-        a.call("bdev_nvme_set_options", json!({"bdev_retry_count": 5})),
+        a.call(
+            "bdev_nvme_set_options",
+            json!({"bdev_retry_count": 5, "timeout_us": 30_000_000, "timeout_admin_us": 0,
+                   "action_on_timeout": "abort", "transport_retry_count": 4,
+                   "ctrlr_loss_timeout_sec": 10, "reconnect_delay_sec": 2,
+                   "fast_io_fail_timeout_sec": 5, "keep_alive_timeout_ms": 10000,
+                   "transport_ack_timeout": 0, "generate_uuids": false})
+        ),
         Ok(json!(true))
     );
+    for rule_broken in [
+        json!({"bdev_retry_count": -2}),
+        json!({"timeout_us": 0, "timeout_admin_us": 5}),
+        json!({"ctrlr_loss_timeout_sec": 0, "reconnect_delay_sec": 1, "fast_io_fail_timeout_sec": 0}),
+        json!({"ctrlr_loss_timeout_sec": 5, "reconnect_delay_sec": 6, "fast_io_fail_timeout_sec": 0}),
+        json!({"ctrlr_loss_timeout_sec": -1, "reconnect_delay_sec": 0}),
+    ] {
+        assert_eq!(
+            a.call("bdev_nvme_set_options", rule_broken.clone()),
+            Err((-22, "Invalid argument".into())),
+            "{rule_broken}"
+        );
+    }
     assert_eq!(
-        a.call("bdev_nvme_set_options", json!({"bdev_retry_count": -2})),
-        Err((-22, "Invalid argument".into()))
+        a.call(
+            "bdev_nvme_set_options",
+            json!({"action_on_timeout": "explode"})
+        ),
+        Err((-32603, "spdk_json_decode_object failed".into()))
     );
     bad(
         "bdev_nvme_set_options",
-        json!({"timeout_us": 1000}),
-        "unknown parameter 'timeout_us'",
+        json!({"timeout_seconds": 1000}),
+        "unknown parameter 'timeout_seconds'",
+    );
+    // Back to SPDK's defaults for the rest of the run.
+    assert_eq!(
+        a.call(
+            "bdev_nvme_set_options",
+            json!({"bdev_retry_count": 3, "timeout_us": 0, "action_on_timeout": "none",
+                   "ctrlr_loss_timeout_sec": 0, "reconnect_delay_sec": 0,
+                   "fast_io_fail_timeout_sec": 0})
+        ),
+        Ok(json!(true))
+    );
+    // bdev_nvme_get_controller_health_info's answers without a controller.
+    assert_eq!(
+        a.call(
+            "bdev_nvme_get_controller_health_info",
+            json!({"name": "nope"})
+        ),
+        Err((-32603, "Device not found".into()))
+    );
+    assert_eq!(
+        a.call("bdev_nvme_get_controller_health_info", json!(null)),
+        Err((-32603, "Missing device name".into()))
     );
     assert_eq!(
         a.call("bdev_nvme_reset_controller", json!({"name": "nope"})),

@@ -70,6 +70,8 @@ fn nvme_module_over_the_controller_model() {
     );
     data_test("Sim0n1", 7);
     data_test("Sim0n2", 8);
+    admin_in_progress_leaves_the_reactor_running(&sim);
+    data_test("Sim0n1", 9);
     resets_under_load_lose_nothing();
     nvme::set_bdev_retry_count(0).unwrap();
     reset_with_the_queue_full(&sim);
@@ -107,6 +109,7 @@ fn nvme_module_over_the_controller_model() {
     });
     assert!(bdev::get("Sim0n2").is_none());
     a_removed_controller_fails_its_io_and_its_bdevs_go(&mem);
+    a_controller_that_does_not_come_back(&mem);
     assert!(nvme::controllers_list().is_empty());
 }
 
@@ -169,6 +172,187 @@ fn reset_with_the_queue_full(sim: &Arc<SimController>) {
         drop(desc);
     });
     assert_eq!(ENDED.load(Ordering::SeqCst), N, "nothing completed twice");
+}
+
+/// An admin command and a controller reset in progress, their commands
+/// held by the device: the reactor that owns the controller keeps running
+/// its other pollers and answering messages (nothing on it waits), and
+/// both finish once the device answers.
+fn admin_in_progress_leaves_the_reactor_running(sim: &Arc<SimController>) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    static TICKS: AtomicU64 = AtomicU64::new(0);
+    static STOP: AtomicBool = AtomicBool::new(false);
+    static FEATURE_DONE: AtomicBool = AtomicBool::new(false);
+    static RESET_DONE: AtomicBool = AtomicBool::new(false);
+    sim.hold_admin(true);
+    on(0, || async {
+        drop(reactor::register_poller("ticker", || {
+            if STOP.load(Ordering::SeqCst) {
+                if let Some(p) = reactor::current_poller() {
+                    p.unregister();
+                }
+            }
+            TICKS.fetch_add(1, Ordering::SeqCst);
+            reactor::PollStatus::Idle
+        }));
+        let c = nvme::controllers_list()
+            .into_iter()
+            .find(|c| c.name() == "Sim0")
+            .unwrap();
+        let c2 = c.clone();
+        drop(reactor::spawn(async move {
+            // Ends either way: answered, or aborted by the reset below.
+            let _ = c2.admin().get_feature(0x06, 0).await;
+            FEATURE_DONE.store(true, Ordering::SeqCst);
+        }));
+        drop(reactor::spawn(async move {
+            c.reset().await.unwrap();
+            RESET_DONE.store(true, Ordering::SeqCst);
+        }));
+    });
+    let t0 = TICKS.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(200));
+    let t1 = TICKS.load(Ordering::SeqCst);
+    assert!(
+        !RESET_DONE.load(Ordering::SeqCst),
+        "the reset waits for the device"
+    );
+    assert!(
+        t1 - t0 > 100,
+        "core 0's other poller ran {} times in 200 ms while admin commands waited",
+        t1 - t0
+    );
+    assert_eq!(on(0, || async { 42 }), 42, "core 0 answers messages");
+    sim.hold_admin(false);
+    let s2 = sim.clone();
+    wait_until("the reset and the admin command to finish", move || {
+        s2.release_held();
+        RESET_DONE.load(Ordering::SeqCst) && FEATURE_DONE.load(Ordering::SeqCst)
+    });
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// SPDK's reconnect policy on a controller whose resets fail
+/// (`ctrlr_loss_timeout_sec` 4, `reconnect_delay_sec` 1,
+/// `fast_io_fail_timeout_sec` 2): I/O waits while it is retried and
+/// completes once a reconnect succeeds; in a second outage I/O fails once
+/// the fast-fail time passed, and the controller is deleted (its bdev
+/// unregistered, its opener told) once the loss time passed.
+fn a_controller_that_does_not_come_back(mem: &DmaMemory) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    static OK: AtomicUsize = AtomicUsize::new(0);
+    static FAILED: AtomicUsize = AtomicUsize::new(0);
+    static SUBMIT: AtomicUsize = AtomicUsize::new(0);
+    static REMOVED: AtomicBool = AtomicBool::new(false);
+    static CLOSED: AtomicBool = AtomicBool::new(false);
+    fn ended(_: &mut bdev::BdevIo, st: IoStatus) {
+        match st {
+            IoStatus::Success => OK.fetch_add(1, Ordering::SeqCst),
+            IoStatus::Failed => FAILED.fetch_add(1, Ordering::SeqCst),
+            other => panic!("unexpected {other:?}"),
+        };
+    }
+    let sim = Arc::new(SimController::new(
+        mem.clone(),
+        SimConfig {
+            namespaces: vec![(512, 8192)],
+            ..Default::default()
+        },
+    ));
+    let s2 = sim.clone();
+    on(0, move || async move {
+        let ctrlr = Controller::with_registers(
+            "siml".into(),
+            s2,
+            &bdev::memory(),
+            ControllerOptions::default(),
+        )
+        .unwrap();
+        let policy = nvme::Recovery {
+            ctrlr_loss_timeout_sec: 4,
+            reconnect_delay_sec: 1,
+            fast_io_fail_timeout_sec: 2,
+        };
+        nvme::attach_with("SimL", "0000:00:02.0".parse().unwrap(), ctrlr, policy).unwrap()
+    });
+    let ctrlr = || {
+        nvme::controllers_list()
+            .into_iter()
+            .find(|c| c.name() == "SimL")
+    };
+    // The opener on core 1 reads one block per SUBMIT step and closes on
+    // Remove.
+    on(1, || async {
+        drop(reactor::spawn(async {
+            let desc = bdev::open("SimLn1", true, |_, e| {
+                if e == BdevEvent::Remove {
+                    REMOVED.store(true, Ordering::SeqCst);
+                }
+            })
+            .unwrap();
+            let ch = desc.get_io_channel().unwrap();
+            let mut n = 0;
+            while !REMOVED.load(Ordering::SeqCst) {
+                while n < SUBMIT.load(Ordering::SeqCst) {
+                    let buf = bdev::memory().alloc(512, 4096).unwrap();
+                    ch.read(buf, n as u64, 1, ended, 0).unwrap();
+                    n += 1;
+                }
+                reactor::sleep(Duration::from_millis(1)).await;
+            }
+            drop(ch);
+            drop(desc);
+            CLOSED.store(true, Ordering::SeqCst);
+        }));
+    });
+    // First outage: the reset fails; I/O waits; the device comes back.
+    sim.refuse_enable(true);
+    let c = ctrlr().unwrap();
+    let c2 = c.clone();
+    let e = on(0, move || async move {
+        c2.reset().await.unwrap_err().to_string()
+    });
+    assert!(e.contains("fatal"), "{e}");
+    SUBMIT.store(1, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        (OK.load(Ordering::SeqCst), FAILED.load(Ordering::SeqCst)),
+        (0, 0),
+        "the read waits for a reconnect"
+    );
+    assert_eq!(c.state_name(), "reconnect_is_delayed");
+    sim.refuse_enable(false);
+    wait_until("the read after the reconnect", || {
+        OK.load(Ordering::SeqCst) == 1
+    });
+    assert_eq!(c.state_name(), "enabled");
+    // Second outage: past fast_io_fail_timeout_sec the I/O fails; past
+    // ctrlr_loss_timeout_sec the controller is deleted.
+    sim.refuse_enable(true);
+    let c2 = c.clone();
+    let start = std::time::Instant::now();
+    assert!(on(0, move || async move { c2.reset().await.is_err() }));
+    SUBMIT.store(2, Ordering::SeqCst);
+    wait_until("the read to fail fast", || {
+        FAILED.load(Ordering::SeqCst) == 1
+    });
+    let t = start.elapsed();
+    assert!(
+        t >= Duration::from_millis(1800),
+        "failed after {t:?}, before fast_io_fail_timeout_sec"
+    );
+    drop(c);
+    wait_until("the controller to be deleted", || {
+        CLOSED.load(Ordering::SeqCst)
+            && bdev::get("SimLn1").is_none()
+            && !nvme::controllers_list().iter().any(|c| c.name() == "SimL")
+    });
+    let t = start.elapsed();
+    assert!(
+        t >= Duration::from_millis(3800),
+        "deleted after {t:?}, before ctrlr_loss_timeout_sec"
+    );
+    assert_eq!(OK.load(Ordering::SeqCst), 1);
 }
 
 /// The nvme bdev reaps at most this many completions per poll.
@@ -297,6 +481,8 @@ fn a_removed_controller_fails_its_io_and_its_bdevs_go(mem: &DmaMemory) {
             drop(ch);
         }));
     });
+    let s2 = sim.clone();
+    wait_until("the device to hold the 8 reads", move || s2.held() == 8);
     sim.set_removed(true);
     wait_until("the I/O in flight to fail", || {
         FAILED.load(Ordering::SeqCst) == 8

@@ -89,6 +89,7 @@ struct State {
     changed: Vec<u32>,
     hold: bool,
     hold_admin: bool,
+    refuse_enable: bool,
     zero_lbads: Vec<u32>,
     held: Vec<(u16, Sqe)>,
     removed: bool,
@@ -145,6 +146,7 @@ impl SimController {
                 changed: Vec::new(),
                 hold: false,
                 hold_admin: false,
+                refuse_enable: false,
                 zero_lbads: Vec::new(),
                 held: Vec::new(),
                 removed: false,
@@ -179,6 +181,13 @@ impl SimController {
     /// Requests) are accepted but not completed, as a slow controller's.
     pub fn hold_admin(&self, hold: bool) {
         self.st().hold_admin = hold;
+    }
+
+    /// While set, enabling the controller ends in Controller Fatal Status
+    /// instead of ready (a controller that does not come back from a
+    /// reset).
+    pub fn refuse_enable(&self, refuse: bool) {
+        self.st().refuse_enable = refuse;
     }
 
     /// Makes Identify Namespace for `nsid` select an LBA format with an
@@ -780,7 +789,11 @@ impl RegisterIo for SimController {
                             phase: true,
                         },
                     );
-                    st.csts |= csts::RDY;
+                    if st.refuse_enable {
+                        st.csts |= csts::CFS;
+                    } else {
+                        st.csts |= csts::RDY;
+                    }
                 }
             }
             Registers::AQA => st.aqa = value,

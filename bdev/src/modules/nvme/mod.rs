@@ -450,8 +450,8 @@ impl BdevOps for NvmeNs {
                 SubmitErrorKind::Failed if !self.ctrlr.fail_fast.load(Ordering::Acquire) => {
                     IoStatus::NoMem
                 }
-                SubmitErrorKind::Failed => IoStatus::Failed,
-                SubmitErrorKind::Removed => IoStatus::Aborted,
+                // As the I/O the removal took from the controller.
+                SubmitErrorKind::Failed | SubmitErrorKind::Removed => IoStatus::Failed,
                 other => {
                     log::warn!("nvme {}n{nsid}: I/O refused: {other}", self.ctrlr.name);
                     IoStatus::Failed
@@ -591,7 +591,13 @@ pub fn attach(name: &str, bdf: Bdf, ctrlr: Controller) -> Result<Vec<String>, Bd
     attach_with(name, bdf, ctrlr, options().recovery())
 }
 
-fn attach_with(
+/// [`attach`] with this controller's own reconnect policy (what
+/// `bdev_nvme_attach_controller`'s `ctrlr_loss_timeout_sec`,
+/// `reconnect_delay_sec` and `fast_io_fail_timeout_sec` set).
+///
+/// # Errors
+/// [`BdevError::Exists`] for a taken name.
+pub fn attach_with(
     name: &str,
     bdf: Bdf,
     mut ctrlr: Controller,

@@ -369,7 +369,9 @@ pub struct HealthParams {
 /// SPDK's order; -32603 "Device not found" for an unknown controller and
 /// "Internal error." when the log cannot be read, as SPDK.
 fn get_controller_health_info(params: Value) -> Result<Call, RpcError> {
-    if params.is_null() {
+    // No parameters at all (null, which the server hands over as an empty
+    // object) is SPDK's "Missing device name".
+    if params.is_null() || params.as_object().is_some_and(|o| o.is_empty()) {
         return Err(RpcError {
             code: -32603,
             message: "Missing device name".into(),
