@@ -187,10 +187,10 @@ fn admin_in_progress_leaves_the_reactor_running(sim: &Arc<SimController>) {
     sim.hold_admin(true);
     on(0, || async {
         drop(reactor::register_poller("ticker", || {
-            if STOP.load(Ordering::SeqCst) {
-                if let Some(p) = reactor::current_poller() {
-                    p.unregister();
-                }
+            if STOP.load(Ordering::SeqCst)
+                && let Some(p) = reactor::current_poller()
+            {
+                p.unregister();
             }
             TICKS.fetch_add(1, Ordering::SeqCst);
             reactor::PollStatus::Idle
