@@ -25,7 +25,7 @@ impl Drop for Running {
     }
 }
 
-fn first_vfio_controller() -> String {
+fn vfio_controllers() -> Vec<String> {
     let mut found = Vec::new();
     for e in std::fs::read_dir("/sys/bus/pci/devices").unwrap() {
         let p = e.unwrap().path();
@@ -39,9 +39,63 @@ fn first_vfio_controller() -> String {
     }
     found.sort();
     found
+}
+
+fn first_vfio_controller() -> String {
+    vfio_controllers()
         .into_iter()
         .next()
         .expect("an NVMe controller bound to vfio-pci")
+}
+
+/// `bdev_nvme_send_cmd` with a Namespace Attachment command (opcode 15h)
+/// attaching (`attach`) or detaching namespace `nsid` to or from
+/// controller `cntlid`; returns the completion's status field.
+fn namespace_attachment(
+    rpc: &mut RpcConn,
+    ctrlr: &str,
+    nsid: u32,
+    cntlid: u16,
+    attach: bool,
+) -> u16 {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    let mut cmd = [0u8; 64];
+    cmd[0] = 0x15;
+    cmd[4..8].copy_from_slice(&nsid.to_le_bytes());
+    cmd[40..44].copy_from_slice(&(if attach { 0u32 } else { 1 }).to_le_bytes());
+    // The controller list: one entry.
+    let mut list = vec![0u8; 4096];
+    list[0..2].copy_from_slice(&1u16.to_le_bytes());
+    list[2..4].copy_from_slice(&cntlid.to_le_bytes());
+    let r = rpc
+        .call(
+            "bdev_nvme_send_cmd",
+            json!({ "name": ctrlr, "cmd_type": "admin", "data_direction": "h2c",
+                    "cmdbuf": STANDARD.encode(cmd), "data": STANDARD.encode(&list),
+                    "timeout_ms": 5000 }),
+        )
+        .unwrap();
+    let cpl = STANDARD.decode(r["cpl"].as_str().unwrap()).unwrap();
+    u16::from_le_bytes([cpl[14], cpl[15]]) >> 1
+}
+
+fn bdev_names(rpc: &mut RpcConn) -> Vec<String> {
+    rpc.call("bdev_get_bdevs", json!(null))
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
@@ -169,6 +223,19 @@ fn nvme_attach_and_kernel_nbd_export() {
         .unwrap_err();
     assert_eq!(e.0, -19, "{e:?}");
     kernel_round_trip("/dev/nbd0", 4096 * 77, &pattern(13, 128 * 1024));
+    // The controller's health, as SPDK reports it.
+    let h = rpc
+        .call(
+            "bdev_nvme_get_controller_health_info",
+            json!({ "name": "Nvme0" }),
+        )
+        .unwrap();
+    println!("health: {h}");
+    assert_eq!(h["model_number"], "QEMU NVMe Ctrl");
+    assert_eq!(h["traddr"], json!(traddr));
+    let t = h["temperature_celsius"].as_i64().unwrap();
+    assert!((0..100).contains(&t), "{h}");
+    assert!(h["host_write_commands"].as_u64().unwrap() > 0, "{h}");
     // What went through NBD is what the appliance's bdev holds: its iostat
     // counted the writes.
     let st = rpc
@@ -199,6 +266,137 @@ fn nvme_attach_and_kernel_nbd_export() {
         .map(|b| b["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, vec!["Malloc0"]);
+    namespaces_come_and_go(&mut rpc);
     rpc.call("spdk_kill_instance", json!({ "sig_name": "SIGTERM" }))
         .unwrap();
+}
+
+/// The second controller sits in an NVM subsystem with namespace 2
+/// detached (ci/guest-tier). The Namespace Attachment command, sent through
+/// `bdev_nvme_send_cmd`, attaches it: the controller's Namespace Attribute
+/// Changed event makes the appliance register `Nvme1n2`, usable through
+/// NBD; detached, the bdev goes; attached again, it comes back. Then the
+/// controller is detached while a writer runs on its export: the writer's
+/// I/O fails, the bdevs go, the appliance keeps answering.
+fn namespaces_come_and_go(rpc: &mut RpcConn) {
+    let ctrls = vfio_controllers();
+    let traddr = ctrls.get(1).expect("a second controller bound to vfio-pci");
+    let names = rpc
+        .call(
+            "bdev_nvme_attach_controller",
+            json!({ "name": "Nvme1", "trtype": "PCIe", "traddr": traddr }),
+        )
+        .unwrap();
+    assert_eq!(names, json!(["Nvme1n1"]), "namespace 2 starts detached");
+    let c = rpc
+        .call("bdev_nvme_get_controllers", json!({ "name": "Nvme1" }))
+        .unwrap();
+    assert_eq!(c[0]["ctrlrs"][0]["state"], "enabled");
+    let cntlid = c[0]["ctrlrs"][0]["cntlid"].as_u64().unwrap() as u16;
+    for round in 0..2 {
+        assert_eq!(
+            namespace_attachment(rpc, "Nvme1", 2, cntlid, true),
+            0,
+            "attach"
+        );
+        let b = rpc
+            .call(
+                "bdev_get_bdevs",
+                json!({ "name": "Nvme1n2", "timeout": 10000 }),
+            )
+            .unwrap();
+        assert_eq!(b[0]["block_size"], 512, "{b}");
+        assert_eq!(b[0]["num_blocks"], 262144, "{b}");
+        println!("round {round}: Nvme1n2 appeared");
+        if round == 0 {
+            assert_eq!(
+                rpc.call(
+                    "nbd_start_disk",
+                    json!({ "bdev_name": "Nvme1n2", "nbd_device": "/dev/nbd2" })
+                )
+                .unwrap(),
+                "/dev/nbd2"
+            );
+            wait_for("/dev/nbd2's size", || {
+                std::fs::read_to_string("/sys/block/nbd2/size").is_ok_and(|s| s.trim() == "262144")
+            });
+            kernel_round_trip("/dev/nbd2", 512 * 1000, &pattern(17, 64 * 1024));
+            rpc.call("nbd_stop_disk", json!({ "nbd_device": "/dev/nbd2" }))
+                .unwrap();
+        }
+        assert_eq!(
+            namespace_attachment(rpc, "Nvme1", 2, cntlid, false),
+            0,
+            "detach"
+        );
+        wait_for("Nvme1n2 to go", || {
+            !bdev_names(rpc).iter().any(|n| n == "Nvme1n2")
+        });
+        println!("round {round}: Nvme1n2 went away");
+    }
+    // Detached under load: a writer on the export of Nvme1n1.
+    assert_eq!(
+        rpc.call(
+            "nbd_start_disk",
+            json!({ "bdev_name": "Nvme1n1", "nbd_device": "/dev/nbd2" })
+        )
+        .unwrap(),
+        "/dev/nbd2"
+    );
+    wait_for("/dev/nbd2's size", || {
+        std::fs::read_to_string("/sys/block/nbd2/size").is_ok_and(|s| s.trim() != "0")
+    });
+    // The writer: O_DIRECT 64 KiB writes in a loop until one fails.
+    let writer = std::thread::spawn(|| {
+        use std::os::unix::fs::{FileExt, OpenOptionsExt};
+        let f = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open("/dev/nbd2")
+            .unwrap();
+        let mut raw = vec![0x5au8; 64 * 1024 + 4096];
+        let at = raw.as_ptr().align_offset(4096);
+        let buf = &mut raw[at..at + 64 * 1024];
+        let mut n = 0u64;
+        loop {
+            if let Err(e) = f.write_at(buf, (n % 1024) * 64 * 1024) {
+                return (n, e);
+            }
+            n += 1;
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!writer.is_finished(), "the writer is running");
+    let start = Instant::now();
+    assert_eq!(
+        rpc.call("bdev_nvme_detach_controller", json!({ "name": "Nvme1" }))
+            .unwrap(),
+        true
+    );
+    while !writer.is_finished() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the writer still runs 20 s after the detach"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (writes, err) = writer.join().unwrap();
+    println!(
+        "detached under load: the writer's write {writes} failed ({err}) {:?} after the detach",
+        start.elapsed()
+    );
+    assert!(writes > 0, "writes went through before the detach");
+    assert!(
+        !bdev_names(rpc).iter().any(|n| n.starts_with("Nvme1")),
+        "its bdevs are gone"
+    );
+    assert!(
+        rpc.call("bdev_nvme_get_controllers", json!(null))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["name"] != "Nvme1")
+    );
+    let _ = rpc.call("nbd_stop_disk", json!({ "nbd_device": "/dev/nbd2" }));
 }

@@ -253,6 +253,60 @@ impl AdminClient {
         Ok(dw0 & 1 == 0)
     }
 
+    /// Passes `sqe` through to the controller (an admin command the caller
+    /// built, as SPDK's `bdev_nvme_send_cmd`): its data pointers are
+    /// replaced by a buffer of this driver's (`data_out` written to it
+    /// first, `data_in` bytes read back from it); a device error is a
+    /// result (its status), not an error.
+    ///
+    /// # Errors
+    /// The command could not be issued, timed out, or the reset took it.
+    pub async fn passthru(
+        &self,
+        mut sqe: Sqe,
+        data_out: Option<&[u8]>,
+        data_in: usize,
+    ) -> Result<Passthru, NvmeError> {
+        // PRPs only, and no pointer of the caller's reaches the device.
+        sqe.cdw0 &= !(3 << 14);
+        sqe.mptr = 0;
+        sqe.prp1 = 0;
+        sqe.prp2 = 0;
+        let len = data_out.map_or(0, |d| d.len()).max(data_in);
+        let buf = if len > 0 {
+            let mut b = self.page(len)?;
+            if let Some(d) = data_out {
+                b.write_at(0, d);
+            }
+            Some(b)
+        } else {
+            None
+        };
+        let read_back = |buf: Option<DmaBuf>| {
+            let mut data = vec![0u8; data_in];
+            if let Some(b) = buf {
+                b.read_at(0, &mut data);
+            }
+            data
+        };
+        match self.command(sqe, buf, "passthrough").await {
+            Ok((dw0, buf)) => Ok(Passthru {
+                dw0,
+                status: 0,
+                data: read_back(buf),
+            }),
+            Err(NvmeError::Admin {
+                source: CommandError::Status(st),
+                ..
+            }) => Ok(Passthru {
+                dw0: 0,
+                status: st.0,
+                data: vec![0; data_in],
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Reads the active namespaces: every id of the Active Namespace List
     /// (1024 per command) with its Identify Namespace data, active ones
     /// only.
@@ -297,6 +351,31 @@ impl AdminClient {
             }
         }
         Ok(out)
+    }
+}
+
+/// What a passed-through admin command returned (see
+/// [`AdminClient::passthru`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Passthru {
+    /// Completion DW0.
+    pub dw0: u32,
+    /// The completion's status field (SCT, SC, CRD, M, DNR; no phase bit);
+    /// 0 is success.
+    pub status: u16,
+    /// The data the controller returned (`data_in` bytes).
+    pub data: Vec<u8>,
+}
+
+impl Passthru {
+    /// The 16-byte completion entry as the specification lays it out (DW0,
+    /// then zeroes for DW1, SQ head, SQ id and command id, then the status
+    /// field above the phase bit).
+    pub fn cqe_bytes(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[0..4].copy_from_slice(&self.dw0.to_le_bytes());
+        b[14..16].copy_from_slice(&(self.status << 1).to_le_bytes());
+        b
     }
 }
 

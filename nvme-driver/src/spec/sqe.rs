@@ -47,6 +47,28 @@ impl Sqe {
         }
     }
 
+    /// The command from its 64 bytes as the specification lays them out
+    /// (little endian).
+    pub fn from_bytes(b: &[u8; 64]) -> Self {
+        let d = |i: usize| u32::from_le_bytes([b[i * 4], b[i * 4 + 1], b[i * 4 + 2], b[i * 4 + 3]]);
+        let q = |i: usize| d(i) as u64 | (d(i + 1) as u64) << 32;
+        Sqe {
+            cdw0: d(0),
+            nsid: d(1),
+            cdw2: d(2),
+            cdw3: d(3),
+            mptr: q(4),
+            prp1: q(6),
+            prp2: q(8),
+            cdw10: d(10),
+            cdw11: d(11),
+            cdw12: d(12),
+            cdw13: d(13),
+            cdw14: d(14),
+            cdw15: d(15),
+        }
+    }
+
     /// The opcode.
     pub fn opcode(&self) -> u8 {
         self.cdw0 as u8

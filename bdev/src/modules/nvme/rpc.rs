@@ -24,6 +24,7 @@ pub fn methods() -> Vec<Method> {
             "bdev_nvme_get_controller_health_info",
             get_controller_health_info,
         ),
+        Method::new("bdev_nvme_send_cmd", send_cmd),
     ]
 }
 
@@ -365,8 +366,9 @@ pub struct HealthParams {
     pub name: String,
 }
 
-/// The controller's SMART / Health Information log, with SPDK's keys in
-/// SPDK's order; -32603 "Device not found" for an unknown controller and
+/// The controller's SMART / Health Information log, with SPDK's keys (the
+/// per-sensor `temperature_sensor_celsius` entries, which SPDK repeats as
+/// one key, are left out: a JSON object here has each key once); -32603 "Device not found" for an unknown controller and
 /// "Internal error." when the log cannot be read, as SPDK.
 fn get_controller_health_info(params: Value) -> Result<Call, RpcError> {
     // No parameters at all (null, which the server hands over as an empty
@@ -462,4 +464,94 @@ pub fn health_json(
         json!(s.critical_temperature_time()),
     );
     Value::Object(m)
+}
+
+/// `bdev_nvme_send_cmd`'s parameters (SPDK's).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendCmdParams {
+    /// The controller.
+    pub name: String,
+    /// `admin` (I/O commands go through the bdevs here).
+    pub cmd_type: String,
+    /// `c2h` (controller to host) or `h2c`.
+    pub data_direction: String,
+    /// The 64-byte command, base64.
+    pub cmdbuf: String,
+    /// The data to send (h2c), base64.
+    pub data: Option<String>,
+    /// Bytes to receive (c2h).
+    pub data_len: Option<u32>,
+    /// Metadata (not supported: must be absent or empty).
+    pub metadata: Option<String>,
+    /// Metadata length (not supported: must be absent or 0).
+    pub metadata_len: Option<u32>,
+    /// Timeout in milliseconds (the admin timeout applies).
+    #[serde(rename = "timeout_ms")]
+    _timeout_ms: Ignored,
+}
+
+/// Passes an admin command through to a controller, as SPDK's
+/// `bdev_nvme_send_cmd`: the result carries the completion entry
+/// (`cpl`, base64) and, for c2h, the data (`data`, base64); the command's
+/// own data pointers are replaced by the appliance's buffer.
+fn send_cmd(params: Value) -> Result<Call, RpcError> {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    let p: SendCmdParams = decode(params)?;
+    let invalid = |why: String| {
+        log::error!("bdev_nvme_send_cmd: {why}");
+        RpcError::errno(-libc::EINVAL)
+    };
+    if p.cmd_type != "admin" {
+        return Err(invalid(format!(
+            "cmd_type {:?}: only admin commands are passed through (I/O goes through the bdevs)",
+            p.cmd_type
+        )));
+    }
+    if p.metadata.as_deref().is_some_and(|m| !m.is_empty()) || p.metadata_len.unwrap_or(0) != 0 {
+        return Err(invalid("metadata is not supported".into()));
+    }
+    let cmd = STANDARD
+        .decode(&p.cmdbuf)
+        .map_err(|e| invalid(format!("cmdbuf: {e}")))?;
+    let cmd: [u8; 64] = cmd
+        .try_into()
+        .map_err(|c: Vec<u8>| invalid(format!("cmdbuf holds {} bytes, not 64", c.len())))?;
+    let sqe = nvme_driver::spec::Sqe::from_bytes(&cmd);
+    let (out, in_len) = match p.data_direction.as_str() {
+        "h2c" => {
+            let d = STANDARD
+                .decode(p.data.as_deref().unwrap_or(""))
+                .map_err(|e| invalid(format!("data: {e}")))?;
+            (Some(d), 0usize)
+        }
+        "c2h" => (None, p.data_len.unwrap_or(0) as usize),
+        other => return Err(invalid(format!("data_direction {other:?}: c2h or h2c"))),
+    };
+    if out.as_ref().map_or(0, |d| d.len()).max(in_len) > 1 << 20 {
+        return Err(invalid("data beyond 1 MiB".into()));
+    }
+    Ok(Call::reactor(move || async move {
+        let Some(c) = super::controllers_list()
+            .into_iter()
+            .find(|c| c.name() == p.name)
+        else {
+            return Err(RpcError::errno(-libc::ENODEV));
+        };
+        let r = c
+            .admin()
+            .passthru(sqe, out.as_deref(), in_len)
+            .await
+            .map_err(|e| {
+                log::error!("bdev_nvme_send_cmd: {e}");
+                RpcError::errno(-libc::EIO)
+            })?;
+        let mut m = serde_json::Map::new();
+        m.insert("cpl".into(), json!(STANDARD.encode(r.cqe_bytes())));
+        if in_len > 0 {
+            m.insert("data".into(), json!(STANDARD.encode(&r.data)));
+        }
+        Ok(Value::Object(m))
+    }))
 }
