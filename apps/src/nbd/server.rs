@@ -325,6 +325,12 @@ async fn transmit(c: &mut Conn) -> io::Result<()> {
     let trim = c.export.bdev.io_type_supported(IoType::Unmap);
     let mut payload: Vec<u8> = Vec::new();
     loop {
+        // The export stopped (its bdev is going): no further request is
+        // served, even while the client keeps the socket busy; closing
+        // fails what the client still has outstanding at once.
+        if c.export.stop.load(Ordering::Acquire) {
+            return Err(closed());
+        }
         let mut h = [0u8; 28];
         c.read_exact(&mut h, None).await?;
         let r = proto::parse_request(&h).map_err(proto_err)?;

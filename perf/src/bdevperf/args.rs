@@ -20,6 +20,8 @@ usage: bdevperf (--json FILE | --malloc MIB | --null MIB) -q DEPTH -o SIZE -w WO
   -T BDEV            run on this bdev only (default: every bdev not claimed)
   -s MIB             DMA memory in MiB (default 1024)
   --seed N           random seed (default 1)
+  -r SOCKET          serve SPDK's JSON-RPC on this Unix socket while it runs (the
+                     appliance's methods: e.g. bdev_nvme_reset_controller under load)
   --json-report      print the report as JSON on stdout
   --no-huge          anonymous memory instead of 2 MiB hugepages (no NVMe bdevs then)
   -h, --help         this text
@@ -149,6 +151,8 @@ pub struct Config {
     pub json_report: bool,
     /// Print a progress line each second.
     pub progress: bool,
+    /// JSON-RPC socket served during the run (`-r`).
+    pub rpc_socket: Option<PathBuf>,
 }
 
 /// What the command line asks for.
@@ -192,6 +196,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
     let mut mem_mib = None;
     let mut no_huge = false;
     let mut json_report = false;
+    let mut rpc_socket = None;
     while let Some(a) = it.next() {
         let mut val = |opt: &str| it.next().ok_or_else(|| format!("{opt}: missing value"));
         match a.as_str() {
@@ -264,6 +269,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
             "--seed" => seed = parse_num("--seed", &val("--seed")?, "an integer")?,
             "--json-report" => json_report = true,
             "--no-huge" => no_huge = true,
+            "-r" => rpc_socket = Some(PathBuf::from(val("-r")?)),
             other => return Err(format!("{other:?}: unknown option")),
         }
     }
@@ -292,6 +298,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
         seed,
         json_report,
         progress: true,
+        rpc_socket,
     }))
 }
 

@@ -46,6 +46,10 @@ struct Slot {
     job: *mut Job,
     start: u64,
     lba: u64,
+    /// An I/O of this slot is in the layer's hands: a completion that finds
+    /// it clear is a second completion of the same I/O (counted, a
+    /// failure of the run).
+    in_flight: bool,
 }
 
 struct Job {
@@ -74,6 +78,7 @@ struct Job {
     first_mismatch: Option<String>,
     resets: u64,
     resets_unsupported: u64,
+    completed_twice: u64,
     latency: LatencyStats,
     progress: Arc<AtomicU64>,
 }
@@ -128,7 +133,10 @@ fn submit(slot: &mut Slot, job: &mut Job, buf: Option<DmaBuf>) -> bool {
         }
     };
     match r {
-        Ok(()) => true,
+        Ok(()) => {
+            slot.in_flight = true;
+            true
+        }
         Err(_) => {
             job.errors += 1;
             false
@@ -143,6 +151,11 @@ fn done(io: &mut BdevIo, st: IoStatus) {
     let slot = unsafe { &mut *(io.ctx() as *mut Slot) };
     // SAFETY: as above.
     let job = unsafe { &mut *slot.job };
+    if !slot.in_flight {
+        job.completed_twice += 1;
+        return;
+    }
+    slot.in_flight = false;
     let ty = io.io_type();
     let mut buf = io.take_buf();
     if st.is_success() {
@@ -178,6 +191,8 @@ fn done(io: &mut BdevIo, st: IoStatus) {
                 let ctx = slot as *mut Slot as usize;
                 if ch.read(b, slot.lba, job.blocks_per_io, done, ctx).is_err() {
                     job.errors += 1;
+                } else {
+                    slot.in_flight = true;
                 }
                 return;
             }
@@ -286,6 +301,7 @@ async fn job(
         first_mismatch: None,
         resets: 0,
         resets_unsupported: 0,
+        completed_twice: 0,
         latency: LatencyStats::new(),
         progress,
     }));
@@ -295,6 +311,7 @@ async fn job(
                 job,
                 start: 0,
                 lba: 0,
+                in_flight: false,
             })
         })
         .collect();
@@ -353,6 +370,12 @@ async fn job(
     drop(desc);
     if let Some(m) = &j.first_mismatch {
         notes.push(format!("{name} core {core}: first mismatch: {m}"));
+    }
+    if j.completed_twice > 0 {
+        return Err(format!(
+            "{name} core {core}: {} I/Os completed twice",
+            j.completed_twice
+        ));
     }
     if w == Workload::Reset {
         notes.push(format!(
@@ -668,11 +691,25 @@ pub fn run(cfg: &Config, log: &mut dyn FnMut(&str)) -> Result<Outcome, RunError>
         })
     })?;
     bdev::set_memory(mem);
-    let r = build_bdevs(cfg, &rt)
-        .map_err(RunError::Setup)
-        .and_then(|()| run_jobs(cfg, &rt, log));
     let (tx, _rx) = std::sync::mpsc::channel();
     let ctx = apps::methods::Ctx::new(rt.handle(), tx, true);
+    let r = build_bdevs(cfg, &rt)
+        .map_err(RunError::Setup)
+        .and_then(|()| {
+            // The appliance's JSON-RPC, served while the jobs run (`-r`).
+            let server = match &cfg.rpc_socket {
+                Some(path) => Some(
+                    apps::server::start(path, ctx.clone())
+                        .map_err(|e| RunError::Setup(format!("-r {}: {e}", path.display())))?,
+                ),
+                None => None,
+            };
+            let r = run_jobs(cfg, &rt, log);
+            if let Some(s) = server {
+                s.stop();
+            }
+            r
+        });
     apps::teardown(&ctx);
     drop(ctx);
     let _ = rt.shutdown();

@@ -225,8 +225,10 @@ impl NvmeCtrlr {
         let r = self.recovery;
         let mut rc = self.reconnect.lock().unwrap_or_else(|p| p.into_inner());
         if c.state() != CtrlrState::Failed {
-            if c.state() == CtrlrState::Ready && rc.failed_since.is_some() {
-                log::info!("nvme {}: reconnected", self.name);
+            if c.state() == CtrlrState::Ready {
+                if rc.failed_since.is_some() {
+                    log::info!("nvme {}: reconnected", self.name);
+                }
                 *rc = Reconnect::default();
                 self.fail_fast.store(false, Ordering::Release);
             }
@@ -605,6 +607,12 @@ pub fn attach_with(
 ) -> Result<Vec<String>, BdevError> {
     reactor::current_core().ok_or(BdevError::NotOnReactor("bdev_nvme_attach_controller"))?;
     if controllers().contains_key(name) {
+        // Shut the controller down without waiting here (dropping it would
+        // wait for the shutdown).
+        ctrlr.start_shutdown();
+        drop(reactor::spawn(async move {
+            poll_until(|| ctrlr.poll_shutdown()).await;
+        }));
         return Err(BdevError::Exists(name.to_owned()));
     }
     let o = options();
