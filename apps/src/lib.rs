@@ -45,6 +45,8 @@ use methods::Ctx;
 /// detaches every NVMe controller and runs every bdev module's fini. Runs
 /// on a non-reactor thread.
 pub fn teardown(ctx: &Arc<Ctx>) {
+    // Nothing is attached behind the teardown's back.
+    bdev::modules::nvme::hotplug::disable();
     nbd::stop_all();
     for _ in 0..1000 {
         let list = bdev::list();

@@ -272,47 +272,72 @@ fn nvme_attach_and_kernel_nbd_export() {
 }
 
 /// The second controller sits in an NVM subsystem with namespace 2
-/// detached (ci/guest-tier). The Namespace Attachment command, sent through
+/// detached (ci/guest-tier); `bdev_nvme_set_hotplug` finds it and attaches
+/// it as HotInNvme0. The Namespace Attachment command, sent through
 /// `bdev_nvme_send_cmd`, attaches it: the controller's Namespace Attribute
-/// Changed event makes the appliance register `Nvme1n2`, usable through
+/// Changed event makes the appliance register `HotInNvme0n2`, usable through
 /// NBD; detached, the bdev goes; attached again, it comes back. Then the
 /// controller is detached while a writer runs on its export: the writer's
 /// I/O fails, the bdevs go, the appliance keeps answering.
 fn namespaces_come_and_go(rpc: &mut RpcConn) {
     let ctrls = vfio_controllers();
     let traddr = ctrls.get(1).expect("a second controller bound to vfio-pci");
-    let names = rpc
-        .call(
-            "bdev_nvme_attach_controller",
-            json!({ "name": "Nvme1", "trtype": "PCIe", "traddr": traddr }),
+    // Hotplug finds the controller no one drives (the first one, detached
+    // by request above, is left alone) and attaches it as HotInNvme0.
+    assert_eq!(
+        rpc.call(
+            "bdev_nvme_set_hotplug",
+            json!({ "enable": true, "period_us": 20000 })
         )
-        .unwrap();
-    assert_eq!(names, json!(["Nvme1n1"]), "namespace 2 starts detached");
+        .unwrap(),
+        true
+    );
+    rpc.call(
+        "bdev_get_bdevs",
+        json!({ "name": "HotInNvme0n1", "timeout": 10000 }),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        rpc.call("bdev_nvme_set_hotplug", json!({ "enable": false }))
+            .unwrap(),
+        true
+    );
+    let names = bdev_names(rpc);
+    assert!(
+        !names.iter().any(|n| n.starts_with("HotInNvme1")),
+        "the detached controller stays detached: {names:?}"
+    );
+    assert!(
+        !names.iter().any(|n| n == "HotInNvme0n2"),
+        "namespace 2 starts detached"
+    );
     let c = rpc
-        .call("bdev_nvme_get_controllers", json!({ "name": "Nvme1" }))
+        .call("bdev_nvme_get_controllers", json!({ "name": "HotInNvme0" }))
         .unwrap();
     assert_eq!(c[0]["ctrlrs"][0]["state"], "enabled");
+    assert_eq!(c[0]["ctrlrs"][0]["trid"]["traddr"], json!(traddr));
     let cntlid = c[0]["ctrlrs"][0]["cntlid"].as_u64().unwrap() as u16;
     for round in 0..2 {
         assert_eq!(
-            namespace_attachment(rpc, "Nvme1", 2, cntlid, true),
+            namespace_attachment(rpc, "HotInNvme0", 2, cntlid, true),
             0,
             "attach"
         );
         let b = rpc
             .call(
                 "bdev_get_bdevs",
-                json!({ "name": "Nvme1n2", "timeout": 10000 }),
+                json!({ "name": "HotInNvme0n2", "timeout": 10000 }),
             )
             .unwrap();
         assert_eq!(b[0]["block_size"], 512, "{b}");
         assert_eq!(b[0]["num_blocks"], 262144, "{b}");
-        println!("round {round}: Nvme1n2 appeared");
+        println!("round {round}: HotInNvme0n2 appeared");
         if round == 0 {
             assert_eq!(
                 rpc.call(
                     "nbd_start_disk",
-                    json!({ "bdev_name": "Nvme1n2", "nbd_device": "/dev/nbd2" })
+                    json!({ "bdev_name": "HotInNvme0n2", "nbd_device": "/dev/nbd2" })
                 )
                 .unwrap(),
                 "/dev/nbd2"
@@ -325,20 +350,20 @@ fn namespaces_come_and_go(rpc: &mut RpcConn) {
                 .unwrap();
         }
         assert_eq!(
-            namespace_attachment(rpc, "Nvme1", 2, cntlid, false),
+            namespace_attachment(rpc, "HotInNvme0", 2, cntlid, false),
             0,
             "detach"
         );
-        wait_for("Nvme1n2 to go", || {
-            !bdev_names(rpc).iter().any(|n| n == "Nvme1n2")
+        wait_for("HotInNvme0n2 to go", || {
+            !bdev_names(rpc).iter().any(|n| n == "HotInNvme0n2")
         });
-        println!("round {round}: Nvme1n2 went away");
+        println!("round {round}: HotInNvme0n2 went away");
     }
-    // Detached under load: a writer on the export of Nvme1n1.
+    // Detached under load: a writer on the export of HotInNvme0n1.
     assert_eq!(
         rpc.call(
             "nbd_start_disk",
-            json!({ "bdev_name": "Nvme1n1", "nbd_device": "/dev/nbd2" })
+            json!({ "bdev_name": "HotInNvme0n1", "nbd_device": "/dev/nbd2" })
         )
         .unwrap(),
         "/dev/nbd2"
@@ -369,8 +394,11 @@ fn namespaces_come_and_go(rpc: &mut RpcConn) {
     assert!(!writer.is_finished(), "the writer is running");
     let start = Instant::now();
     assert_eq!(
-        rpc.call("bdev_nvme_detach_controller", json!({ "name": "Nvme1" }))
-            .unwrap(),
+        rpc.call(
+            "bdev_nvme_detach_controller",
+            json!({ "name": "HotInNvme0" })
+        )
+        .unwrap(),
         true
     );
     while !writer.is_finished() {
@@ -387,7 +415,7 @@ fn namespaces_come_and_go(rpc: &mut RpcConn) {
     );
     assert!(writes > 0, "writes went through before the detach");
     assert!(
-        !bdev_names(rpc).iter().any(|n| n.starts_with("Nvme1")),
+        !bdev_names(rpc).iter().any(|n| n.starts_with("HotInNvme0")),
         "its bdevs are gone"
     );
     assert!(
@@ -396,7 +424,7 @@ fn namespaces_come_and_go(rpc: &mut RpcConn) {
             .as_array()
             .unwrap()
             .iter()
-            .all(|c| c["name"] != "Nvme1")
+            .all(|c| c["name"] != "HotInNvme0")
     );
     let _ = rpc.call("nbd_stop_disk", json!({ "nbd_device": "/dev/nbd2" }));
 }

@@ -18,6 +18,7 @@
 //! fails its I/O fast after `fast_io_fail_timeout_sec` and is deleted
 //! after `ctrlr_loss_timeout_sec`.
 
+pub mod hotplug;
 pub mod options;
 pub mod rpc;
 
@@ -741,6 +742,8 @@ pub async fn detach_controller(name: &str) -> Result<(), BdevError> {
     }
     c.detached.store(true, Ordering::Release);
     controllers().remove(name);
+    // Detached by request: hotplug does not attach it again.
+    hotplug::skip(c.bdf);
     c.lock().start_shutdown();
     poll_until(|| c.lock().poll_shutdown()).await;
     Ok(())

@@ -25,6 +25,7 @@ pub fn methods() -> Vec<Method> {
             get_controller_health_info,
         ),
         Method::new("bdev_nvme_send_cmd", send_cmd),
+        Method::new("bdev_nvme_set_hotplug", set_hotplug),
     ]
 }
 
@@ -46,6 +47,11 @@ pub fn config() -> Vec<Value> {
             "fast_io_fail_timeout_sec": o.fast_io_fail_timeout_sec,
         },
     })];
+    let (enable, period_us) = super::hotplug::settings();
+    out.push(json!({
+        "method": "bdev_nvme_set_hotplug",
+        "params": { "period_us": period_us, "enable": enable },
+    }));
     out.extend(super::controllers_list().iter().map(|c| {
         let r = c.recovery();
         json!({
@@ -553,5 +559,24 @@ fn send_cmd(params: Value) -> Result<Call, RpcError> {
             m.insert("data".into(), json!(STANDARD.encode(&r.data)));
         }
         Ok(Value::Object(m))
+    }))
+}
+
+/// `bdev_nvme_set_hotplug`'s parameters (SPDK's).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HotplugParams {
+    /// On or off.
+    pub enable: bool,
+    /// Scan period in microseconds (0 or absent: 100 ms; at most 10 s).
+    pub period_us: Option<u64>,
+}
+
+/// Turns PCIe hotplug on or off (see [`super::hotplug`]).
+fn set_hotplug(params: Value) -> Result<Call, RpcError> {
+    let p: HotplugParams = decode(params)?;
+    Ok(Call::reactor(move || async move {
+        super::hotplug::set(p.enable, p.period_us.unwrap_or(0));
+        Ok(json!(true))
     }))
 }
