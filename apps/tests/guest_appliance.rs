@@ -168,6 +168,11 @@ fn nvme_attach_and_kernel_nbd_export() {
     assert_eq!(names, json!(["Nvme0n1", "Nvme0n2"]));
     let ctrlrs = rpc.call("bdev_nvme_get_controllers", json!(null)).unwrap();
     assert_eq!(ctrlrs[0]["name"], "Nvme0");
+    assert!(ctrlrs[0]["ctrlrs"][0]["error_log"].is_array(), "{ctrlrs}");
+    let e = rpc
+        .call("bdev_nvme_get_controllers", json!({ "name": "Nvme9" }))
+        .unwrap_err();
+    assert_eq!(e, (22, "Controller Nvme9 does not exist".into()));
     assert_eq!(ctrlrs[0]["ctrlrs"][0]["trid"]["traddr"], json!(traddr));
     // A second attach of the same name is refused with EEXIST.
     let e = rpc

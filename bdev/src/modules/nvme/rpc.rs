@@ -351,17 +351,57 @@ fn reset_controller(params: Value) -> Result<Call, RpcError> {
     }))
 }
 
+/// The controllers (or the one named), as SPDK lists them, each
+/// `ctrlrs[]` entry with the controller's Error Information log
+/// (`error_log`: the entries in use, newest first; empty when the log
+/// cannot be read). An unknown name is SPDK's code 22 "Controller NAME
+/// does not exist".
 fn get_controllers(params: Value) -> Result<Call, RpcError> {
     let p: GetControllersParams = decode(params)?;
-    let list: Vec<Value> = super::controllers_list()
-        .iter()
+    let list: Vec<_> = super::controllers_list()
+        .into_iter()
         .filter(|c| p.name.as_deref().is_none_or(|n| n == c.name()))
-        .map(|c| c.info_json())
         .collect();
-    if p.name.is_some() && list.is_empty() {
-        return Err(RpcError::errno(-libc::ENODEV));
+    if let Some(n) = &p.name
+        && list.is_empty()
+    {
+        return Err(RpcError {
+            code: libc::EINVAL,
+            message: format!("Controller {n} does not exist"),
+        });
     }
-    Ok(Call::Done(Value::Array(list)))
+    Ok(Call::reactor(move || async move {
+        let mut out = Vec::new();
+        for c in list {
+            let mut v = c.info_json();
+            let log = match c.admin().error_log(c.error_log_entries()).await {
+                Ok(entries) => entries.iter().map(error_entry_json).collect(),
+                Err(e) => {
+                    log::info!("bdev_nvme_get_controllers: {}: error log: {e}", c.name());
+                    Vec::new()
+                }
+            };
+            v["ctrlrs"][0]["error_log"] = Value::Array(log);
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }))
+}
+
+/// One Error Information log entry as JSON.
+fn error_entry_json(e: &nvme_driver::spec::ErrorLogEntry) -> Value {
+    let st = e.status >> 1;
+    json!({
+        "error_count": e.error_count,
+        "sqid": e.sqid,
+        "cid": e.cid,
+        "sct": (st >> 8) & 7,
+        "sc": st & 0xff,
+        "dnr": (st >> 14) & 1 == 1,
+        "param_error_location": e.param_error_location,
+        "lba": e.lba,
+        "nsid": e.nsid,
+    })
 }
 
 /// `bdev_nvme_get_controller_health_info`'s parameters.
