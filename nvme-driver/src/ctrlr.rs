@@ -145,6 +145,9 @@ enum TaskEnd {
 }
 
 enum ResetPhase {
+    /// New I/O refused; waiting (until `deadline`) for the commands in the
+    /// controller's hands to complete before it is disabled.
+    Drain { deadline: Instant },
     /// CC.EN cleared; waiting for CSTS.RDY to clear (bounded by CAP.TO).
     Disable { deadline: Instant },
     /// Bring-up again from programming the admin queue.
@@ -778,6 +781,24 @@ impl Controller {
     /// # Errors
     /// [`NvmeError::Removed`] for a removed controller.
     pub fn start_reset(&mut self) -> Result<(), NvmeError> {
+        self.begin_reset(None)
+    }
+
+    /// Starts an orderly reset (or joins the one in progress): new I/O is
+    /// refused at once, and the controller is disabled only once the
+    /// commands in its hands have completed (each queue pair's polls
+    /// deliver them as usual), or `drain` has passed, whichever is first.
+    /// An administrator's reset needs no command aborted; and some
+    /// emulated controllers (QEMU 7.2's) are fragile when disabled with
+    /// I/O in flight.
+    ///
+    /// # Errors
+    /// [`NvmeError::Removed`] for a removed controller.
+    pub fn start_reset_drained(&mut self, drain: Duration) -> Result<(), NvmeError> {
+        self.begin_reset(Some(drain))
+    }
+
+    fn begin_reset(&mut self, drain: Option<Duration>) -> Result<(), NvmeError> {
         let sh = self.shared.clone();
         if sh.state() == CtrlrState::Removed {
             return Err(NvmeError::Removed {
@@ -791,12 +812,22 @@ impl Controller {
         sh.set_state(CtrlrState::Resetting);
         self.resets += 1;
         self.tasks.clear();
-        let regs = &*sh.regs;
-        regs.write32(Registers::CC, regs.read32(Registers::CC) & !cc::EN);
-        self.reset = Some(ResetPhase::Disable {
-            deadline: Instant::now() + Duration::from_millis(self.cap.timeout_ms().max(500)),
+        self.reset = Some(match drain {
+            Some(d) if sh.commands_in_device() > 0 => ResetPhase::Drain {
+                deadline: Instant::now() + d,
+            },
+            _ => self.disable(),
         });
         Ok(())
+    }
+
+    /// Clears CC.EN; the phase that waits for CSTS.RDY to follow.
+    fn disable(&self) -> ResetPhase {
+        let regs = &*self.shared.regs;
+        regs.write32(Registers::CC, regs.read32(Registers::CC) & !cc::EN);
+        ResetPhase::Disable {
+            deadline: Instant::now() + Duration::from_millis(self.cap.timeout_ms().max(500)),
+        }
     }
 
     fn advance_reset(&mut self, st: u32) -> Result<(), NvmeError> {
@@ -804,6 +835,22 @@ impl Controller {
         loop {
             match self.reset.as_mut() {
                 None => return Ok(()),
+                Some(ResetPhase::Drain { deadline }) => {
+                    let left = sh.commands_in_device();
+                    if left > 0 && Instant::now() <= *deadline {
+                        return Ok(());
+                    }
+                    if left > 0 {
+                        log::warn!(
+                            "{}: {left} command(s) still in the controller after the reset's drain time; disabling it anyway",
+                            sh.name
+                        );
+                    }
+                    let next = self.disable();
+                    self.reset = Some(next);
+                    // CSTS as the disable left it, on the next poll.
+                    return Ok(());
+                }
                 Some(ResetPhase::Disable { deadline }) => {
                     if st & csts::RDY != 0 {
                         if Instant::now() > *deadline {

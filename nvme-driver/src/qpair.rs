@@ -69,6 +69,9 @@ pub struct IoQpair<C> {
     timeout: Option<(Duration, TimeoutAction)>,
     last_scan: Instant,
     stats: QpairStats,
+    /// Commands outstanding, published after each poll for a drained
+    /// reset (an uncontended store, no read-modify-write).
+    load: Arc<std::sync::atomic::AtomicU32>,
 }
 
 /// Where creating the queue on the controller stands.
@@ -124,8 +127,10 @@ impl<C> IoQpair<C> {
         })?;
         core.sgl_align = shared.sgl_align.load(std::sync::atomic::Ordering::Relaxed);
         let generation = shared.generation();
+        let load = shared.register_load();
         Ok(IoQpair {
             core: ManuallyDrop::new(core),
+            load,
             shared,
             generation,
             connected: false,
@@ -285,7 +290,10 @@ impl<C> IoQpair<C> {
 
     #[inline]
     fn check_ready(&self) -> Result<(), SubmitErrorKind> {
-        if self.connected && self.shared.generation() == self.generation {
+        if self.connected
+            && self.shared.generation() == self.generation
+            && self.shared.state() == CtrlrState::Ready
+        {
             return Ok(());
         }
         match self.shared.state() {
@@ -546,6 +554,7 @@ impl<C> IoQpair<C> {
     #[inline]
     pub fn ring_doorbell(&mut self) {
         self.core.ring();
+        self.publish_load();
     }
 
     /// Completions the controller has posted that no poll has reaped yet
@@ -577,7 +586,9 @@ impl<C> IoQpair<C> {
             self.core.now = Instant::now();
         }
         if !self.connected || self.shared.generation() != self.generation {
-            return self.recover(&mut on_complete);
+            let n = self.recover(&mut on_complete);
+            self.publish_load();
+            return n;
         }
         self.core.ring();
         let stats = &mut self.stats;
@@ -597,7 +608,16 @@ impl<C> IoQpair<C> {
                 self.idle_checks(&mut on_complete);
             }
         }
+        self.publish_load();
         n
+    }
+
+    #[inline]
+    fn publish_load(&self) {
+        let n = self.core.outstanding as u32;
+        if self.load.load(std::sync::atomic::Ordering::Relaxed) != n {
+            self.load.store(n, std::sync::atomic::Ordering::Release);
+        }
     }
 
     #[cold]

@@ -6,7 +6,7 @@
 //! deleted.
 
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use dma::{DmaBuf, DmaMemory};
@@ -129,6 +129,10 @@ pub(crate) struct Shared {
     pub requests: Mutex<Vec<Request>>,
     pub free_qids: Mutex<Vec<u16>>,
     pub retired: Mutex<Vec<Retired>>,
+    /// Each live queue pair's count of commands in the controller's hands
+    /// (stored by the queue pair after each poll): what a drained reset
+    /// waits for.
+    loads: Mutex<Vec<Weak<AtomicU32>>>,
     pub granted_queues: AtomicU32,
     pub mem: DmaMemory,
     admin_timeout_us: AtomicU64,
@@ -163,6 +167,7 @@ impl Shared {
             requests: Mutex::new(Vec::new()),
             free_qids: Mutex::new(Vec::new()),
             retired: Mutex::new(Vec::new()),
+            loads: Mutex::new(Vec::new()),
             granted_queues: AtomicU32::new(0),
             mem,
             admin_timeout_us: AtomicU64::new(admin_timeout.as_micros().max(1) as u64),
@@ -210,6 +215,28 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(qid);
+    }
+
+    /// A counter of commands in the controller's hands for a new queue
+    /// pair to keep (control path).
+    pub fn register_load(&self) -> Arc<AtomicU32> {
+        let a = Arc::new(AtomicU32::new(0));
+        let mut l = self.loads.lock().unwrap_or_else(|p| p.into_inner());
+        l.retain(|w| w.strong_count() > 0);
+        l.push(Arc::downgrade(&a));
+        a
+    }
+
+    /// Commands the live queue pairs have in the controller's hands, as of
+    /// their last polls.
+    pub fn commands_in_device(&self) -> u64 {
+        self.loads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|a| a.load(Ordering::Acquire) as u64)
+            .sum()
     }
 
     /// Whether queues are being deleted.

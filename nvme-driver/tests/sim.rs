@@ -800,3 +800,59 @@ fn all_ones_registers_at_bring_up_are_an_error() {
     assert!(matches!(e, nvme_driver::NvmeError::Removed { .. }), "{e}");
     assert!(e.to_string().contains("all-ones"), "{e}");
 }
+
+/// An orderly (drained) reset: new I/O is refused at once, the commands in
+/// the controller's hands complete normally, and only then is the
+/// controller disabled; a command that never completes is taken by the
+/// reset once the drain time passed.
+#[test]
+fn a_drained_reset_lets_io_in_flight_complete() {
+    let mut r = rig();
+    let mut qp: IoQpair<u32> = r.ctrlr.connect_io_qpair(16).unwrap();
+    let buf = r.mem.alloc(4096, 4096).unwrap();
+    r.sim.hold_io(true);
+    for i in 0..8 {
+        qp.read(2, i, 1, &[(buf.iova(), 4096)], i as u32).unwrap();
+    }
+    let mut done = Vec::new();
+    qp.process_completions(16, |c, res| done.push((c, res)));
+    assert_eq!(r.sim.held(), 8);
+    r.ctrlr.start_reset_drained(Duration::from_secs(5)).unwrap();
+    for _ in 0..5 {
+        r.ctrlr.poll_admin().unwrap();
+    }
+    assert_eq!(r.ctrlr.state(), CtrlrState::Resetting);
+    assert_eq!(r.ctrlr.resets_done(), 0, "waiting for the device");
+    let e = qp.read(2, 9, 1, &[(buf.iova(), 4096)], 99).unwrap_err();
+    assert_eq!(e.kind, SubmitErrorKind::Resetting, "new I/O refused");
+    r.sim.hold_io(false);
+    r.sim.release_held();
+    let start = std::time::Instant::now();
+    while r.ctrlr.resets_done() < 1 {
+        qp.process_completions(16, |c, res| done.push((c, res)));
+        r.ctrlr.poll_admin().unwrap();
+        assert!(start.elapsed() < Duration::from_secs(5), "reset stuck");
+    }
+    done.sort_by_key(|d| d.0);
+    assert_eq!(done, (0..8).map(|i| (i, Ok(0))).collect::<Vec<_>>());
+    while !qp.is_connected() {
+        qp.process_completions(16, |_, _| {});
+    }
+    assert_eq!(r.ctrlr.state(), CtrlrState::Ready);
+    // A command that never completes: taken once the drain time passed.
+    r.sim.hold_io(true);
+    qp.read(2, 0, 1, &[(buf.iova(), 4096)], 50).unwrap();
+    qp.process_completions(16, |_, _| {});
+    r.ctrlr
+        .start_reset_drained(Duration::from_millis(50))
+        .unwrap();
+    done.clear();
+    let start = std::time::Instant::now();
+    while done.is_empty() {
+        qp.process_completions(16, |c, res| done.push((c, res)));
+        r.ctrlr.poll_admin().unwrap();
+        assert!(start.elapsed() < Duration::from_secs(5), "reset stuck");
+    }
+    assert!(start.elapsed() >= Duration::from_millis(50));
+    assert_eq!(done, vec![(50, Err(CommandError::AbortedByReset))]);
+}

@@ -21,7 +21,8 @@ usage: bdevperf (--json FILE | --malloc MIB | --null MIB) -q DEPTH -o SIZE -w WO
   -s MIB             DMA memory in MiB (default 1024)
   --seed N           random seed (default 1)
   -r SOCKET          serve SPDK's JSON-RPC on this Unix socket while it runs (the
-                     appliance's methods: e.g. bdev_nvme_reset_controller under load)
+                     appliance's methods: e.g. bdev_nvme_reset_controller under load;
+                     spdk_kill_instance ends the run early, as Ctrl-C does)
   --json-report      print the report as JSON on stdout
   --no-huge          anonymous memory instead of 2 MiB hugepages (no NVMe bdevs then)
   -h, --help         this text

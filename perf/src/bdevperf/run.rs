@@ -691,7 +691,14 @@ pub fn run(cfg: &Config, log: &mut dyn FnMut(&str)) -> Result<Outcome, RunError>
         })
     })?;
     bdev::set_memory(mem);
-    let (tx, _rx) = std::sync::mpsc::channel();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // `spdk_kill_instance` over `-r` ends the run early, as SIGINT does
+    // (the waiting thread ends when the context goes).
+    std::thread::spawn(move || {
+        if rx.recv().is_ok() {
+            STOP.store(true, Ordering::Relaxed);
+        }
+    });
     let ctx = apps::methods::Ctx::new(rt.handle(), tx, true);
     let r = build_bdevs(cfg, &rt)
         .map_err(RunError::Setup)

@@ -50,6 +50,9 @@ const QPAIR_DEPTH: u32 = 256;
 const REAP_MAX: usize = 64;
 /// Period of the admin poller and of waits for the control path.
 const ADMIN_PERIOD: Duration = Duration::from_millis(1);
+/// How long a requested reset (RPC, bdev RESET) lets the commands in the
+/// controller's hands complete before it disables the controller.
+const RESET_DRAIN: Duration = Duration::from_secs(2);
 
 /// Where a controller whose reset failed stands (SPDK's reconnect logic).
 #[derive(Debug, Default)]
@@ -145,19 +148,34 @@ impl NvmeCtrlr {
         self.lock().identify().elpe as usize + 1
     }
 
-    /// Resets the controller (disable, enable, admin and I/O queues
-    /// re-created; commands outstanding complete as aborted by the reset
-    /// on their queue pair's next poll, and go again while
-    /// `bdev_retry_count` allows). Joins a reset already in progress
-    /// (one at a time). Waits on the reactor's timer, never on the thread.
+    /// Resets the controller: new I/O waits in the layer, the commands in
+    /// the controller's hands complete (for up to 2 s), then it is
+    /// disabled and brought up again, admin and I/O queues re-created (a
+    /// command still outstanding then completes as aborted by the reset and
+    /// goes again while `bdev_retry_count` allows). Joins a reset already
+    /// in progress (one at a time). Waits on the reactor's timer, never on
+    /// the thread.
     ///
     /// # Errors
     /// [`BdevError::Module`] with the driver's reason.
     pub async fn reset(&self) -> Result<(), BdevError> {
+        self.reset_with_drain(Some(RESET_DRAIN)).await
+    }
+
+    /// [`NvmeCtrlr::reset`] with the given drain time (None: the controller
+    /// is disabled at once, taking the commands in its hands, as a reset
+    /// for a timeout does).
+    ///
+    /// # Errors
+    /// [`BdevError::Module`] with the driver's reason.
+    pub async fn reset_with_drain(&self, drain: Option<Duration>) -> Result<(), BdevError> {
         let target = {
             let mut c = self.lock();
-            c.start_reset()
-                .map_err(|e| module_err(&self.name, "reset", e))?;
+            match drain {
+                Some(d) => c.start_reset_drained(d),
+                None => c.start_reset(),
+            }
+            .map_err(|e| module_err(&self.name, "reset", e))?;
             c.resets()
         };
         poll_until(|| {
