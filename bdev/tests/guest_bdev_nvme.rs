@@ -10,22 +10,12 @@ use dma::{DmaConfig, DmaMemory};
 use nvme_driver::ControllerOptions;
 
 fn first_vfio_controller() -> String {
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/sys/bus/pci/devices").unwrap() {
-        let p = e.unwrap().path();
-        let class = std::fs::read_to_string(p.join("class")).unwrap();
-        let driver = std::fs::read_link(p.join("driver"))
-            .ok()
-            .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()));
-        if class.trim() == "0x010802" && driver.as_deref() == Some("vfio-pci") {
-            found.push(p.file_name().unwrap().to_string_lossy().into_owned());
-        }
-    }
-    found.sort();
-    found
-        .into_iter()
-        .next()
-        .expect("an NVMe controller bound to vfio-pci")
+    bdev::modules::nvme::hotplug::vfio_nvme_controllers(std::path::Path::new(
+        "/sys/bus/pci/devices",
+    ))
+    .first()
+    .expect("an NVMe controller bound to vfio-pci")
+    .to_string()
 }
 
 #[test]

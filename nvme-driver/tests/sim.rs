@@ -671,19 +671,26 @@ fn poll_for(
     }
 }
 
+/// A controller with a 20 ms I/O timeout and `action`, a queue pair, and
+/// one read (context 1) the device holds.
+fn one_read_held_with_timeout(action: TimeoutAction) -> (Rig, IoQpair<u32>, DmaBuf) {
+    let r = rig();
+    r.ctrlr
+        .set_io_timeout(Some(Duration::from_millis(20)), action);
+    let mut qp: IoQpair<u32> = r.ctrlr.connect_io_qpair(8).unwrap();
+    let buf = r.mem.alloc(4096, 4096).unwrap();
+    r.sim.hold_io(true);
+    qp.read(2, 0, 1, &[(buf.iova(), 4096)], 1).unwrap();
+    (r, qp, buf)
+}
+
 /// `action_on_timeout` none (the controller-wide setting): the timed-out
 /// command is only logged: no abort, no reset; it completes when the
 /// device answers.
 #[test]
 fn timeout_with_action_none_only_logs() {
     use nvme_driver::spec::admin_opcode;
-    let mut r = rig();
-    r.ctrlr
-        .set_io_timeout(Some(Duration::from_millis(20)), TimeoutAction::None);
-    let mut qp: IoQpair<u32> = r.ctrlr.connect_io_qpair(8).unwrap();
-    let buf = r.mem.alloc(4096, 4096).unwrap();
-    r.sim.hold_io(true);
-    qp.read(2, 0, 1, &[(buf.iova(), 4096)], 1).unwrap();
+    let (mut r, mut qp, _buf) = one_read_held_with_timeout(TimeoutAction::None);
     let mut done = Vec::new();
     poll_for(
         &mut r,
@@ -705,13 +712,7 @@ fn timeout_with_action_none_only_logs() {
 #[test]
 fn timeout_with_action_reset_resets_the_controller() {
     use nvme_driver::spec::admin_opcode;
-    let mut r = rig();
-    r.ctrlr
-        .set_io_timeout(Some(Duration::from_millis(20)), TimeoutAction::Reset);
-    let mut qp: IoQpair<u32> = r.ctrlr.connect_io_qpair(8).unwrap();
-    let buf = r.mem.alloc(4096, 4096).unwrap();
-    r.sim.hold_io(true);
-    qp.read(2, 0, 1, &[(buf.iova(), 4096)], 1).unwrap();
+    let (mut r, mut qp, _buf) = one_read_held_with_timeout(TimeoutAction::Reset);
     let mut done = Vec::new();
     poll_for(&mut r, &mut qp, &mut done, Duration::ZERO, |d| {
         !d.is_empty()
@@ -726,13 +727,7 @@ fn timeout_with_action_reset_resets_the_controller() {
 #[test]
 fn timeout_with_action_abort_aborts_the_command() {
     use nvme_driver::spec::admin_opcode;
-    let mut r = rig();
-    r.ctrlr
-        .set_io_timeout(Some(Duration::from_millis(20)), TimeoutAction::Abort);
-    let mut qp: IoQpair<u32> = r.ctrlr.connect_io_qpair(8).unwrap();
-    let buf = r.mem.alloc(4096, 4096).unwrap();
-    r.sim.hold_io(true);
-    qp.read(2, 0, 1, &[(buf.iova(), 4096)], 1).unwrap();
+    let (mut r, mut qp, _buf) = one_read_held_with_timeout(TimeoutAction::Abort);
     let mut done = Vec::new();
     poll_for(&mut r, &mut qp, &mut done, Duration::ZERO, |d| {
         !d.is_empty()

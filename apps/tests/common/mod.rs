@@ -314,3 +314,42 @@ impl RpcConn {
         }
     }
 }
+
+/// Guest tier: runs SPDK's `spdk-rpc` against `sock` with `args` and
+/// returns its stdout (a panic with its output when it exits non-zero).
+/// The guest has no Python of its own: ci/guest-tier copies the host's
+/// interpreter as `python3` and a tar of its library with the `spdk`
+/// package (ci/guest-python), unpacked here on first use.
+pub fn guest_spdk_rpc(sock: &Path, args: &[&str]) -> String {
+    let home = Path::new("/tmp/guest-python");
+    if !home.join("lib").exists() {
+        std::fs::create_dir_all(home).unwrap();
+        let st = Command::new("tar")
+            .args(["-xf", "/guest/bin/guest-python.tar", "-C"])
+            .arg(home)
+            .status()
+            .expect("tar");
+        assert!(st.success(), "unpacking guest-python.tar");
+    }
+    let o = Command::new("python3")
+        .env("PYTHONHOME", home)
+        .env("LD_LIBRARY_PATH", home.join("lib"))
+        .env("PYTHONNOUSERSITE", "1")
+        .args([
+            "-c",
+            "import sys; from spdk.spdk_rpc import main; sys.argv[0] = 'spdk-rpc'; sys.exit(main())",
+            "-s",
+        ])
+        .arg(sock)
+        .args(args)
+        .output()
+        .expect("python3 from ci/guest-python on PATH");
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "spdk-rpc {args:?}: {}\n{out}{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}

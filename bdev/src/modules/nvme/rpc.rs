@@ -537,13 +537,33 @@ pub struct SendCmdParams {
     _timeout_ms: Ignored,
 }
 
+/// SPDK's base64 for `bdev_nvme_send_cmd`: the URL-safe alphabet, padded
+/// on output; input in either alphabet, padded or not.
+const B64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
+fn b64_decode(s: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    use base64::Engine;
+    let s: String = s
+        .chars()
+        .map(|c| match c {
+            '+' => '-',
+            '/' => '_',
+            c => c,
+        })
+        .collect();
+    B64.decode(s)
+}
+
 /// Passes an admin command through to a controller, as SPDK's
 /// `bdev_nvme_send_cmd`: the result carries the completion entry
-/// (`cpl`, base64) and, for c2h, the data (`data`, base64); the command's
-/// own data pointers are replaced by the appliance's buffer.
+/// (`cpl`) and, for c2h, the data (`data`), in SPDK's URL-safe base64; the
+/// command's own data pointers are replaced by the appliance's buffer.
 fn send_cmd(params: Value) -> Result<Call, RpcError> {
     use base64::Engine;
-    use base64::engine::general_purpose::STANDARD;
     let p: SendCmdParams = decode(params)?;
     let invalid = |why: String| {
         log::error!("bdev_nvme_send_cmd: {why}");
@@ -558,17 +578,14 @@ fn send_cmd(params: Value) -> Result<Call, RpcError> {
     if p.metadata.as_deref().is_some_and(|m| !m.is_empty()) || p.metadata_len.unwrap_or(0) != 0 {
         return Err(invalid("metadata is not supported".into()));
     }
-    let cmd = STANDARD
-        .decode(&p.cmdbuf)
-        .map_err(|e| invalid(format!("cmdbuf: {e}")))?;
+    let cmd = b64_decode(&p.cmdbuf).map_err(|e| invalid(format!("cmdbuf: {e}")))?;
     let cmd: [u8; 64] = cmd
         .try_into()
         .map_err(|c: Vec<u8>| invalid(format!("cmdbuf holds {} bytes, not 64", c.len())))?;
     let sqe = nvme_driver::spec::Sqe::from_bytes(&cmd);
     let (out, in_len) = match p.data_direction.as_str() {
         "h2c" => {
-            let d = STANDARD
-                .decode(p.data.as_deref().unwrap_or(""))
+            let d = b64_decode(p.data.as_deref().unwrap_or(""))
                 .map_err(|e| invalid(format!("data: {e}")))?;
             (Some(d), 0usize)
         }
@@ -594,9 +611,9 @@ fn send_cmd(params: Value) -> Result<Call, RpcError> {
                 RpcError::errno(-libc::EIO)
             })?;
         let mut m = serde_json::Map::new();
-        m.insert("cpl".into(), json!(STANDARD.encode(r.cqe_bytes())));
+        m.insert("cpl".into(), json!(B64.encode(r.cqe_bytes())));
         if in_len > 0 {
-            m.insert("data".into(), json!(STANDARD.encode(&r.data)));
+            m.insert("data".into(), json!(B64.encode(&r.data)));
         }
         Ok(Value::Object(m))
     }))
@@ -619,4 +636,20 @@ fn set_hotplug(params: Value) -> Result<Call, RpcError> {
         super::hotplug::set(p.enable, p.period_us.unwrap_or(0));
         Ok(json!(true))
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn send_cmd_base64_is_spdk_url_safe_and_lenient_on_input() {
+        use base64::Engine;
+        let bytes = [0xfbu8, 0xff, 0xbf, 0x01];
+        assert_eq!(B64.encode(bytes), "-_-_AQ==", "URL-safe, padded, as SPDK");
+        for s in ["-_-_AQ==", "-_-_AQ", "+/+/AQ==", "+/+/AQ"] {
+            assert_eq!(b64_decode(s).unwrap(), bytes, "{s}");
+        }
+        assert!(b64_decode("!!").is_err());
+    }
 }
