@@ -479,3 +479,84 @@ fn a_go_style_client_with_null_params_is_served() {
     let methods = replies[4]["result"].as_array().unwrap();
     assert!(methods.iter().any(|m| m == "bdev_get_bdevs"));
 }
+
+/// The log methods through SPDK's `spdk-rpc`: levels by SPDK's names (any
+/// case) and components' debug flags, read back, and what the appliance
+/// writes follows them at run time.
+#[test]
+fn log_levels_and_flags_change_what_is_logged() {
+    let dir = TempDir::new("log");
+    let a = Appliance::start(&dir, "a", &[]);
+    assert_eq!(a.json(&["log_get_print_level"]), "INFO");
+    assert_eq!(a.json(&["log_get_level"]), "INFO");
+    let flags = a.json(&["log_get_flags"]);
+    assert_eq!(flags["rpc"], false, "{flags}");
+    assert_eq!(flags["bdev_nvme"], false, "{flags}");
+
+    // DEBUG, but the rpc component's debug lines only with its flag.
+    a.ok(&["log_set_print_level", "DEBUG"]);
+    assert_eq!(a.json(&["log_get_print_level"]), "DEBUG");
+    a.ok(&["bdev_get_bdevs"]);
+    assert!(
+        !a.log_text().contains("apps::server: RPC bdev_get_bdevs"),
+        "no rpc debug line without the flag"
+    );
+    a.ok(&["log_set_flag", "rpc"]);
+    assert_eq!(a.json(&["log_get_flags"])["rpc"], true);
+    a.ok(&["bdev_get_iostat"]);
+    assert!(
+        a.log_text().contains("apps::server: RPC bdev_get_iostat"),
+        "the rpc debug line with the flag:\n{}",
+        a.log_text()
+    );
+    a.ok(&["log_clear_flag", "rpc"]);
+    a.ok(&["framework_get_reactors"]);
+    assert!(
+        !a.log_text()
+            .contains("apps::server: RPC framework_get_reactors")
+    );
+
+    // ERROR: an informational line (a bdev registered) is not written;
+    // back at NOTICE it is.
+    a.ok(&["log_set_print_level", "ERROR"]);
+    a.ok(&["log_set_level", "ERROR"]);
+    assert_eq!(a.json(&["log_get_level"]), "ERROR");
+    a.ok(&["bdev_malloc_create", "-b", "Mquiet", "8", "512"]);
+    assert!(!a.log_text().contains("bdev Mquiet registered"));
+    a.ok(&["log_set_print_level", "NOTICE"]);
+    assert_eq!(a.json(&["log_get_print_level"]), "NOTICE");
+    a.ok(&["bdev_malloc_create", "-b", "Mloud", "8", "512"]);
+    assert!(
+        a.log_text().contains("bdev Mloud registered"),
+        "{}",
+        a.log_text()
+    );
+
+    // spdk-rpc only sends SPDK's level names; other clients may send any
+    // case (SPDK compares without case) or a bad name.
+    let mut raw = common::RpcConn::connect(&a.sock);
+    assert_eq!(
+        raw.call("log_set_level", serde_json::json!({ "level": "warning" })),
+        Ok(serde_json::json!(true))
+    );
+    assert_eq!(a.json(&["log_get_level"]), "WARNING");
+    assert_eq!(
+        raw.call("log_set_level", serde_json::json!({ "level": "LOUD" })),
+        Err((-32602, "invalid log level".into()))
+    );
+    assert_eq!(
+        raw.call("log_set_print_level", serde_json::json!({})),
+        Err((-32603, "spdk_json_decode_object failed".into()))
+    );
+    assert_eq!(
+        raw.call("log_get_flags", serde_json::json!({ "x": 1 })),
+        Err((-32602, "log_get_flags requires no parameters".into()))
+    );
+    // An error for a flag that does not exist (SPDK answers true).
+    expect_error(
+        &a,
+        &["log_set_flag", "no_such_component"],
+        -32602,
+        "unknown log flag 'no_such_component' (log_get_flags lists them)",
+    );
+}

@@ -12,6 +12,7 @@
 
 mod bdev;
 mod framework;
+mod logging;
 mod nbd;
 
 use std::future::Future;
@@ -160,6 +161,13 @@ pub fn table() -> Vec<Method> {
         ),
         both("framework_get_config", framework::framework_get_config),
         both("spdk_kill_instance", framework::spdk_kill_instance),
+        both("log_set_level", logging::log_set_level),
+        both("log_get_level", logging::log_get_level),
+        both("log_set_print_level", logging::log_set_print_level),
+        both("log_get_print_level", logging::log_get_print_level),
+        both("log_set_flag", logging::log_set_flag),
+        both("log_clear_flag", logging::log_clear_flag),
+        both("log_get_flags", logging::log_get_flags),
         rt("framework_get_reactors", framework::framework_get_reactors),
         rt("thread_get_stats", framework::thread_get_stats),
         rt("bdev_get_bdevs", bdev::bdev_get_bdevs),
