@@ -144,6 +144,33 @@ fn qemu_clients_on_nbd_exports() {
     );
     // Data persists across connections.
     qemu_io(&u0, &["read -P 0xab 1024 1024", "read -P 0x11 1M 64k"]);
+
+    // What went through is counted; bdev_reset_iostat (spdk-rpc) resets
+    // the latency extremes alone, or everything, on every channel.
+    let m0 = |a: &Appliance| a.json(&["bdev_get_iostat", "--names", "M0"])["bdevs"][0].clone();
+    let st = m0(&a);
+    assert!(st["num_read_ops"].as_u64().unwrap() > 0, "{st}");
+    assert!(st["max_read_latency_ticks"].as_u64().unwrap() > 0, "{st}");
+    a.ok(&["bdev_reset_iostat", "-b", "M0", "-m", "maxmin"]);
+    let after = m0(&a);
+    assert_eq!(after["num_read_ops"], st["num_read_ops"], "{after}");
+    assert_eq!(after["max_read_latency_ticks"], 0, "{after}");
+    a.ok(&["bdev_reset_iostat", "-b", "M0"]);
+    let after = m0(&a);
+    assert_eq!(after["num_read_ops"], 0, "{after}");
+    assert_eq!(after["bytes_written"], 0, "{after}");
+    qemu_io(&u0, &["read -P 0xab 0 4096"]);
+    let again = m0(&a)["num_read_ops"].as_u64().unwrap();
+    assert!((1..=2).contains(&again), "counting again: {again}");
+    // bdev_get_iostat --reset-mode: read, then reset.
+    let read = a.json(&["bdev_get_iostat", "--names", "M0", "--reset-mode", "all"]);
+    assert!(
+        read["bdevs"][0]["num_read_ops"].as_u64().unwrap() >= 1,
+        "{read}"
+    );
+    assert_eq!(m0(&a)["num_read_ops"], 0);
+    let o = a.spdk_rpc(&["bdev_reset_iostat", "-b", "nope"]);
+    assert!(!o.status.success());
     // Through the default export name too.
     qemu_io(
         &format!("nbd+unix:///?socket={}", s0.display()),

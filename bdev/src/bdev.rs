@@ -272,6 +272,22 @@ impl Bdev {
             .map_err(|()| BdevError::invalid("for_each_channel", "stopped"))
     }
 
+    /// Resets this bdev's I/O statistics (`bdev_reset_iostat`): each
+    /// channel's counters on its own core, by message, and those of the
+    /// channels gone.
+    ///
+    /// # Errors
+    /// [`BdevError::Module`] when the runtime stops during the visit, or
+    /// when not called on a reactor.
+    pub async fn reset_stats(&self, mode: crate::stats::StatsReset) -> Result<(), BdevError> {
+        self.inner
+            .retired_stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reset(mode);
+        self.visit_channels(move |s| s.stats.reset(mode)).await
+    }
+
     /// Calls `f` on every core that holds a channel of this bdev, with the
     /// core and the module's own channel there (`None` when its type is
     /// not `C` or the module could not make it), by message, core after

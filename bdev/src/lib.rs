@@ -108,5 +108,5 @@ pub use registry::{
     config_calls, examines_in_flight, fini, get, list, modules as registered_modules, new_uuid,
     register, register_module, unregister, wait_for_examine,
 };
-pub use stats::{IoStats, TypeStats};
+pub use stats::{IoStats, StatsReset, TypeStats};
 pub use types::{BdevEvent, IoStatus, IoType, IoVec};

@@ -21,6 +21,35 @@ fn add(c: &AtomicU64, v: u64) {
     c.store(c.load(Ordering::Relaxed).wrapping_add(v), Ordering::Relaxed);
 }
 
+/// What `bdev_reset_iostat` resets (SPDK's modes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatsReset {
+    /// Every counter.
+    All,
+    /// Only the largest and smallest latencies.
+    MaxMin,
+    /// Only the error counts.
+    Errors,
+}
+
+impl TypeCounters {
+    fn reset(&self, mode: StatsReset) {
+        let zero = |cs: &[&AtomicU64]| cs.iter().for_each(|c| c.store(0, Ordering::Relaxed));
+        match mode {
+            StatsReset::All => zero(&[
+                &self.ops,
+                &self.bytes,
+                &self.errors,
+                &self.latency_ns,
+                &self.max_latency_ns,
+                &self.min_latency_ns,
+            ]),
+            StatsReset::MaxMin => zero(&[&self.max_latency_ns, &self.min_latency_ns]),
+            StatsReset::Errors => zero(&[&self.errors]),
+        }
+    }
+}
+
 /// Counters of one channel.
 #[derive(Debug, Default)]
 pub(crate) struct ChannelStats {
@@ -47,6 +76,14 @@ impl ChannelStats {
         let min = t.min_latency_ns.load(Ordering::Relaxed);
         if min == 0 || latency_ns < min {
             t.min_latency_ns.store(latency_ns.max(1), Ordering::Relaxed);
+        }
+    }
+
+    /// Resets the counters; only on the channel's own core (the one
+    /// writer), so no count is lost to a race.
+    pub fn reset(&self, mode: StatsReset) {
+        for t in &self.types {
+            t.reset(mode);
         }
     }
 
@@ -93,6 +130,20 @@ pub struct IoStats {
 }
 
 impl IoStats {
+    /// Resets the totals as `mode` says.
+    pub fn reset(&mut self, mode: StatsReset) {
+        for t in &mut self.types {
+            match mode {
+                StatsReset::All => *t = TypeStats::default(),
+                StatsReset::MaxMin => {
+                    t.max_latency_ns = 0;
+                    t.min_latency_ns = 0;
+                }
+                StatsReset::Errors => t.errors = 0,
+            }
+        }
+    }
+
     /// The totals of one type.
     pub fn of(&self, ty: IoType) -> &TypeStats {
         &self.types[ty.index()]

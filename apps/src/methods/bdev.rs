@@ -97,7 +97,8 @@ pub(super) fn bdev_get_iostat(ctx: &Arc<Ctx>, mut p: Params) -> RpcResult {
     let name = p.opt_str("name")?;
     let names = p.opt_str_list("names")?;
     p.unsupported("per_channel", json!(false))?;
-    p.ignore("reset_mode");
+    // Reset after reading, as `bdev_reset_iostat` does.
+    let reset = reset_mode(&mut p, "reset_mode")?;
     p.finish()?;
     let list: Vec<Bdev> = match (name, names) {
         (Some(n), _) => vec![bdev::get(&n).ok_or_else(|| RpcError::errno(-libc::ENODEV))?],
@@ -144,11 +145,62 @@ pub(super) fn bdev_get_iostat(ctx: &Arc<Ctx>, mut p: Params) -> RpcResult {
             })
         })
         .collect();
+    if let Some(mode) = reset {
+        reset_stats(ctx, list, mode)?;
+    }
     Ok(json!({
         "tick_rate": reactor::TICK_RATE,
         "ticks": ctx.started.elapsed().as_nanos() as u64,
         "bdevs": bdevs,
     }))
+}
+
+/// SPDK's reset modes: all, maxmin, error, none (None: no reset).
+fn reset_mode(p: &mut Params, key: &str) -> Result<Option<bdev::StatsReset>, RpcError> {
+    Ok(match p.opt_str(key)?.as_deref() {
+        None | Some("none") => None,
+        Some("all") => Some(bdev::StatsReset::All),
+        Some("maxmin") => Some(bdev::StatsReset::MaxMin),
+        Some("error") => Some(bdev::StatsReset::Errors),
+        Some(other) => {
+            return Err(RpcError::invalid_params(format!(
+                "{key} {other:?}: all, maxmin, error or none"
+            )));
+        }
+    })
+}
+
+fn reset_stats(ctx: &Arc<Ctx>, list: Vec<Bdev>, mode: bdev::StatsReset) -> Result<(), RpcError> {
+    ctx.on_reactor(move || async move {
+        for b in list {
+            b.reset_stats(mode).await.map_err(super::bdev_err)?;
+        }
+        Ok::<(), RpcError>(())
+    })?
+}
+
+/// Resets the I/O statistics of one bdev (`name`) or of all, as SPDK's
+/// `bdev_reset_iostat`: every counter (`mode` "all", the default), only the
+/// latency extremes ("maxmin"), only the error counts ("error"), or
+/// nothing ("none"); -ENODEV for an unknown bdev.
+pub(super) fn bdev_reset_iostat(ctx: &Arc<Ctx>, mut p: Params) -> RpcResult {
+    let name = p.opt_str("name")?;
+    let mode = match p.opt_str("mode")?.as_deref() {
+        None => Some(bdev::StatsReset::All),
+        Some(m) => {
+            let mut one = Params::new(Some(json!({ "mode": m })))?;
+            reset_mode(&mut one, "mode")?
+        }
+    };
+    p.finish()?;
+    let list: Vec<Bdev> = match name {
+        Some(n) => vec![bdev::get(&n).ok_or_else(|| RpcError::errno(-libc::ENODEV))?],
+        None => bdev::list(),
+    };
+    if let Some(mode) = mode {
+        reset_stats(ctx, list, mode)?;
+    }
+    Ok(json!(true))
 }
 
 pub(super) fn bdev_wait_for_examine(ctx: &Arc<Ctx>, p: Params) -> RpcResult {

@@ -172,6 +172,7 @@ pub fn table() -> Vec<Method> {
         rt("thread_get_stats", framework::thread_get_stats),
         rt("bdev_get_bdevs", bdev::bdev_get_bdevs),
         rt("bdev_get_iostat", bdev::bdev_get_iostat),
+        rt("bdev_reset_iostat", bdev::bdev_reset_iostat),
         rt("bdev_wait_for_examine", bdev::bdev_wait_for_examine),
     ];
     t.extend(::bdev::modules::rpc_methods().into_iter().map(Method::from));

@@ -76,7 +76,7 @@ pub(crate) struct ChanState {
     deferred: RefCell<VecDeque<(NonNull<BdevIo>, IoStatus)>>,
     in_submit: Cell<u32>,
     outstanding: Cell<usize>,
-    stats: Arc<ChannelStats>,
+    pub(crate) stats: Arc<ChannelStats>,
     /// Per-I/O latency tracking (a snapshot of the layer's setting).
     track: bool,
     /// The module's `io_type_supported`, one bit per type (asked once,
