@@ -28,30 +28,52 @@ fn malloc_passes_the_data_test() {
     });
 }
 
-#[test]
-fn nvme_module_over_the_controller_model() {
-    common::runtime();
-    let mem = DmaMemory::new(DmaConfig::anonymous(512 << 20)).unwrap();
-    bdev::set_memory(mem.clone());
-    let sim = Arc::new(SimController::new(
-        mem.clone(),
-        SimConfig {
-            namespaces: vec![(512, 65536), (4096, 8192)],
-            mdts: 5,
-            ..Default::default()
-        },
-    ));
+/// A controller model with `namespaces` (block size, blocks), brought up
+/// and attached on core 0 as `name` at `bdf` (with `policy`, else the
+/// module's recovery options); the model and the bdev names.
+fn attach_model(
+    mem: &DmaMemory,
+    cfg: SimConfig,
+    name: &'static str,
+    bdf: &'static str,
+    policy: Option<nvme::Recovery>,
+) -> (Arc<SimController>, Vec<String>) {
+    let sim = Arc::new(SimController::new(mem.clone(), cfg));
     let s2 = sim.clone();
     let names = on(0, move || async move {
         let ctrlr = Controller::with_registers(
-            "sim".into(),
+            name.to_lowercase(),
             s2,
             &bdev::memory(),
             ControllerOptions::default(),
         )
         .unwrap();
-        nvme::attach("Sim0", "0000:00:00.0".parse().unwrap(), ctrlr).unwrap()
+        let bdf = bdf.parse().unwrap();
+        match policy {
+            Some(p) => nvme::attach_with(name, bdf, ctrlr, p),
+            None => nvme::attach(name, bdf, ctrlr),
+        }
+        .unwrap()
     });
+    (sim, names)
+}
+
+#[test]
+fn nvme_module_over_the_controller_model() {
+    common::runtime();
+    let mem = DmaMemory::new(DmaConfig::anonymous(512 << 20)).unwrap();
+    bdev::set_memory(mem.clone());
+    let (sim, names) = attach_model(
+        &mem,
+        SimConfig {
+            namespaces: vec![(512, 65536), (4096, 8192)],
+            mdts: 5,
+            ..Default::default()
+        },
+        "Sim0",
+        "0000:00:00.0",
+        None,
+    );
     assert_eq!(names, vec!["Sim0n1", "Sim0n2"]);
     let b = bdev::get("Sim0n1").unwrap();
     assert_eq!(
@@ -252,34 +274,17 @@ fn a_controller_that_does_not_come_back(mem: &DmaMemory) {
             other => panic!("unexpected {other:?}"),
         };
     }
-    let sim = Arc::new(SimController::new(
-        mem.clone(),
-        SimConfig {
-            namespaces: vec![(512, 8192)],
-            ..Default::default()
-        },
-    ));
-    let s2 = sim.clone();
-    on(0, move || async move {
-        let ctrlr = Controller::with_registers(
-            "siml".into(),
-            s2,
-            &bdev::memory(),
-            ControllerOptions::default(),
-        )
-        .unwrap();
-        let policy = nvme::Recovery {
-            ctrlr_loss_timeout_sec: 4,
-            reconnect_delay_sec: 1,
-            fast_io_fail_timeout_sec: 2,
-        };
-        nvme::attach_with("SimL", "0000:00:02.0".parse().unwrap(), ctrlr, policy).unwrap()
-    });
-    let ctrlr = || {
-        nvme::controllers_list()
-            .into_iter()
-            .find(|c| c.name() == "SimL")
+    let policy = nvme::Recovery {
+        ctrlr_loss_timeout_sec: 4,
+        reconnect_delay_sec: 1,
+        fast_io_fail_timeout_sec: 2,
     };
+    let one_ns = SimConfig {
+        namespaces: vec![(512, 8192)],
+        ..Default::default()
+    };
+    let (sim, _) = attach_model(mem, one_ns, "SimL", "0000:00:02.0", Some(policy));
+    let ctrlr = || nvme::controller("SimL");
     // The opener on core 1 reads one block per SUBMIT step and closes on
     // Remove.
     on(1, || async {
@@ -438,24 +443,11 @@ fn a_removed_controller_fails_its_io_and_its_bdevs_go(mem: &DmaMemory) {
         assert_eq!(st, IoStatus::Failed, "an I/O of a removed controller");
         FAILED.fetch_add(1, Ordering::SeqCst);
     }
-    let sim = Arc::new(SimController::new(
-        mem.clone(),
-        SimConfig {
-            namespaces: vec![(512, 8192)],
-            ..Default::default()
-        },
-    ));
-    let s2 = sim.clone();
-    on(0, move || async move {
-        let ctrlr = Controller::with_registers(
-            "simr".into(),
-            s2,
-            &bdev::memory(),
-            ControllerOptions::default(),
-        )
-        .unwrap();
-        nvme::attach("SimR", "0000:00:01.0".parse().unwrap(), ctrlr).unwrap()
-    });
+    let one_ns = SimConfig {
+        namespaces: vec![(512, 8192)],
+        ..Default::default()
+    };
+    let (sim, _) = attach_model(mem, one_ns, "SimR", "0000:00:01.0", None);
     let removed = Arc::new(AtomicUsize::new(0));
     let holder: Arc<Mutex<Option<bdev::Desc>>> = Arc::default();
     let (r2, h2) = (removed.clone(), holder.clone());

@@ -378,14 +378,3 @@ impl Passthru {
         b
     }
 }
-
-/// Whether `e` is a command the reset took (worth trying again after it).
-pub fn aborted_by_reset(e: &NvmeError) -> bool {
-    matches!(
-        e,
-        NvmeError::Admin {
-            source: CommandError::AbortedByReset,
-            ..
-        }
-    )
-}

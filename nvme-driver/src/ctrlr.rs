@@ -495,11 +495,6 @@ impl Controller {
         self.last_reset_error.as_deref()
     }
 
-    /// Whether a reset is in progress.
-    pub fn resetting(&self) -> bool {
-        self.reset.is_some()
-    }
-
     pub(crate) fn shared(&self) -> &Shared {
         &self.shared
     }
@@ -729,15 +724,6 @@ impl Controller {
             } else {
                 TaskEnd::Nothing
             }
-        }));
-    }
-
-    /// Starts a namespace rescan (as a Namespace Attribute Changed notice
-    /// does); [`Controller::poll_admin`] runs it and delivers the events.
-    pub fn start_rescan(&mut self) {
-        let admin = self.admin();
-        self.tasks.push(Box::pin(async move {
-            TaskEnd::Namespaces(admin.identify_namespaces().await)
         }));
     }
 

@@ -58,7 +58,7 @@ pub mod sim;
 pub mod spec;
 pub mod status;
 
-pub use client::{AdminClient, AdminCommand, Passthru, aborted_by_reset};
+pub use client::{AdminClient, AdminCommand, Passthru};
 pub use ctrlr::{Controller, ControllerOptions, Namespace, NsEvent, NsEventHandler, Starting};
 pub use error::{NvmeError, SubmitError, SubmitErrorKind};
 pub use qpair::{IoQpair, QpairStats};

@@ -98,7 +98,10 @@ pub(super) fn bdev_get_iostat(ctx: &Arc<Ctx>, mut p: Params) -> RpcResult {
     let names = p.opt_str_list("names")?;
     p.unsupported("per_channel", json!(false))?;
     // Reset after reading, as `bdev_reset_iostat` does.
-    let reset = reset_mode(&mut p, "reset_mode")?;
+    let reset = match p.opt_str("reset_mode")? {
+        Some(v) => reset_mode("reset_mode", &v)?,
+        None => None,
+    };
     p.finish()?;
     let list: Vec<Bdev> = match (name, names) {
         (Some(n), _) => vec![bdev::get(&n).ok_or_else(|| RpcError::errno(-libc::ENODEV))?],
@@ -155,14 +158,15 @@ pub(super) fn bdev_get_iostat(ctx: &Arc<Ctx>, mut p: Params) -> RpcResult {
     }))
 }
 
-/// SPDK's reset modes: all, maxmin, error, none (None: no reset).
-fn reset_mode(p: &mut Params, key: &str) -> Result<Option<bdev::StatsReset>, RpcError> {
-    Ok(match p.opt_str(key)?.as_deref() {
-        None | Some("none") => None,
-        Some("all") => Some(bdev::StatsReset::All),
-        Some("maxmin") => Some(bdev::StatsReset::MaxMin),
-        Some("error") => Some(bdev::StatsReset::Errors),
-        Some(other) => {
+/// SPDK's reset mode `v` of parameter `key`: all, maxmin, error, none
+/// (None: no reset).
+fn reset_mode(key: &str, v: &str) -> Result<Option<bdev::StatsReset>, RpcError> {
+    Ok(match v {
+        "none" => None,
+        "all" => Some(bdev::StatsReset::All),
+        "maxmin" => Some(bdev::StatsReset::MaxMin),
+        "error" => Some(bdev::StatsReset::Errors),
+        other => {
             return Err(RpcError::invalid_params(format!(
                 "{key} {other:?}: all, maxmin, error or none"
             )));
@@ -185,12 +189,9 @@ fn reset_stats(ctx: &Arc<Ctx>, list: Vec<Bdev>, mode: bdev::StatsReset) -> Resul
 /// nothing ("none"); -ENODEV for an unknown bdev.
 pub(super) fn bdev_reset_iostat(ctx: &Arc<Ctx>, mut p: Params) -> RpcResult {
     let name = p.opt_str("name")?;
-    let mode = match p.opt_str("mode")?.as_deref() {
+    let mode = match p.opt_str("mode")? {
+        Some(v) => reset_mode("mode", &v)?,
         None => Some(bdev::StatsReset::All),
-        Some(m) => {
-            let mut one = Params::new(Some(json!({ "mode": m })))?;
-            reset_mode(&mut one, "mode")?
-        }
     };
     p.finish()?;
     let list: Vec<Bdev> = match name {

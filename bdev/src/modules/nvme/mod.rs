@@ -733,7 +733,7 @@ fn on_ns_event(ctrlr: &str, ev: &NsEvent) {
             let (ctrlr, ns) = (ctrlr.to_owned(), ns.clone());
             log::info!("nvme {ctrlr}: namespace {} appeared", ns.nsid);
             drop(reactor::spawn(async move {
-                let c = controllers().get(&ctrlr).cloned();
+                let c = controller(&ctrlr);
                 if let Some(c) = c
                     && let Err(e) = register_ns(&c, &ns)
                 {
@@ -796,6 +796,11 @@ async fn remove_gone(name: &str) {
         poll_until(|| c.lock().poll_shutdown()).await;
     }
     log::info!("nvme {name}: removed");
+}
+
+/// The attached controller `name`.
+pub fn controller(name: &str) -> Option<Arc<NvmeCtrlr>> {
+    controllers().get(name).cloned()
 }
 
 /// The attached controllers.

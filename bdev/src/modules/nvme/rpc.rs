@@ -335,15 +335,13 @@ pub struct ResetParams {
     pub cntlid: Option<u16>,
 }
 
-/// Resets the controller: commands outstanding complete as aborted by the
-/// reset, queues are re-created, its bdevs stay. `true`, or -ENODEV for an
+/// Resets the controller (an orderly reset: see `NvmeCtrlr::reset`);
+/// queues are re-created, its bdevs stay. `true`, or -ENODEV for an
 /// unknown controller (or controller ID), as SPDK.
 fn reset_controller(params: Value) -> Result<Call, RpcError> {
     let p: ResetParams = decode(params)?;
     Ok(Call::reactor(move || async move {
-        let c = super::controllers_list()
-            .into_iter()
-            .find(|c| c.name() == p.name)
+        let c = super::controller(&p.name)
             .filter(|c| p.cntlid.is_none_or(|id| id == c.cntlid()))
             .ok_or_else(|| RpcError::errno(-libc::ENODEV))?;
         c.reset().await.map_err(bdev_err)?;
@@ -430,10 +428,7 @@ fn get_controller_health_info(params: Value) -> Result<Call, RpcError> {
         message: "Invalid parameters".into(),
     })?;
     Ok(Call::reactor(move || async move {
-        let Some(c) = super::controllers_list()
-            .into_iter()
-            .find(|c| c.name() == p.name)
-        else {
+        let Some(c) = super::controller(&p.name) else {
             log::error!("nvme ctrlr name '{}' does not exist", p.name);
             return Err(RpcError {
                 code: -32603,
@@ -596,10 +591,7 @@ fn send_cmd(params: Value) -> Result<Call, RpcError> {
         return Err(invalid("data beyond 1 MiB".into()));
     }
     Ok(Call::reactor(move || async move {
-        let Some(c) = super::controllers_list()
-            .into_iter()
-            .find(|c| c.name() == p.name)
-        else {
+        let Some(c) = super::controller(&p.name) else {
             return Err(RpcError::errno(-libc::ENODEV));
         };
         let r = c
