@@ -257,7 +257,7 @@ fn fuzz_nbd_parsers() {
             assert_eq!(proto::encode_request(&req), b, "round trip");
             let bs = 512u32 << r.below(4);
             let size = (r.next() % (1 << 40)) / bs as u64 * bs as u64;
-            match proto::plan(&req, size, bs, r.below(2) == 0) {
+            match proto::plan(&req, size, bs, r.below(2) == 0, r.below(2) == 0) {
                 proto::Plan::Io {
                     offset_blocks,
                     num_blocks,

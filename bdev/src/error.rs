@@ -64,6 +64,14 @@ pub enum BdevError {
     /// No free I/O object on this channel: retry after completions.
     #[error("no free I/O on this channel (all {0} in use)")]
     NoMem(usize),
+    /// No DMA buffer of this size could be had.
+    #[error("no DMA buffer of {len} bytes: {reason}")]
+    NoBuffer {
+        /// Bytes asked for.
+        len: usize,
+        /// Why.
+        reason: String,
+    },
     /// The call must be made on a reactor thread.
     #[error("{0} must be called on a reactor thread")]
     NotOnReactor(&'static str),
@@ -93,7 +101,7 @@ impl BdevError {
             BdevError::Claimed { .. } | BdevError::NotPermitted(_) => -libc_errno::EPERM,
             BdevError::Removing(_) | BdevError::Busy { .. } => -libc_errno::EBUSY,
             BdevError::ReadOnly(_) => -libc_errno::EBADF,
-            BdevError::NoMem(_) => -libc_errno::ENOMEM,
+            BdevError::NoMem(_) | BdevError::NoBuffer { .. } => -libc_errno::ENOMEM,
             BdevError::NotOnReactor(_) => -libc_errno::EINVAL,
             BdevError::Module { .. } => -libc_errno::EIO,
         }

@@ -1,4 +1,5 @@
-//! The NBD wire protocol (fixed newstyle handshake, simple replies): magic
+//! The NBD wire protocol (fixed newstyle handshake, simple and structured
+//! replies): magic
 //! numbers, flags, and pure parsers and encoders for every message the
 //! server reads or writes. No I/O here: the fuzz harnesses drive
 //! [`parse_request`], [`parse_option_header`] and [`parse_info_request`]
@@ -14,6 +15,8 @@ pub const REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
 pub const REQUEST_MAGIC: u32 = 0x2560_9513;
 /// Magic of simple replies.
 pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+/// Magic of structured reply chunks.
+pub const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
 
 /// Handshake flag: fixed newstyle.
 pub const FLAG_FIXED_NEWSTYLE: u16 = 1;
@@ -32,6 +35,8 @@ pub const TF_SEND_FUA: u16 = 1 << 3;
 pub const TF_SEND_TRIM: u16 = 1 << 5;
 /// Transmission flag: WRITE_ZEROES is supported.
 pub const TF_SEND_WRITE_ZEROES: u16 = 1 << 6;
+/// Transmission flag: the DF (don't fragment) command flag is honoured.
+pub const TF_SEND_DF: u16 = 1 << 7;
 
 /// Option: export name (old style, no reply on failure).
 pub const OPT_EXPORT_NAME: u32 = 1;
@@ -45,6 +50,8 @@ pub const OPT_STARTTLS: u32 = 5;
 pub const OPT_INFO: u32 = 6;
 /// Option: describe and select an export.
 pub const OPT_GO: u32 = 7;
+/// Option: structured replies.
+pub const OPT_STRUCTURED_REPLY: u32 = 8;
 
 /// Reply: done.
 pub const REP_ACK: u32 = 1;
@@ -72,8 +79,19 @@ pub const INFO_BLOCK_SIZE: u16 = 3;
 pub const CMD_FLAG_FUA: u16 = 1;
 /// Command flag: write zeroes must not punch holes.
 pub const CMD_FLAG_NO_HOLE: u16 = 1 << 1;
+/// Command flag: don't fragment a read's reply (structured replies only).
+pub const CMD_FLAG_DF: u16 = 1 << 2;
 /// Command flag: fast zero (fail if zeroing would be slow).
 pub const CMD_FLAG_FAST_ZERO: u16 = 1 << 4;
+
+/// Structured reply flag: the last chunk of the reply.
+pub const REPLY_FLAG_DONE: u16 = 1;
+/// Structured reply chunk: nothing (a successful reply without data).
+pub const REPLY_TYPE_NONE: u16 = 0;
+/// Structured reply chunk: data at an offset.
+pub const REPLY_TYPE_OFFSET_DATA: u16 = 1;
+/// Structured reply chunk: an error with a message.
+pub const REPLY_TYPE_ERROR: u16 = (1 << 15) + 1;
 
 /// NBD error numbers (the protocol's, same as Linux's).
 pub mod errno {
@@ -230,6 +248,49 @@ pub fn simple_reply(error: u32, handle: u64) -> [u8; 16] {
     b
 }
 
+/// The header of a structured reply chunk whose payload is `length`
+/// bytes.
+pub fn structured_header(flags: u16, ty: u16, handle: u64, length: u32) -> [u8; 20] {
+    let mut b = [0u8; 20];
+    b[0..4].copy_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
+    b[4..6].copy_from_slice(&flags.to_be_bytes());
+    b[6..8].copy_from_slice(&ty.to_be_bytes());
+    b[8..16].copy_from_slice(&handle.to_be_bytes());
+    b[16..20].copy_from_slice(&length.to_be_bytes());
+    b
+}
+
+/// The final chunk of a structured reply that carries `data_len` bytes
+/// read at `offset` (the data follows these 28 bytes).
+pub fn structured_data_header(handle: u64, offset: u64, data_len: u32) -> [u8; 28] {
+    let mut b = [0u8; 28];
+    let h = structured_header(
+        REPLY_FLAG_DONE,
+        REPLY_TYPE_OFFSET_DATA,
+        handle,
+        data_len + 8,
+    );
+    b[..20].copy_from_slice(&h);
+    b[20..28].copy_from_slice(&offset.to_be_bytes());
+    b
+}
+
+/// A complete structured error reply (final chunk) with a message.
+pub fn structured_error(handle: u64, error: u32, message: &str) -> Vec<u8> {
+    let msg = &message.as_bytes()[..message.len().min(4096)];
+    let mut b = Vec::with_capacity(26 + msg.len());
+    b.extend_from_slice(&structured_header(
+        REPLY_FLAG_DONE,
+        REPLY_TYPE_ERROR,
+        handle,
+        6 + msg.len() as u32,
+    ));
+    b.extend_from_slice(&error.to_be_bytes());
+    b.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+    b.extend_from_slice(msg);
+    b
+}
+
 /// The server's first 18 bytes.
 pub fn server_greeting() -> [u8; 18] {
     let mut b = [0u8; 18];
@@ -338,11 +399,13 @@ pub enum Plan {
 }
 
 /// Checks a request against the export: bounds (`size` bytes), alignment
-/// to `block_size`, payload size, flags.
-pub fn plan(r: &Request, size: u64, block_size: u32, trim: bool) -> Plan {
+/// to `block_size`, payload size, flags (DF on reads only once structured
+/// replies were negotiated).
+pub fn plan(r: &Request, size: u64, block_size: u32, trim: bool, structured: bool) -> Plan {
     let bs = block_size as u64;
     let data = matches!(r.command, Command::Read | Command::Write);
     let allowed_flags = match r.command {
+        Command::Read if structured => CMD_FLAG_DF,
         Command::Write | Command::Trim => CMD_FLAG_FUA,
         Command::WriteZeroes => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO,
         _ => 0,
@@ -392,6 +455,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn structured_chunks() {
+        let d = structured_data_header(7, 4096, 512);
+        assert_eq!(&d[0..4], &STRUCTURED_REPLY_MAGIC.to_be_bytes());
+        assert_eq!(&d[4..6], &REPLY_FLAG_DONE.to_be_bytes());
+        assert_eq!(&d[6..8], &REPLY_TYPE_OFFSET_DATA.to_be_bytes());
+        assert_eq!(&d[8..16], &7u64.to_be_bytes());
+        assert_eq!(&d[16..20], &520u32.to_be_bytes());
+        assert_eq!(&d[20..28], &4096u64.to_be_bytes());
+        let e = structured_error(9, errno::EIO, "I/O error");
+        assert_eq!(&e[6..8], &REPLY_TYPE_ERROR.to_be_bytes());
+        assert_eq!(&e[16..20], &(6 + 9u32).to_be_bytes());
+        assert_eq!(&e[20..24], &errno::EIO.to_be_bytes());
+        assert_eq!(&e[24..26], &9u16.to_be_bytes());
+        assert_eq!(&e[26..], b"I/O error");
+    }
+
+    #[test]
     fn request_round_trip_and_magic() {
         let r = Request {
             flags: CMD_FLAG_FUA,
@@ -438,43 +518,101 @@ mod tests {
         };
         let size = 1 << 20;
         assert_eq!(
-            plan(&req(Command::Read, 512, 1024, 0), size, 512, true),
+            plan(&req(Command::Read, 512, 1024, 0), size, 512, true, false),
             Plan::Io {
                 offset_blocks: 1,
                 num_blocks: 2
             }
         );
         assert_eq!(
-            plan(&req(Command::Read, size - 512, 1024, 0), size, 512, true),
+            plan(
+                &req(Command::Read, size - 512, 1024, 0),
+                size,
+                512,
+                true,
+                false
+            ),
             Plan::Fail(errno::EINVAL)
         );
         assert_eq!(
-            plan(&req(Command::Write, size, 512, 0), size, 512, true),
+            plan(&req(Command::Write, size, 512, 0), size, 512, true, false),
             Plan::Fail(errno::ENOSPC)
         );
         assert_eq!(
-            plan(&req(Command::Write, u64::MAX, 512, 0), size, 512, true),
+            plan(
+                &req(Command::Write, u64::MAX, 512, 0),
+                size,
+                512,
+                true,
+                false
+            ),
             Plan::Fail(errno::EINVAL)
         );
         assert_eq!(
-            plan(&req(Command::Write, 1, 512, 0), size, 512, true),
+            plan(&req(Command::Write, 1, 512, 0), size, 512, true, false),
             Plan::Fail(errno::EINVAL)
         );
         assert_eq!(
-            plan(&req(Command::Write, 0, MAX_PAYLOAD + 1, 0), size, 512, true),
+            plan(
+                &req(Command::Write, 0, MAX_PAYLOAD + 1, 0),
+                size,
+                512,
+                true,
+                false
+            ),
             Plan::Close
         );
         assert_eq!(
-            plan(&req(Command::Read, 0, 512, CMD_FLAG_FUA), size, 512, true),
+            plan(
+                &req(Command::Read, 0, 512, CMD_FLAG_FUA),
+                size,
+                512,
+                true,
+                false
+            ),
             Plan::Fail(errno::EINVAL)
         );
         assert_eq!(
-            plan(&req(Command::Trim, 0, 512, 0), size, 512, false),
+            plan(&req(Command::Trim, 0, 512, 0), size, 512, false, false),
             Plan::Fail(errno::EINVAL)
         );
         assert_eq!(
-            plan(&req(Command::Disc, 0, 0, 0), size, 512, true),
+            plan(&req(Command::Disc, 0, 0, 0), size, 512, true, false),
             Plan::Disconnect
+        );
+        // DF on a read: only once structured replies are on.
+        assert_eq!(
+            plan(
+                &req(Command::Read, 0, 512, CMD_FLAG_DF),
+                size,
+                512,
+                true,
+                false
+            ),
+            Plan::Fail(errno::EINVAL)
+        );
+        assert_eq!(
+            plan(
+                &req(Command::Read, 0, 512, CMD_FLAG_DF),
+                size,
+                512,
+                true,
+                true
+            ),
+            Plan::Io {
+                offset_blocks: 0,
+                num_blocks: 1
+            }
+        );
+        assert_eq!(
+            plan(
+                &req(Command::Write, 0, 512, CMD_FLAG_DF),
+                size,
+                512,
+                true,
+                true
+            ),
+            Plan::Fail(errno::EINVAL)
         );
     }
 }

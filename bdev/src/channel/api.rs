@@ -78,6 +78,29 @@ impl BdevChannel {
         self.state().pool_size
     }
 
+    /// A DMA buffer of at least `len` bytes from this core's buffer cache:
+    /// the common sizes (up to 128 KiB) come without allocation or lock;
+    /// give it back with [`BdevChannel::free_buf`]. Its length may exceed
+    /// `len` (the size class); the buffer-owning calls accept that.
+    ///
+    /// # Errors
+    /// [`BdevError::NoBuffer`] when DMA memory is exhausted.
+    pub fn alloc_buf(&self, len: usize) -> Result<DmaBuf, BdevError> {
+        self.state()
+            .cache()
+            .alloc(len)
+            .map_err(|e| BdevError::NoBuffer {
+                len,
+                reason: e.to_string(),
+            })
+    }
+
+    /// Returns a buffer to this core's cache (one of another size or
+    /// memory is freed).
+    pub fn free_buf(&self, buf: DmaBuf) {
+        self.state().cache().free(buf);
+    }
+
     pub(super) fn check(
         &self,
         ty: IoType,
