@@ -13,6 +13,7 @@ use crate::desc::DescInner;
 use crate::error::BdevError;
 use crate::ops::ErasedOps;
 pub use crate::props::BdevProps;
+use crate::qos::{QosLimits, QosUpdate};
 use crate::stats::{ChannelStats, IoStats};
 use crate::types::{BdevEvent, IoType};
 
@@ -41,6 +42,13 @@ pub(crate) struct BdevInner {
     state: AtomicU8,
     pub channel_stats: Mutex<Vec<Weak<ChannelStats>>>,
     pub retired_stats: Mutex<IoStats>,
+    /// Rate limits (`bdev_set_qos_limit`).
+    pub qos: crate::qos::Qos,
+    /// Latency histograms are kept (`bdev_enable_histogram`): new
+    /// channels start one.
+    pub histogram: std::sync::atomic::AtomicBool,
+    /// The I/O type the histograms count (None: every type).
+    pub histogram_opc: Mutex<Option<IoType>>,
 }
 
 impl BdevInner {
@@ -66,6 +74,9 @@ impl BdevInner {
             state: AtomicU8::new(State::Active as u8),
             channel_stats: Mutex::new(Vec::new()),
             retired_stats: Mutex::new(IoStats::default()),
+            qos: crate::qos::Qos::default(),
+            histogram: std::sync::atomic::AtomicBool::new(false),
+            histogram_opc: Mutex::new(None),
         }
     }
 
@@ -249,9 +260,98 @@ impl Bdev {
     pub fn is_removing(&self) -> bool {
         self.inner.state() == State::Removing
     }
+
+    /// Its QoS rate limits (0 = none).
+    pub fn qos_limits(&self) -> QosLimits {
+        self.inner.qos.limits()
+    }
+
+    /// Changes its QoS rate limits (`bdev_set_qos_limit`): enforced over
+    /// every core's channel at once from the next I/O; I/O over a limit
+    /// waits in its channel (never fails); removing the last limit lets
+    /// what waits go. Returns the limits now in force (I/O limits rounded
+    /// up to a multiple of 1000, as SPDK). The slices are refilled by a
+    /// task on this core.
+    ///
+    /// # Errors
+    /// [`BdevError::NotOnReactor`] off a reactor thread.
+    pub fn set_qos_limits(&self, update: QosUpdate) -> Result<QosLimits, BdevError> {
+        if reactor::current_core().is_none() {
+            return Err(BdevError::NotOnReactor("set_qos_limits"));
+        }
+        let new = update.apply(self.qos_limits());
+        if let Some(generation) = self.inner.qos.set(new) {
+            let weak = Arc::downgrade(&self.inner);
+            drop(reactor::spawn(async move {
+                let slice = crate::qos::SLICE.as_nanos() as u64;
+                let mut last = reactor::clock_ns();
+                loop {
+                    reactor::sleep(crate::qos::SLICE).await;
+                    let Some(b) = weak.upgrade() else { break };
+                    if !b.qos.current(generation) || b.state() == State::Removing {
+                        break;
+                    }
+                    let now = reactor::clock_ns();
+                    let slices = now.saturating_sub(last) / slice;
+                    if slices > 0 {
+                        last += slices * slice;
+                        b.qos.refill(slices);
+                    }
+                }
+            }));
+        }
+        log::info!("bdev {}: QoS limits {new:?}", self.name());
+        Ok(new)
+    }
 }
 
 impl Bdev {
+    /// Starts or stops its latency histograms (`bdev_enable_histogram`):
+    /// one per channel, of every I/O type or of `opc` alone; stopping
+    /// drops what they counted.
+    ///
+    /// # Errors
+    /// As [`Bdev::reset_stats`].
+    pub async fn enable_histogram(&self, on: bool, opc: Option<IoType>) -> Result<(), BdevError> {
+        *self
+            .inner
+            .histogram_opc
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = opc;
+        self.inner.histogram.store(on, Ordering::Release);
+        self.visit_channels(move |c| c.set_histogram(on, opc)).await
+    }
+
+    /// Whether latency histograms are kept.
+    pub fn histogram_enabled(&self) -> bool {
+        self.inner.histogram.load(Ordering::Acquire)
+    }
+
+    /// The latency histogram over every channel (`bdev_get_histogram`):
+    /// SPDK's layout, base64 ([`HISTOGRAM_BUCKET_SHIFT`], ticks of
+    /// [`HISTOGRAM_TICK_RATE`] per second); None when histograms are off.
+    ///
+    /// # Errors
+    /// As [`Bdev::reset_stats`].
+    pub async fn histogram(&self) -> Result<Option<String>, BdevError> {
+        if !self.histogram_enabled() {
+            return Ok(None);
+        }
+        let sum = Arc::new(Mutex::new(crate::histogram::new()));
+        let s = sum.clone();
+        self.visit_channels(move |c| {
+            if let Some(h) = c.histogram.borrow().as_ref() {
+                let mut s = s.lock().unwrap_or_else(|p| p.into_inner());
+                for (t, v) in s.iter_mut().zip(h.iter()) {
+                    *t += v;
+                }
+            }
+        })
+        .await?;
+        let s = sum.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(Some(crate::histogram::encode(&s)))
+    }
+
     /// Runs `f` with this bdev's layer channel on every core that has one,
     /// core after core by message, and resolves when the visit is over.
     pub(crate) async fn visit_channels(

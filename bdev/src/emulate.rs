@@ -137,6 +137,18 @@ pub(crate) fn abort(s: &Rc<ChanState>, p: NonNull<BdevIo>) {
         n += 1;
         finish_aborted(s, v);
     }
+    loop {
+        let pos = s
+            .qos_queue
+            .borrow()
+            .iter()
+            .position(|q| abortable(*q, target));
+        let Some(v) = pos.and_then(|i| s.qos_queue.borrow_mut().remove(i)) else {
+            break;
+        };
+        n += 1;
+        finish_aborted(s, v);
+    }
     complete(
         p,
         if n > 0 {

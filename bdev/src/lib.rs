@@ -76,12 +76,14 @@ mod emulate;
 mod env;
 mod error;
 mod handle;
+mod histogram;
 mod io;
 mod medium;
 mod module;
 pub mod modules;
 mod ops;
 mod props;
+mod qos;
 mod quiesce;
 mod registry;
 mod reset;
@@ -100,10 +102,12 @@ pub use env::{
 };
 pub use error::BdevError;
 pub use handle::IoHandle;
+pub use histogram::{BUCKET_SHIFT as HISTOGRAM_BUCKET_SHIFT, TICK_RATE as HISTOGRAM_TICK_RATE};
 pub use io::{BdevIo, IoCallback, MAX_IOV, MODULE_CTX_WORDS, Segments, SegmentsMut, ZcopyPhase};
 pub use medium::Medium;
 pub use module::{BdevModule, ExamineFuture, ModuleFuture, ModuleTask};
 pub use ops::BdevOps;
+pub use qos::{MIN_IOS_PER_SEC, QosLimits, QosUpdate};
 pub use registry::{
     config_calls, examines_in_flight, fini, get, list, modules as registered_modules, new_uuid,
     register, register_module, unregister, wait_for_examine,

@@ -243,12 +243,45 @@ pub fn config_calls() -> Vec<serde_json::Value> {
         }
         for b in ready {
             done.insert(b.name().to_owned());
-            out.extend(b.write_config_json());
+            if let Some(c) = b.write_config_json() {
+                out.push(c);
+                out.extend(qos_config(b));
+            }
         }
         pending = rest;
     }
+    // The QoS of bdevs made by their module's own configuration (NVMe
+    // namespaces): once every bdev is there.
+    out.extend(
+        bdevs
+            .iter()
+            .filter(|b| b.write_config_json().is_none())
+            .filter_map(qos_config),
+    );
     out.push(serde_json::json!({ "method": "bdev_wait_for_examine" }));
     out
+}
+
+/// `bdev_set_qos_limit` for a bdev with limits (only the limits set, as
+/// SPDK writes it).
+fn qos_config(b: &Bdev) -> Option<serde_json::Value> {
+    let l = b.qos_limits();
+    if !l.any() {
+        return None;
+    }
+    let mut params = serde_json::Map::new();
+    params.insert("name".into(), b.name().into());
+    for (k, v) in [
+        ("rw_ios_per_sec", l.rw_ios_per_sec),
+        ("rw_mbytes_per_sec", l.rw_mbytes_per_sec),
+        ("r_mbytes_per_sec", l.r_mbytes_per_sec),
+        ("w_mbytes_per_sec", l.w_mbytes_per_sec),
+    ] {
+        if v > 0 {
+            params.insert(k.into(), v.into());
+        }
+    }
+    Some(serde_json::json!({ "method": "bdev_set_qos_limit", "params": params }))
 }
 
 /// The registered modules' names.

@@ -1,6 +1,6 @@
 //! RESET as SPDK's bdev layer does it: one reset of a bdev at a time (the
 //! others wait for it); every channel is frozen — new I/O ends ABORTED and
-//! I/O queued in the layer for resources is aborted — then, if the module
+//! I/O queued in the layer for resources or for QoS is aborted — then, if the module
 //! set a drain timeout ([`crate::BdevProps::reset_io_drain_timeout`]), the
 //! layer waits up to that long for the I/O in flight to end and, if it
 //! does, the reset succeeds without reaching the module; otherwise (or
@@ -84,6 +84,12 @@ fn freeze(s: &Rc<ChanState>) {
         if io.parent.is_none() {
             io.split.active = false;
         }
+        finish(s, v, IoStatus::Aborted);
+    }
+    // I/O waiting for QoS is aborted too (as SPDK's reset does).
+    loop {
+        let next = s.qos_queue.borrow_mut().pop_front();
+        let Some(v) = next else { break };
         finish(s, v, IoStatus::Aborted);
     }
 }

@@ -47,6 +47,7 @@ pub fn bdev_json(b: &Bdev) -> Value {
         );
     }
     let claimed = b.claimed_by();
+    let qos = b.qos_limits();
     let mut v = json!({
         "name": b.name(),
         "aliases": b.aliases(),
@@ -55,10 +56,10 @@ pub fn bdev_json(b: &Bdev) -> Value {
         "num_blocks": b.num_blocks(),
         "uuid": b.uuid(),
         "assigned_rate_limits": {
-            "rw_ios_per_sec": 0,
-            "rw_mbytes_per_sec": 0,
-            "r_mbytes_per_sec": 0,
-            "w_mbytes_per_sec": 0,
+            "rw_ios_per_sec": qos.rw_ios_per_sec,
+            "rw_mbytes_per_sec": qos.rw_mbytes_per_sec,
+            "r_mbytes_per_sec": qos.r_mbytes_per_sec,
+            "w_mbytes_per_sec": qos.w_mbytes_per_sec,
         },
         "claimed": claimed.is_some(),
         "zoned": false,
@@ -202,6 +203,86 @@ pub(super) fn bdev_reset_iostat(ctx: &Arc<Ctx>, mut p: Params) -> RpcResult {
         reset_stats(ctx, list, mode)?;
     }
     Ok(json!(true))
+}
+
+/// `bdev_set_qos_limit`: rate limits of one bdev (SPDK's units: I/O per
+/// second rounded up to a multiple of 1000, MiB per second; 0 removes a
+/// limit, a key left out keeps it). -19 for an unknown bdev, -22 when no
+/// limit is given.
+pub(super) fn bdev_set_qos_limit(ctx: &Arc<Ctx>, mut p: Params) -> RpcResult {
+    let name = p.str("name")?;
+    let update = bdev::QosUpdate {
+        rw_ios_per_sec: p.opt_u64("rw_ios_per_sec")?,
+        rw_mbytes_per_sec: p.opt_u64("rw_mbytes_per_sec")?,
+        r_mbytes_per_sec: p.opt_u64("r_mbytes_per_sec")?,
+        w_mbytes_per_sec: p.opt_u64("w_mbytes_per_sec")?,
+    };
+    p.finish()?;
+    let b = bdev::get(&name).ok_or_else(|| RpcError::errno(-libc::ENODEV))?;
+    if update.is_empty() {
+        return Err(RpcError {
+            code: -libc::EINVAL,
+            message: "No rate limits specified".into(),
+        });
+    }
+    if let Some(ios) = update.rw_ios_per_sec
+        && ios % bdev::MIN_IOS_PER_SEC != 0
+    {
+        log::warn!(
+            "bdev {name}: rate limit {ios} is not a multiple of {}: rounded up",
+            bdev::MIN_IOS_PER_SEC
+        );
+    }
+    ctx.on_reactor(move || async move { b.set_qos_limits(update) })?
+        .map_err(super::bdev_err)?;
+    Ok(json!(true))
+}
+
+/// `bdev_enable_histogram`: starts (`enable` true) or stops a bdev's
+/// latency histograms, of every I/O type or of `opc` (SPDK's type names).
+pub(super) fn bdev_enable_histogram(ctx: &Arc<Ctx>, mut p: Params) -> RpcResult {
+    let name = p.str("name")?;
+    let enable = p
+        .opt_bool("enable")?
+        .ok_or_else(|| RpcError::invalid_params("missing enable"))?;
+    let opc = match p.opt_str("opc")? {
+        None => None,
+        Some(o) => Some(
+            IoType::ALL
+                .iter()
+                .copied()
+                .find(|t| t.name() == o)
+                .ok_or_else(|| RpcError::invalid_params("Invalid Io type"))?,
+        ),
+    };
+    p.finish()?;
+    let b = bdev::get(&name).ok_or_else(|| RpcError::errno(-libc::ENODEV))?;
+    ctx.on_reactor(move || async move { b.enable_histogram(enable, opc).await })?
+        .map_err(super::bdev_err)?;
+    Ok(json!(true))
+}
+
+/// `bdev_get_histogram`: the merged histogram in SPDK's layout (base64,
+/// `bucket_shift`, `tsc_rate`); -EFAULT ("Bad address", as SPDK) when
+/// histograms are off.
+pub(super) fn bdev_get_histogram(ctx: &Arc<Ctx>, mut p: Params) -> RpcResult {
+    let name = p.str("name")?;
+    p.finish()?;
+    let b = bdev::get(&name).ok_or_else(|| RpcError::errno(-libc::ENODEV))?;
+    let h = ctx
+        .on_reactor(move || async move { b.histogram().await })?
+        .map_err(super::bdev_err)?;
+    let Some(h) = h else {
+        return Err(RpcError {
+            code: crate::jsonrpc::INTERNAL_ERROR,
+            message: "Bad address".into(),
+        });
+    };
+    Ok(json!({
+        "histogram": h,
+        "bucket_shift": bdev::HISTOGRAM_BUCKET_SHIFT,
+        "tsc_rate": bdev::HISTOGRAM_TICK_RATE,
+    }))
 }
 
 pub(super) fn bdev_wait_for_examine(ctx: &Arc<Ctx>, p: Params) -> RpcResult {

@@ -174,6 +174,9 @@ pub fn table() -> Vec<Method> {
         rt("bdev_get_iostat", bdev::bdev_get_iostat),
         rt("bdev_reset_iostat", bdev::bdev_reset_iostat),
         rt("bdev_wait_for_examine", bdev::bdev_wait_for_examine),
+        rt("bdev_set_qos_limit", bdev::bdev_set_qos_limit),
+        rt("bdev_enable_histogram", bdev::bdev_enable_histogram),
+        rt("bdev_get_histogram", bdev::bdev_get_histogram),
     ];
     t.extend(::bdev::modules::rpc_methods().into_iter().map(Method::from));
     t.extend([

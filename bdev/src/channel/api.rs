@@ -208,7 +208,7 @@ impl BdevChannel {
         io.cb = Some(cb);
         io.ctx = ctx;
         io.buf = buf;
-        io.start = if s.track { crate::env::io_clock() } else { 0 };
+        io.start = if s.timed() { crate::env::io_clock() } else { 0 };
         setup(io);
         s.outstanding.set(s.outstanding.get() + 1);
         io.epoch = s.quiesce.epoch();
@@ -222,6 +222,11 @@ impl BdevChannel {
         if s.quiesce.holds(io) {
             // In a quiesced range: waits for the unquiesce.
             s.quiesce.hold(p);
+            return Ok(());
+        }
+        if s.qos_holds(io) {
+            // Over the bdev's rate limits: waits for a slice's refill.
+            s.qos_queue.borrow_mut().push_back(p);
             return Ok(());
         }
         // Whatever completes during the submission (NOT-SUPPORTED, the

@@ -68,6 +68,9 @@ pub(crate) fn finish(s: &Rc<ChanState>, mut p: NonNull<BdevIo>, status: IoStatus
         } else {
             s.stats.record(io.ty, bytes, None, ok);
         }
+        if io.start != 0 {
+            tally(s, io);
+        }
     }
     s.retire(io);
     let status = if io.zcopy.refused {
@@ -82,6 +85,22 @@ pub(crate) fn finish(s: &Rc<ChanState>, mut p: NonNull<BdevIo>, status: IoStatus
     if s.retry_due() {
         retry_nomem(s);
     }
+}
+
+/// Counts a timed I/O in the channel's histogram, if it keeps one.
+#[inline]
+fn tally(s: &ChanState, io: &BdevIo) {
+    let mut h = s.histogram.borrow_mut();
+    let Some(h) = h.as_mut() else { return };
+    if s.histogram_opc.get().is_some_and(|t| t != io.ty) {
+        return;
+    }
+    let end = if io.end != 0 {
+        io.end
+    } else {
+        crate::env::io_clock()
+    };
+    h[crate::histogram::index(end.saturating_sub(io.start))] += 1;
 }
 
 /// Calls the submitter's callback; with latency tracking, what it submits

@@ -90,6 +90,14 @@ pub(crate) struct ChanState {
     pub(crate) quiesce: crate::quiesce::ChannelQuiesce,
     cache: RefCell<DmaCache>,
     zero_buf: RefCell<Option<DmaBuf>>,
+    /// I/O over the bdev's QoS limits, in order, until a slice refills.
+    pub(crate) qos_queue: RefCell<VecDeque<NonNull<BdevIo>>>,
+    /// This channel's latency histogram (`bdev_enable_histogram`).
+    pub(crate) histogram: RefCell<Option<Box<[u64]>>>,
+    /// The I/O type the histogram counts (None: all).
+    pub(crate) histogram_opc: Cell<Option<IoType>>,
+    /// A histogram is kept (I/O is timed for it).
+    histogram_on: Cell<bool>,
 }
 
 impl Chan {
@@ -99,6 +107,7 @@ impl Chan {
             log::error!("bdev {}: no channel on core {core}: {e}", bdev.props.name);
         }
         let pool_size = crate::env::io_pool_size();
+        let hist_opc = *bdev.histogram_opc.lock().unwrap_or_else(|p| p.into_inner());
         let stats = Arc::new(ChannelStats::default());
         bdev.channel_stats
             .lock()
@@ -125,6 +134,14 @@ impl Chan {
             resets: Cell::new(0),
             cache: RefCell::new(crate::env::memory().cache()),
             zero_buf: RefCell::new(None),
+            qos_queue: RefCell::new(VecDeque::new()),
+            histogram: RefCell::new(
+                bdev.histogram
+                    .load(std::sync::atomic::Ordering::Acquire)
+                    .then(crate::histogram::new),
+            ),
+            histogram_opc: Cell::new(hist_opc),
+            histogram_on: Cell::new(bdev.histogram.load(std::sync::atomic::Ordering::Acquire)),
             bdev,
         });
         let weak: Weak<ChanState> = Rc::downgrade(&state);
@@ -182,6 +199,9 @@ fn poll(s: &Rc<ChanState>) -> PollStatus {
         busy = true;
         retry_nomem(s);
     }
+    if !s.qos_queue.borrow().is_empty() {
+        busy |= release_qos(s);
+    }
     if busy {
         PollStatus::Busy
     } else {
@@ -189,7 +209,57 @@ fn poll(s: &Rc<ChanState>) -> PollStatus {
     }
 }
 
+/// Submits the I/O waiting for QoS that the balances admit now (all of
+/// it once no limit is left), in order.
+fn release_qos(s: &Rc<ChanState>) -> bool {
+    let mut released = false;
+    loop {
+        let front = s.qos_queue.borrow().front().copied();
+        let Some(p) = front else { break };
+        // SAFETY: queued I/O are in flight and owned by the layer.
+        let io = unsafe { p.as_ref() };
+        if s.bdev.qos.active() && !s.bdev.qos.admit(io.ty, s.io_bytes(io)) {
+            break;
+        }
+        s.qos_queue.borrow_mut().pop_front();
+        released = true;
+        s.in_submit.set(s.in_submit.get() + 1);
+        submit(s, p);
+        s.in_submit.set(s.in_submit.get() - 1);
+    }
+    released
+}
+
 impl ChanState {
+    /// The bytes an I/O moves (QoS charges them).
+    #[inline]
+    pub(crate) fn io_bytes(&self, io: &BdevIo) -> u64 {
+        io.num_blocks * self.bdev.props.block_size as u64
+    }
+
+    /// Whether a new I/O must wait for QoS: a limit is set and either I/O
+    /// waits already (order is kept) or the balances refuse it.
+    #[inline]
+    pub(crate) fn qos_holds(&self, io: &BdevIo) -> bool {
+        self.bdev.qos.active()
+            && (!self.qos_queue.borrow().is_empty()
+                || !self.bdev.qos.admit(io.ty, self.io_bytes(io)))
+    }
+
+    /// Whether I/O is timed: latency tracking or a histogram.
+    #[inline]
+    pub(crate) fn timed(&self) -> bool {
+        self.track || self.histogram_on.get()
+    }
+
+    /// Starts (with `opc`: of that type only) or drops this channel's
+    /// histogram; on the channel's core.
+    pub(crate) fn set_histogram(&self, on: bool, opc: Option<IoType>) {
+        *self.histogram.borrow_mut() = on.then(crate::histogram::new);
+        self.histogram_opc.set(opc);
+        self.histogram_on.set(on);
+    }
+
     /// Whether the module handles `ty`.
     #[inline]
     fn supports(&self, ty: IoType) -> bool {
@@ -223,7 +293,7 @@ impl ChanState {
     pub(crate) fn launch_internal(self: &Rc<Self>, mut p: NonNull<BdevIo>) {
         // SAFETY: freshly allocated by the caller, exclusively the layer's.
         let io = unsafe { p.as_mut() };
-        io.start = if self.track {
+        io.start = if self.timed() {
             crate::env::io_clock()
         } else {
             0
