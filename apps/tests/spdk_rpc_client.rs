@@ -278,9 +278,33 @@ fn spdk_rpc_drives_the_appliance() {
     let export = dir.join("p0.nbd");
     let export = export.to_str().unwrap();
     assert_eq!(a.ok(&["nbd_start_disk", "P0", export]).trim(), export);
+    // QoS limits are part of the configuration.
+    a.ok(&[
+        "bdev_set_qos_limit",
+        "M0",
+        "--rw-ios-per-sec",
+        "20000",
+        "--r-mbytes-per-sec",
+        "100",
+    ]);
     let before = summary(&a);
     let cfg = dir.join("config.json");
     let saved = a.ok(&["save_config"]);
+    let qos_call = json!({"method": "bdev_set_qos_limit",
+        "params": {"name": "M0", "rw_ios_per_sec": 20000, "r_mbytes_per_sec": 100}});
+    assert!(saved.contains("bdev_set_qos_limit"), "{saved}");
+    let parsed: Value = serde_json::from_str(&saved).unwrap();
+    let bdev_calls = parsed["subsystems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["subsystem"] == "bdev")
+        .unwrap()["config"]
+        .clone();
+    assert!(
+        bdev_calls.as_array().unwrap().contains(&qos_call),
+        "{bdev_calls}"
+    );
     std::fs::write(&cfg, &saved).unwrap();
     let st = a.signal_and_wait(libc::SIGTERM);
     assert!(st.success(), "SIGTERM exit: {st}\n{}", a.log_text());
@@ -292,6 +316,11 @@ fn spdk_rpc_drives_the_appliance() {
 
     let b = Appliance::start(&dir, "b", &["--json", cfg.to_str().unwrap()]);
     assert_eq!(summary(&b), before, "--json reloads the saved bdevs");
+    assert_eq!(
+        b.json(&["bdev_get_bdevs", "-b", "M0"])[0]["assigned_rate_limits"],
+        json!({"rw_ios_per_sec": 20000, "rw_mbytes_per_sec": 0,
+               "r_mbytes_per_sec": 100, "w_mbytes_per_sec": 0})
+    );
     assert_eq!(b.json(&["accel_crypto_keys_get"])[0]["name"], "k0");
     assert_eq!(
         b.json(&["nbd_get_disks"]),
