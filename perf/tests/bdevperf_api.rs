@@ -30,7 +30,7 @@ fn a_corrupted_read_is_a_mismatch_and_a_failure() {
     })
     .unwrap()
     .unwrap();
-    let out = run::run_jobs(&cfg, &rt, &mut |_| {}).unwrap();
+    let out = run::run_jobs(&cfg, &rt.handle(), &mut |_| {}).unwrap();
     let t = &out.report.total;
     assert_eq!(t.mismatches, 1, "{}", out.table());
     assert!(t.verified > 1);

@@ -30,11 +30,14 @@ pub(super) fn rpc_get_methods(ctx: &Arc<Ctx>, mut p: Params) -> RpcResult {
     p.opt_bool("include_aliases")?;
     p.finish()?;
     let init = ctx.initialized.load(Ordering::Acquire);
-    let names: Vec<&str> = super::table()
+    let mut names: Vec<String> = super::table()
         .iter()
         .filter(|m| !current || if init { m.runtime } else { m.startup })
-        .map(|m| m.name)
+        .map(|m| m.name.to_owned())
         .collect();
+    if !current || init {
+        names.extend(ctx.app_method_names());
+    }
     Ok(json!(names))
 }
 

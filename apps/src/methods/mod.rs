@@ -44,7 +44,13 @@ pub struct Ctx {
     pub initialized: AtomicBool,
     /// When the appliance started (iostat ticks count from here).
     pub started: Instant,
+    /// Methods the hosting program adds (bdevperf's `perform_tests`).
+    app_methods: Mutex<Vec<(String, AppMethod)>>,
 }
+
+/// A method a program hosting the server adds to the table
+/// ([`Ctx::add_method`]); it runs on the connection's thread and may block.
+pub type AppMethod = Arc<dyn Fn(&Arc<Ctx>, Params) -> RpcResult + Send + Sync>;
 
 impl Ctx {
     /// A context over `handle`; a shutdown request goes to `stop`.
@@ -54,7 +60,35 @@ impl Ctx {
             stop: Mutex::new(stop),
             initialized: AtomicBool::new(initialized),
             started: Instant::now(),
+            app_methods: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Adds method `name` (callable once initialized), answered by `f`.
+    pub fn add_method(&self, name: &str, f: AppMethod) {
+        self.app_methods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((name.to_owned(), f));
+    }
+
+    /// The names of the methods added with [`Ctx::add_method`].
+    pub fn app_method_names(&self) -> Vec<String> {
+        self.app_methods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    fn app_method(&self, name: &str) -> Option<AppMethod> {
+        self.app_methods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, f)| f.clone())
     }
 
     /// Asks the main thread to shut down.
@@ -195,6 +229,15 @@ pub fn table() -> Vec<Method> {
 pub fn dispatch(ctx: &Arc<Ctx>, name: &str, params: Option<Value>) -> RpcResult {
     let table = table();
     let Some(m) = table.iter().find(|m| m.name == name) else {
+        if let Some(f) = ctx.app_method(name) {
+            if !ctx.initialized.load(Ordering::Acquire) {
+                return Err(RpcError {
+                    code: crate::jsonrpc::INVALID_STATE,
+                    message: "Method may only be called after framework is initialized using framework_start_init RPC.".into(),
+                });
+            }
+            return f(ctx, Params::new(params)?);
+        }
         return Err(RpcError::method_not_found(name));
     };
     let init = ctx.initialized.load(Ordering::Acquire);

@@ -7,6 +7,7 @@ pub const USAGE: &str = "\
 bdevperf: I/O benchmark on the bdev layer (SPDK's bdevperf)
 
 usage: bdevperf (--json FILE | --malloc MIB | --null MIB) -q DEPTH -o SIZE -w WORKLOAD -t SECONDS [options]
+       bdevperf -z [-r SOCKET] [--json FILE | ...] [-q ...] [options]
 
   --json FILE        SPDK-format config ({\"subsystems\": [...]}) that builds the bdevs
   --malloc MIB       shortcut: a malloc bdev Malloc0 of MIB MiB (512 B blocks)
@@ -23,6 +24,12 @@ usage: bdevperf (--json FILE | --malloc MIB | --null MIB) -q DEPTH -o SIZE -w WO
   -r SOCKET          serve SPDK's JSON-RPC on this Unix socket while it runs (the
                      appliance's methods: e.g. bdev_nvme_reset_controller under load;
                      spdk_kill_instance ends the run early, as Ctrl-C does)
+  -z                 wait for `perform_tests` over JSON-RPC (SPDK's bdevperf.py perform_tests,
+                     which may set queue_depth, io_size, workload_type, time_in_sec,
+                     rw_percentage) and run then, as often as asked, on the bdevs there
+                     are (made by --json or over RPC); -r defaults to /var/tmp/spdk.sock;
+                     -q/-o/-w/-t may come from perform_tests; ends on spdk_kill_instance
+                     or SIGINT
   --json-report      print the report as JSON on stdout
   --no-huge          anonymous memory instead of 2 MiB hugepages (no NVMe bdevs then)
   -h, --help         this text
@@ -70,7 +77,8 @@ impl Workload {
         }
     }
 
-    fn parse(s: &str) -> Option<Workload> {
+    /// The workload named `s` (as `-w` takes it).
+    pub fn parse(s: &str) -> Option<Workload> {
         Some(match s {
             "read" => Workload::Read,
             "write" => Workload::Write,
@@ -121,6 +129,8 @@ pub enum Source {
     Malloc(u64),
     /// A null bdev `Null0` of this many MiB.
     Null(u64),
+    /// None at start: made over JSON-RPC (`-z`).
+    Rpc,
 }
 
 /// A run's configuration.
@@ -154,6 +164,11 @@ pub struct Config {
     pub progress: bool,
     /// JSON-RPC socket served during the run (`-r`).
     pub rpc_socket: Option<PathBuf>,
+    /// Runs happen on `perform_tests` calls (`-z`).
+    pub wait_for_tests: bool,
+    /// Required options not given (`-z`: `perform_tests` must give them),
+    /// by their `perform_tests` names.
+    pub unset: Vec<&'static str>,
 }
 
 /// What the command line asks for.
@@ -165,7 +180,11 @@ pub enum Parsed {
     Help,
 }
 
-fn parse_size(opt: &str, v: &str) -> Result<usize, String> {
+/// A size with an optional k/K or m/M suffix; `opt` names it in errors.
+///
+/// # Errors
+/// A message naming `opt` and `v`.
+pub fn parse_size(opt: &str, v: &str) -> Result<usize, String> {
     let (num, mul) = match v.as_bytes().last() {
         Some(b'k' | b'K') => (&v[..v.len() - 1], 1024),
         Some(b'm' | b'M') => (&v[..v.len() - 1], 1024 * 1024),
@@ -198,6 +217,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
     let mut no_huge = false;
     let mut json_report = false;
     let mut rpc_socket = None;
+    let mut wait_for_tests = false;
     while let Some(a) = it.next() {
         let mut val = |opt: &str| it.next().ok_or_else(|| format!("{opt}: missing value"));
         match a.as_str() {
@@ -271,15 +291,41 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
             "--json-report" => json_report = true,
             "--no-huge" => no_huge = true,
             "-r" => rpc_socket = Some(PathBuf::from(val("-r")?)),
+            "-z" => wait_for_tests = true,
             other => return Err(format!("{other:?}: unknown option")),
         }
     }
-    let source = source.ok_or("--json FILE (or --malloc/--null MIB) is required")?;
-    let depth = depth.ok_or("-q DEPTH is required")?;
-    let io_size = io_size.ok_or("-o SIZE is required")?;
-    let workload = workload.ok_or("-w WORKLOAD is required")?;
-    let time_s = time_s.ok_or("-t SECONDS is required")?;
-    if read_percent.is_some() && !workload.is_mixed() {
+    let mut unset = Vec::new();
+    if wait_for_tests {
+        // What is missing must come with `perform_tests`.
+        for (missing, name) in [
+            (depth.is_none(), "queue_depth"),
+            (io_size.is_none(), "io_size"),
+            (workload.is_none(), "workload_type"),
+            (time_s.is_none(), "time_in_sec"),
+        ] {
+            if missing {
+                unset.push(name);
+            }
+        }
+        rpc_socket.get_or_insert_with(|| PathBuf::from("/var/tmp/spdk.sock"));
+    }
+    let source = match source {
+        Some(s) => s,
+        None if wait_for_tests => Source::Rpc,
+        None => return Err("--json FILE (or --malloc/--null MIB, or -z) is required".into()),
+    };
+    // With -z, placeholders for what perform_tests must give.
+    let z = wait_for_tests;
+    let depth = depth.or(z.then_some(1)).ok_or("-q DEPTH is required")?;
+    let io_size = io_size.or(z.then_some(4096)).ok_or("-o SIZE is required")?;
+    let workload = workload
+        .or(z.then_some(Workload::RandRead))
+        .ok_or("-w WORKLOAD is required")?;
+    let time_s = time_s
+        .or(z.then_some(1.0))
+        .ok_or("-t SECONDS is required")?;
+    if read_percent.is_some() && !workload.is_mixed() && !unset.contains(&"workload_type") {
         return Err(format!(
             "-M: only for rw and randrw, not -w {}",
             workload.name()
@@ -300,6 +346,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
         json_report,
         progress: true,
         rpc_socket,
+        wait_for_tests,
+        unset,
     }))
 }
 
@@ -334,6 +382,12 @@ mod tests {
                 .contains("-o \"x\"")
         );
         assert!(p("-q 1 -o 4k -w read -t 1").unwrap_err().contains("--json"));
+        let Ok(Parsed::Run(c)) = p("-z -q 8") else {
+            panic!()
+        };
+        assert_eq!(c.source, Source::Rpc);
+        assert_eq!(c.unset, ["io_size", "workload_type", "time_in_sec"]);
+        assert_eq!(c.rpc_socket, Some(PathBuf::from("/var/tmp/spdk.sock")));
         assert!(
             p("--null 64 -q 1 -o 4k -w read -t 1 -M 5")
                 .unwrap_err()

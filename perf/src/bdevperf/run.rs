@@ -1,8 +1,10 @@
 //! The bdevperf run: bdevs from a config, one job per core per bdev, each
 //! keeping `-q` I/Os in flight on its own channel over its share of the LBA
-//! space; progress each second; the report at the end.
+//! space; progress each second; the report at the end. With `-z`, runs
+//! happen on `perform_tests` calls over JSON-RPC.
 
 use std::fmt::Write as _;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -10,7 +12,9 @@ use std::time::{Duration, Instant};
 use bdev::{BdevChannel, BdevEvent, BdevIo, IoStatus, IoType};
 use dma::DmaBuf;
 
-use super::args::{Config, Source, Workload};
+use apps::jsonrpc::RpcError;
+
+use super::args::{self, Config, Source, Workload};
 use crate::clock::{Clock, ClockChoice};
 use crate::json::{Json, obj};
 use crate::latency::{LatencyStats, PERCENTILES};
@@ -453,6 +457,11 @@ pub fn build_bdevs(cfg: &Config, rt: &reactor::Runtime) -> Result<(), String> {
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("--malloc: {e}"))
         }
+        Source::Rpc => {
+            // Null bdevs made over RPC read as SPDK's: buffers untouched.
+            bdev::modules::null::set_rpc_read_fill(bdev::modules::null::ReadFill::Untouched);
+            Ok(())
+        }
         Source::Null(mib) => {
             let core = rt.cores()[0];
             let blocks = mib * (1 << 20) / 512;
@@ -479,7 +488,7 @@ pub fn build_bdevs(cfg: &Config, rt: &reactor::Runtime) -> Result<(), String> {
 /// [`RunError`].
 pub fn run_jobs(
     cfg: &Config,
-    rt: &reactor::Runtime,
+    rt: &reactor::Handle,
     log: &mut dyn FnMut(&str),
 ) -> Result<Outcome, RunError> {
     let names = targets(cfg).map_err(RunError::Usage)?;
@@ -502,7 +511,7 @@ pub fn run_jobs(
             counters.push(progress.clone());
             let (n, c) = (name.clone(), cfg.clone());
             let ncores = cores.len() as u64;
-            handles.push(rt.handle().spawn_on(core, move || {
+            handles.push(rt.spawn_on(core, move || {
                 job(n, core as usize, i as u64, ncores, c, progress)
             }));
         }
@@ -655,11 +664,144 @@ impl Outcome {
     }
 }
 
-/// Starts the reactors of `cfg`, builds the bdevs, runs, tears down.
+/// Where a run's outcome goes (printed by the binary): with `-z`, once per
+/// `perform_tests`, from the RPC connection's thread.
+pub type ReportFn = Arc<dyn Fn(&Config, &Outcome) + Send + Sync>;
+
+/// `perform_tests`'s parameters over `base` (SPDK's bdevperf.py names).
+fn perform_params(base: &Config, mut p: apps::methods::Params) -> Result<Config, RpcError> {
+    let mut c = base.clone();
+    let bad = |k: &str, why: String| RpcError::invalid_params(format!("{k}: {why}"));
+    if let Some(q) = p.opt_u64("queue_depth")? {
+        if q == 0 || q > 65536 {
+            return Err(bad("queue_depth", format!("{q}: must be 1..=65536")));
+        }
+        c.depth = q as usize;
+        c.unset.retain(|u| *u != "queue_depth");
+    }
+    if let Some(t) = p.opt_u64("time_in_sec")? {
+        if t == 0 {
+            return Err(bad("time_in_sec", "must be positive".into()));
+        }
+        c.time_s = t as f64;
+        c.unset.retain(|u| *u != "time_in_sec");
+    }
+    if let Some(w) = p.opt_str("workload_type")? {
+        c.workload = Workload::parse(&w.to_lowercase())
+            .ok_or_else(|| bad("workload_type", format!("{w:?}: unknown workload")))?;
+        c.unset.retain(|u| *u != "workload_type");
+    }
+    if let Some(o) = p.opt_str("io_size")? {
+        c.io_size = args::parse_size("io_size", &o).map_err(RpcError::invalid_params)?;
+        c.unset.retain(|u| *u != "io_size");
+    }
+    if let Some(m) = p.opt_u64("rw_percentage")? {
+        if m > 100 {
+            return Err(bad(
+                "rw_percentage",
+                format!("{m}: a percentage is 0..=100"),
+            ));
+        }
+        c.read_percent = m as u32;
+    }
+    p.finish()?;
+    if !c.unset.is_empty() {
+        return Err(RpcError::invalid_params(format!(
+            "not set on the command line nor here: {}",
+            c.unset.join(", ")
+        )));
+    }
+    Ok(c)
+}
+
+/// SPDK's `perform_tests` result: one entry per job, and the core count.
+fn perform_result(cfg: &Config, o: &Outcome, cores: usize) -> serde_json::Value {
+    let results: Vec<serde_json::Value> = o
+        .report
+        .rows
+        .iter()
+        .map(|r| {
+            let l = &r.latency;
+            serde_json::json!({
+                "job": r.device.clone().unwrap_or_default(),
+                "core_mask": format!("{:#x}", 1u64 << r.core.unwrap_or(0).min(63)),
+                "workload": cfg.workload.name(),
+                "status": "finished",
+                "queue_depth": cfg.depth,
+                "io_size": cfg.io_size,
+                "runtime": r.elapsed_s,
+                "iops": r.iops,
+                "mibps": r.mib_s,
+                "io_failed": r.errors,
+                "io_timeout": 0,
+                "avg_latency_us": l.avg_us,
+                "min_latency_us": l.min_us,
+                "max_latency_us": l.max_us,
+            })
+        })
+        .collect();
+    serde_json::json!({ "results": results, "core_count": cores })
+}
+
+/// `-z`: serves `perform_tests` until `spdk_kill_instance` or SIGINT;
+/// each call runs the jobs and answers with their results. Ok(true) when
+/// every run passed.
+fn serve_tests(
+    cfg: &Config,
+    rt: &reactor::Runtime,
+    ctx: &Arc<apps::methods::Ctx>,
+    report: &ReportFn,
+) -> bool {
+    let ok = Arc::new(AtomicBool::new(true));
+    let running = Arc::new(std::sync::Mutex::new(()));
+    // Parameters given once stay for later calls, as SPDK's bdevperf.
+    let base = std::sync::Mutex::new(cfg.clone());
+    let handle = rt.handle();
+    let (report, ok2) = (report.clone(), ok.clone());
+    ctx.add_method(
+        "perform_tests",
+        Arc::new(move |_ctx, p| {
+            let Ok(_one) = running.try_lock() else {
+                return Err(RpcError::errno(-16));
+            };
+            let c = {
+                let mut b = base.lock().unwrap_or_else(|p| p.into_inner());
+                let c = perform_params(&b, p)?;
+                *b = c.clone();
+                c
+            };
+            let mut log = |l: &str| eprintln!("{l}");
+            let o = run_jobs(&c, &handle, &mut log).map_err(|e| match e {
+                RunError::Usage(m) | RunError::Setup(m) => RpcError::invalid_params(m),
+            })?;
+            report(&c, &o);
+            if let Some(f) = &o.failure {
+                ok2.store(false, Ordering::Relaxed);
+                return Err(RpcError::internal(format!("bdevperf failed: {f}")));
+            }
+            Ok(perform_result(&c, &o, handle.cores().len()))
+        }),
+    );
+    eprintln!(
+        "bdevperf: waiting for perform_tests on {}",
+        cfg.rpc_socket
+            .as_deref()
+            .unwrap_or(Path::new("?"))
+            .display()
+    );
+    while !STOP.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ok.load(Ordering::Relaxed)
+}
+
+/// Starts the reactors of `cfg`, builds the bdevs, runs (once, or with
+/// `-z` as often as `perform_tests` asks), hands each outcome to
+/// `report`, tears down. Ok(true) when every run passed.
 ///
 /// # Errors
 /// [`RunError`].
-pub fn run(cfg: &Config, log: &mut dyn FnMut(&str)) -> Result<Outcome, RunError> {
+pub fn run(cfg: &Config, log: &mut dyn FnMut(&str), report: ReportFn) -> Result<bool, RunError> {
     let cores: reactor::CpuSet = cfg
         .cpumask
         .parse()
@@ -711,7 +853,14 @@ pub fn run(cfg: &Config, log: &mut dyn FnMut(&str)) -> Result<Outcome, RunError>
                 ),
                 None => None,
             };
-            let r = run_jobs(cfg, &rt, log);
+            let r = if cfg.wait_for_tests {
+                Ok(serve_tests(cfg, &rt, &ctx, &report))
+            } else {
+                run_jobs(cfg, &rt.handle(), log).map(|o| {
+                    report(cfg, &o);
+                    o.failure.is_none()
+                })
+            };
             if let Some(s) = server {
                 s.stop();
             }

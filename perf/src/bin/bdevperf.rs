@@ -55,46 +55,45 @@ fn main() -> ExitCode {
         );
     }
     let mut log_line = |l: &str| eprintln!("{l}");
-    let outcome = match run::run(&cfg, &mut log_line) {
-        Ok(o) => o,
-        Err(RunError::Usage(e)) => {
-            eprintln!("bdevperf: {e}\n(see bdevperf -h)");
-            return ExitCode::from(2);
-        }
-        Err(RunError::Setup(msg)) => {
-            eprintln!("bdevperf: {msg}");
-            return ExitCode::from(1);
-        }
-    };
     let command = std::iter::once("bdevperf".to_owned())
         .chain(argv.iter().cloned())
         .collect::<Vec<_>>()
         .join(" ");
-    let mut out = std::io::stdout().lock();
-    if cfg.json_report {
-        let _ = writeln!(out, "{}", outcome.to_json(&cfg, &command));
-    } else {
-        let _ = writeln!(
-            out,
-            "bdevperf: {} {} B, depth {}, {} s{}\n",
-            cfg.workload.name(),
-            cfg.io_size,
-            cfg.depth,
-            cfg.time_s,
-            if cfg.workload.is_mixed() {
-                format!(", {}% reads", cfg.read_percent)
-            } else {
-                String::new()
-            },
-        );
-        let _ = write!(out, "{}", outcome.table());
-    }
-    let _ = out.flush();
-    match outcome.failure {
-        Some(f) => {
+    let report: run::ReportFn = std::sync::Arc::new(move |cfg, outcome| {
+        let mut out = std::io::stdout().lock();
+        if cfg.json_report {
+            let _ = writeln!(out, "{}", outcome.to_json(cfg, &command));
+        } else {
+            let _ = writeln!(
+                out,
+                "bdevperf: {} {} B, depth {}, {} s{}\n",
+                cfg.workload.name(),
+                cfg.io_size,
+                cfg.depth,
+                cfg.time_s,
+                if cfg.workload.is_mixed() {
+                    format!(", {}% reads", cfg.read_percent)
+                } else {
+                    String::new()
+                },
+            );
+            let _ = write!(out, "{}", outcome.table());
+        }
+        let _ = out.flush();
+        if let Some(f) = &outcome.failure {
             eprintln!("bdevperf: FAILED: {f}");
+        }
+    });
+    match run::run(&cfg, &mut log_line, report) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(RunError::Usage(e)) => {
+            eprintln!("bdevperf: {e}\n(see bdevperf -h)");
+            ExitCode::from(2)
+        }
+        Err(RunError::Setup(msg)) => {
+            eprintln!("bdevperf: {msg}");
             ExitCode::from(1)
         }
-        None => ExitCode::SUCCESS,
     }
 }
