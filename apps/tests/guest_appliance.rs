@@ -36,6 +36,39 @@ fn vfio_controllers() -> Vec<String> {
     .collect()
 }
 
+/// Starts the appliance (hugepages, two cores) on `dir`/spdk.sock with
+/// `extra` arguments and connects to it.
+fn start_appliance(dir: &std::path::Path, extra: &[&str]) -> (Running, RpcConn) {
+    let sock = dir.join("spdk.sock");
+    let bin = std::env::var("APPLIANCE_BIN").unwrap_or_else(|_| "appliance".into());
+    // Appended to: a restart keeps the first run's lines.
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("appliance.log"))
+        .unwrap();
+    let child = Command::new(&bin)
+        .args(["-m", "0x3", "-s", "256", "-r"])
+        .arg(&sock)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {bin}: {e}"));
+    let running = Running(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the appliance did not listen: {}",
+            std::fs::read_to_string(dir.join("appliance.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (running, RpcConn::connect(&sock))
+}
+
 fn first_vfio_controller() -> String {
     vfio_controllers()
         .into_iter()
@@ -153,27 +186,7 @@ fn nvme_attach_and_kernel_nbd_export() {
     let dir = std::env::temp_dir().join(format!("appl-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("spdk.sock");
-    let bin = std::env::var("APPLIANCE_BIN").unwrap_or_else(|_| "appliance".into());
-    let log = std::fs::File::create(dir.join("appliance.log")).unwrap();
-    let child = Command::new(&bin)
-        .args(["-m", "0x3", "-s", "256", "-r"])
-        .arg(&sock)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {bin}: {e}"));
-    let _running = Running(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the appliance did not listen: {}",
-            std::fs::read_to_string(dir.join("appliance.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let mut rpc = RpcConn::connect(&sock);
+    let (mut running, mut rpc) = start_appliance(&dir, &[]);
     let names = rpc
         .call(
             "bdev_nvme_attach_controller",
@@ -208,6 +221,43 @@ fn nvme_attach_and_kernel_nbd_export() {
         json!({ "name": "Malloc0", "num_blocks": 16384, "block_size": 512 }),
     )
     .unwrap();
+    // Stable identities: save_config (SPDK's spdk-rpc), a restart from
+    // it, and every bdev is back with its UUID (a namespace's comes from
+    // its identifiers, or from the serial number and namespace id; never
+    // made up at attach).
+    let uuids = |rpc: &mut RpcConn| -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = rpc
+            .call("bdev_get_bdevs", json!(null))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                (
+                    b["name"].as_str().unwrap().to_owned(),
+                    b["uuid"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = uuids(&mut rpc);
+    println!("bdevs and UUIDs: {before:?}");
+    assert_eq!(before.len(), 3, "{before:?}");
+    let saved = common::guest_spdk_rpc(&sock, &["save_config"]);
+    let cfg = dir.join("config.json");
+    std::fs::write(&cfg, &saved).unwrap();
+    rpc.call("spdk_kill_instance", json!({ "sig_name": "SIGTERM" }))
+        .unwrap();
+    let st = running.0.wait().unwrap();
+    assert!(st.success(), "appliance exit: {st}");
+    (running, rpc) = start_appliance(&dir, &["--json", cfg.to_str().unwrap()]);
+    assert_eq!(
+        uuids(&mut rpc),
+        before,
+        "the same bdevs and UUIDs from {saved}"
+    );
     // Export through the kernel's NBD client.
     assert_eq!(
         rpc.call(
@@ -295,6 +345,8 @@ fn nvme_attach_and_kernel_nbd_export() {
     namespaces_come_and_go(&mut rpc, &sock);
     rpc.call("spdk_kill_instance", json!({ "sig_name": "SIGTERM" }))
         .unwrap();
+    let st = running.0.wait().unwrap();
+    assert!(st.success(), "appliance exit: {st}");
 }
 
 /// The second controller sits in an NVM subsystem with namespace 2

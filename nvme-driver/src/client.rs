@@ -345,10 +345,32 @@ impl AdminClient {
             buf = b.expect("the buffer comes back with the completion");
             let mut page = [0u8; 4096];
             buf.read_at(0, &mut page);
-            let id = IdentifyNamespace::parse(&page);
-            if id.is_active() {
-                out.push((nsid, id));
+            let mut id = IdentifyNamespace::parse(&page);
+            if !id.is_active() {
+                continue;
             }
+            // The identifiers (NVMe 1.3 and later; an older controller
+            // refuses the CNS, and the namespace goes without them).
+            buf.fill(0);
+            match self
+                .command(
+                    cmd::identify_ns_descriptors(nsid),
+                    Some(buf),
+                    "Identify (Namespace Identification Descriptors)",
+                )
+                .await
+            {
+                Ok((_, b)) => {
+                    buf = b.expect("the buffer comes back with the completion");
+                    buf.read_at(0, &mut page);
+                    id.add_descriptors(&page);
+                }
+                Err(e) => {
+                    log::debug!("namespace {nsid}: no identification descriptors: {e}");
+                    buf = self.page(4096)?;
+                }
+            }
+            out.push((nsid, id));
         }
         Ok(out)
     }

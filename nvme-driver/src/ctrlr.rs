@@ -58,6 +58,8 @@ pub struct Namespace {
     pub nguid: [u8; 16],
     /// IEEE EUI-64 (zero if not reported).
     pub eui64: [u8; 8],
+    /// UUID (zero if not reported).
+    pub uuid: [u8; 16],
     /// Deallocated blocks read back as zeroes (DLFEAT).
     pub deallocate_reads_zeroes: bool,
 }
@@ -103,6 +105,7 @@ impl Namespace {
             metadata_size: fmt.metadata_size,
             nguid: id.nguid,
             eui64: id.eui64,
+            uuid: id.uuid,
             deallocate_reads_zeroes: id.deallocated_reads_zeroes(),
         })
     }

@@ -54,6 +54,19 @@ fn spdk_rpc(sock: &Path, args: &[&str]) -> String {
     out
 }
 
+/// Killed if the test fails before bdevperf ends (a poll-mode process
+/// left behind takes whole cores).
+struct Kill(Option<std::process::Child>);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 #[test]
 fn waits_for_perform_tests_and_runs_each_call() {
     let dir = std::env::temp_dir().join(format!("bdevperf-z-{}", std::process::id()));
@@ -66,6 +79,7 @@ fn waits_for_perform_tests_and_runs_each_call() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run bdevperf");
+    let mut child = Kill(Some(child));
     let deadline = Instant::now() + Duration::from_secs(30);
     while !sock.exists() {
         assert!(Instant::now() < deadline, "bdevperf -z did not listen");
@@ -136,7 +150,7 @@ fn waits_for_perform_tests_and_runs_each_call() {
     }
 
     spdk_rpc(&sock, &["spdk_kill_instance", "SIGTERM"]);
-    let o = child.wait_with_output().unwrap();
+    let o = child.0.take().unwrap().wait_with_output().unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
         o.status.success(),

@@ -19,6 +19,11 @@ pub fn identify_namespace(nsid: u32) -> Sqe {
     identify(cns::NAMESPACE, nsid)
 }
 
+/// Namespace Identification Descriptor list of namespace `nsid`.
+pub fn identify_ns_descriptors(nsid: u32) -> Sqe {
+    identify(cns::NS_ID_DESCRIPTORS, nsid)
+}
+
 /// Active Namespace ID list of NSIDs greater than `after`.
 pub fn active_namespaces(after: u32) -> Sqe {
     identify(cns::ACTIVE_NS_LIST, after)

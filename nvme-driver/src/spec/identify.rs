@@ -171,9 +171,34 @@ pub struct IdentifyNamespace {
     pub nguid: [u8; 16],
     /// IEEE extended unique identifier.
     pub eui64: [u8; 8],
+    /// The namespace UUID (zero if not reported): from the Namespace
+    /// Identification Descriptor list ([`IdentifyNamespace::add_descriptors`]).
+    pub uuid: [u8; 16],
 }
 
 impl IdentifyNamespace {
+    /// Takes the identifiers of a Namespace Identification Descriptor list
+    /// (Identify CNS 03h): the UUID, and the NGUID and EUI-64 where
+    /// Identify Namespace left them zero. A malformed or truncated
+    /// descriptor ends the list.
+    pub fn add_descriptors(&mut self, b: &[u8; 4096]) {
+        let mut off = 0;
+        while off + 4 <= b.len() {
+            let (ty, len) = (b[off], b[off + 1] as usize);
+            if ty == 0 || len == 0 || off + 4 + len > b.len() {
+                break;
+            }
+            let id = &b[off + 4..off + 4 + len];
+            match (ty, len) {
+                (1, 8) if self.eui64 == [0; 8] => self.eui64.copy_from_slice(id),
+                (2, 16) if self.nguid == [0; 16] => self.nguid.copy_from_slice(id),
+                (3, 16) => self.uuid.copy_from_slice(id),
+                _ => {}
+            }
+            off += 4 + len;
+        }
+    }
+
     /// Parses the 4096-byte Identify Namespace data structure.
     pub fn parse(b: &[u8; 4096]) -> Self {
         let nlbaf = (b[25] as usize).min(63);
@@ -207,6 +232,7 @@ impl IdentifyNamespace {
             lba_formats,
             nguid,
             eui64,
+            uuid: [0; 16],
         }
     }
 
@@ -235,6 +261,37 @@ impl IdentifyNamespace {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn namespace_identification_descriptors() {
+        let mut id = IdentifyNamespace::parse(&[0u8; 4096]);
+        let mut b = [0u8; 4096];
+        // EUI-64, NGUID, UUID, then CSI (ignored), then the end.
+        b[0] = 1;
+        b[1] = 8;
+        b[4..12].copy_from_slice(&[1; 8]);
+        b[12] = 2;
+        b[13] = 16;
+        b[16..32].copy_from_slice(&[2; 16]);
+        b[32] = 3;
+        b[33] = 16;
+        b[36..52].copy_from_slice(&[3; 16]);
+        b[52] = 4;
+        b[53] = 1;
+        id.add_descriptors(&b);
+        assert_eq!((id.eui64, id.nguid, id.uuid), ([1; 8], [2; 16], [3; 16]));
+        // A UUID of the wrong length is not taken; the list goes on.
+        let mut id = IdentifyNamespace::parse(&[0u8; 4096]);
+        let mut b = [0u8; 4096];
+        b[0] = 3;
+        b[1] = 8;
+        b[4..12].copy_from_slice(&[9; 8]);
+        b[12] = 1;
+        b[13] = 8;
+        b[16..24].copy_from_slice(&[7; 8]);
+        id.add_descriptors(&b);
+        assert_eq!((id.uuid, id.eui64), ([0; 16], [7; 8]));
+    }
 
     #[test]
     fn parses_controller_fields() {

@@ -65,6 +65,8 @@ pub mod cns {
     pub const CONTROLLER: u32 = 0x01;
     /// Active Namespace ID list.
     pub const ACTIVE_NS_LIST: u32 = 0x02;
+    /// Namespace Identification Descriptor list (NVMe 1.3).
+    pub const NS_ID_DESCRIPTORS: u32 = 0x03;
 }
 
 /// Feature identifiers.

@@ -536,17 +536,7 @@ fn register_ns(c: &Arc<NvmeCtrlr>, ns: &nvme_driver::Namespace) -> Result<Bdev, 
     props.required_alignment = 4;
     props.max_transfer_blocks = Some((ctrlr.max_transfer() / ns.block_size as usize).max(1) as u64);
     props.write_cache = id.has_volatile_write_cache();
-    if ns.nguid != [0; 16] {
-        let h: String = ns.nguid.iter().map(|b| format!("{b:02x}")).collect();
-        props.uuid = Some(format!(
-            "{}-{}-{}-{}-{}",
-            &h[0..8],
-            &h[8..12],
-            &h[12..16],
-            &h[16..20],
-            &h[20..32]
-        ));
-    }
+    props.uuid = Some(namespace_uuid(ns, &id.serial));
     let ops = NvmeNs {
         ctrlr: c.clone(),
         nsid: ns.nsid,
@@ -806,4 +796,80 @@ pub fn controller(name: &str) -> Option<Arc<NvmeCtrlr>> {
 /// The attached controllers.
 pub fn controllers_list() -> Vec<Arc<NvmeCtrlr>> {
     controllers().values().cloned().collect()
+}
+
+/// A namespace's bdev UUID, stable across restarts: its UUID (from the
+/// Namespace Identification Descriptors), else its NGUID, else one derived
+/// from the controller's serial number and the namespace id (as SPDK's
+/// `generate_uuids` does, with a hash of its own: an RFC 9562 version 8
+/// UUID).
+pub(crate) fn namespace_uuid(ns: &nvme_driver::Namespace, serial: &str) -> String {
+    let bytes = if ns.uuid != [0; 16] {
+        ns.uuid
+    } else if ns.nguid != [0; 16] {
+        ns.nguid
+    } else {
+        // FNV-1a 64 over "serial:nsid", twice with different offsets.
+        let key = format!("{}:{}", serial.trim(), ns.nsid);
+        let fnv = |basis: u64| {
+            key.bytes().fold(basis, |h, b| {
+                (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+            })
+        };
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&fnv(0xcbf2_9ce4_8422_2325).to_be_bytes());
+        b[8..].copy_from_slice(&fnv(0x6c62_272e_07bb_0142).to_be_bytes());
+        b[6] = (b[6] & 0x0f) | 0x80;
+        b[8] = (b[8] & 0x3f) | 0x80;
+        b
+    };
+    let h: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+#[cfg(test)]
+mod uuid_tests {
+    use super::namespace_uuid;
+
+    #[test]
+    fn uuid_then_nguid_then_derived() {
+        let mut ns = nvme_driver::Namespace {
+            nsid: 1,
+            block_size: 512,
+            blocks: 8,
+            metadata_size: 0,
+            nguid: [0; 16],
+            eui64: [0; 8],
+            uuid: [0; 16],
+            deallocate_reads_zeroes: false,
+        };
+        let derived = namespace_uuid(&ns, "SN1 ");
+        assert_eq!(
+            derived,
+            namespace_uuid(&ns, "SN1"),
+            "stable, serial trimmed"
+        );
+        assert_eq!(&derived[14..15], "8", "version 8: {derived}");
+        assert!("89ab".contains(&derived[19..20]), "RFC variant: {derived}");
+        assert_ne!(derived, namespace_uuid(&ns, "SN2"));
+        ns.nsid = 2;
+        assert_ne!(derived, namespace_uuid(&ns, "SN1"));
+        ns.nguid = [0x11; 16];
+        assert_eq!(
+            namespace_uuid(&ns, "SN1"),
+            "11111111-1111-1111-1111-111111111111"
+        );
+        ns.uuid = [0xab; 16];
+        assert_eq!(
+            namespace_uuid(&ns, "SN1"),
+            "abababab-abab-abab-abab-abababababab"
+        );
+    }
 }
