@@ -283,15 +283,16 @@ impl Bdev {
         if let Some(generation) = self.inner.qos.set(new) {
             let weak = Arc::downgrade(&self.inner);
             drop(reactor::spawn(async move {
+                // The reactor's clock (simulated under SimRuntime).
                 let slice = crate::qos::SLICE.as_nanos() as u64;
-                let mut last = reactor::clock_ns();
+                let mut last = reactor::now().as_nanos() as u64;
                 loop {
                     reactor::sleep(crate::qos::SLICE).await;
                     let Some(b) = weak.upgrade() else { break };
                     if !b.qos.current(generation) || b.state() == State::Removing {
                         break;
                     }
-                    let now = reactor::clock_ns();
+                    let now = reactor::now().as_nanos() as u64;
                     let slices = now.saturating_sub(last) / slice;
                     if slices > 0 {
                         last += slices * slice;

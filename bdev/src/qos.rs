@@ -148,6 +148,13 @@ impl Qos {
         *self.limits.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether I/O of type `ty` counts against the limits (others pass,
+    /// ahead of what waits).
+    #[inline]
+    pub fn counts(ty: IoType) -> bool {
+        counted(ty).is_some()
+    }
+
     /// Whether a limit is set (one relaxed load: the I/O path's check).
     #[inline]
     pub fn active(&self) -> bool {

@@ -888,3 +888,134 @@ fn zero_copy_windows_over_malloc() {
         null::delete("n_zc").await.unwrap();
     });
 }
+
+thread_local! {
+    /// (context word, status, simulated time) of each QoS test completion.
+    static QOS_DONE: std::cell::RefCell<Vec<(usize, IoStatus, Duration)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn qos_done(io: &mut bdev::BdevIo, st: IoStatus) {
+    let t = reactor::now();
+    QOS_DONE.with(|d| d.borrow_mut().push((io.ctx(), st, t)));
+}
+
+/// Lets `ms` milliseconds of simulated time go by (the QoS slices refill).
+fn pass(ms: u64) {
+    on(0, move || async move {
+        reactor::sleep(Duration::from_millis(ms)).await
+    });
+}
+
+fn qos_results() -> Vec<(usize, IoStatus, Duration)> {
+    QOS_DONE.with(|d| d.borrow_mut().drain(..).collect())
+}
+
+#[test]
+fn qos_paces_io_and_aborts_resets_and_removal_release_it() {
+    malloc::create("m_qos", 4096, 512, None).unwrap();
+    let b = bdev::get("m_qos").unwrap();
+    let limits = on(0, {
+        let b = b.clone();
+        move || async move {
+            b.set_qos_limits(bdev::QosUpdate {
+                rw_ios_per_sec: Some(1000),
+                ..Default::default()
+            })
+        }
+    })
+    .unwrap();
+    assert_eq!(limits.rw_ios_per_sec, 1000);
+    // Ten reads from core 1: one per 1 ms slice. One is aborted while it
+    // waits; flushes pass.
+    let (desc, ch) = enter(1, || {
+        let d = bdev::open("m_qos", true, nop).unwrap();
+        let c = d.get_io_channel().unwrap();
+        (d, c)
+    });
+    enter(1, || {
+        for i in 0..10 {
+            ch.read(buf(512, 0), i, 1, qos_done, i as usize).unwrap();
+        }
+        ch.submit_nodata(IoType::Flush, 0, 1, qos_done, 100)
+            .unwrap();
+        ch.abort(7, qos_done, 200).unwrap();
+    });
+    pass(30);
+    let r = qos_results();
+    let find = |ctx: usize| r.iter().find(|x| x.0 == ctx).copied().unwrap();
+    assert_eq!(find(7).1, IoStatus::Aborted, "{r:?}");
+    assert_eq!(find(200).1, IoStatus::Success, "the abort found it");
+    assert_eq!(find(100).1, IoStatus::Success);
+    let reads: Vec<Duration> = (0..10).filter(|&i| i != 7).map(|i| find(i).2).collect();
+    assert!(
+        r.iter().all(|x| x.0 == 7 || x.1 == IoStatus::Success),
+        "{r:?}"
+    );
+    let span = reads[reads.len() - 1] - reads[0];
+    assert!(
+        span >= Duration::from_millis(7) && span < Duration::from_millis(10),
+        "nine reads at 1000 per second: {span:?} ({r:?})"
+    );
+    // Waiting I/O is released at once when the limit goes.
+    enter(1, || {
+        for i in 0..20 {
+            ch.read(buf(512, 0), i, 1, qos_done, 300 + i as usize)
+                .unwrap();
+        }
+    });
+    on(0, {
+        let b = b.clone();
+        move || async move {
+            b.set_qos_limits(bdev::QosUpdate {
+                rw_ios_per_sec: Some(0),
+                ..Default::default()
+            })
+            .unwrap();
+        }
+    });
+    pass(30);
+    let r = qos_results();
+    assert_eq!(r.len(), 20);
+    assert!(r.iter().all(|x| x.1 == IoStatus::Success), "{r:?}");
+    let span = r.iter().map(|x| x.2).max().unwrap() - r.iter().map(|x| x.2).min().unwrap();
+    assert!(
+        span < Duration::from_millis(3),
+        "released together: {span:?}"
+    );
+    assert_eq!(b.qos_limits(), bdev::QosLimits::default());
+    // A reset aborts what waits for QoS.
+    on(0, {
+        let b = b.clone();
+        move || async move {
+            b.set_qos_limits(bdev::QosUpdate {
+                rw_ios_per_sec: Some(1000),
+                ..Default::default()
+            })
+            .unwrap();
+        }
+    });
+    pass(30);
+    enter(1, || {
+        for i in 0..5 {
+            ch.read(buf(512, 0), i, 1, qos_done, 400 + i as usize)
+                .unwrap();
+        }
+        ch.submit_nodata(IoType::Reset, 0, 0, qos_done, 500)
+            .unwrap();
+    });
+    pass(30);
+    let r = qos_results();
+    let aborted = r.iter().filter(|x| x.1 == IoStatus::Aborted).count();
+    assert!(aborted >= 3, "waiting reads aborted by the reset: {r:?}");
+    assert!(
+        r.iter().any(|x| x.0 == 500 && x.1 == IoStatus::Success),
+        "{r:?}"
+    );
+    assert_eq!(r.len(), 6);
+    enter(1, || {
+        drop(ch);
+        drop(desc);
+    });
+    on(0, || async { malloc::delete("m_qos").await.unwrap() });
+}

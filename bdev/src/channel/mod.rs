@@ -237,11 +237,13 @@ impl ChanState {
         io.num_blocks * self.bdev.props.block_size as u64
     }
 
-    /// Whether a new I/O must wait for QoS: a limit is set and either I/O
-    /// waits already (order is kept) or the balances refuse it.
+    /// Whether a new I/O must wait for QoS: a limit is set, its type
+    /// counts, and either I/O waits already (order is kept) or the
+    /// balances refuse it.
     #[inline]
     pub(crate) fn qos_holds(&self, io: &BdevIo) -> bool {
         self.bdev.qos.active()
+            && crate::qos::Qos::counts(io.ty)
             && (!self.qos_queue.borrow().is_empty()
                 || !self.bdev.qos.admit(io.ty, self.io_bytes(io)))
     }
