@@ -137,15 +137,7 @@ pub(crate) fn abort(s: &Rc<ChanState>, p: NonNull<BdevIo>) {
         n += 1;
         finish_aborted(s, v);
     }
-    loop {
-        let pos = s
-            .qos_queue
-            .borrow()
-            .iter()
-            .position(|q| abortable(*q, target));
-        let Some(v) = pos.and_then(|i| s.qos_queue.borrow_mut().remove(i)) else {
-            break;
-        };
+    while let Some(v) = s.qos_take(|q| abortable(q, target)) {
         n += 1;
         finish_aborted(s, v);
     }

@@ -4,26 +4,31 @@
 //! core's channel of the bdev together.
 //!
 //! Time is cut into slices of 1 ms; each limit gets its per-second value
-//! / 1000 per slice (at least one I/O or 512 bytes), held as a balance
-//! that every core's channel draws from. An I/O is admitted while every
-//! limit that applies to it has a positive balance, and charged to all of
-//! them (so a large I/O may drive a balance negative: the debt is paid
-//! from the next slices); otherwise it waits, in its channel's queue and
-//! in order, until a slice refills the balance — it is never failed. A
-//! balance left unused at the end of a slice is dropped (no bursts after
-//! idle time). Only reads and writes count (and zero-copy starts); UNMAP,
-//! WRITE_ZEROES, FLUSH, RESET and the rest pass.
+//! / 1000 per slice (at least one I/O or 512 bytes). An I/O is admitted
+//! while every limit that applies to it has credit, and charged to all of
+//! them (so a large I/O may drive a credit negative: the debt is paid from
+//! the next slices); otherwise it waits, in its channel's queue and in
+//! order, until a slice brings credit — it is never failed. Credit left
+//! unused at the end of a slice is dropped (no bursts after idle time).
+//! Only reads and writes count (and zero-copy starts); UNMAP,
+//! WRITE_ZEROES, FLUSH, RESET and the rest pass, ahead of what waits.
 //!
-//! The balances are atomics shared by the bdev's channels: with a limit set,
-//! each counted I/O of that bdev pays an atomic update per limit (the price
-//! of one budget for all cores; SPDK instead sends every I/O of a limited
-//! bdev to one thread). With no limit, the I/O path reads one flag.
+//! Fair between cores: a slice's quota goes to a balance shared by the
+//! channels with nothing waiting (their I/O passes at once while it lasts);
+//! once channels have I/O waiting, the quota is dealt out among those
+//! channels instead, evenly, the remainder by turns, so every core's I/O
+//! gets its share (SPDK gets the same by sending every I/O of a limited
+//! bdev through one thread).
+//!
+//! The credits are atomics: with a limit set, each counted I/O of that
+//! bdev pays an atomic update per limit. With no limit, the I/O path reads
+//! one flag.
 //!
 //! The refill runs as a task on the core that set the limits, every
 //! millisecond, for as long as a limit is set.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use crate::types::IoType;
@@ -118,6 +123,24 @@ impl QosUpdate {
     }
 }
 
+/// One channel's side of QoS: how much waits in it, and the credit dealt
+/// to it.
+#[derive(Debug, Default)]
+pub(crate) struct ChannelQos {
+    /// I/O waiting in the channel's queue (written by its core alone).
+    waiting: AtomicUsize,
+    /// Credit dealt to this channel per limit.
+    credit: [AtomicI64; 4],
+}
+
+impl ChannelQos {
+    /// Publishes how much waits in the channel (its core only).
+    #[inline]
+    pub fn set_waiting(&self, n: usize) {
+        self.waiting.store(n, Ordering::Relaxed);
+    }
+}
+
 /// The QoS state of one bdev.
 #[derive(Debug, Default)]
 pub(crate) struct Qos {
@@ -126,20 +149,31 @@ pub(crate) struct Qos {
     active: AtomicBool,
     /// The quota of a slice per limit (0: not limited).
     per_slice: [AtomicI64; 4],
-    /// What is left of the current slice per limit.
+    /// The credit shared by channels with nothing waiting, per limit.
     balance: [AtomicI64; 4],
+    /// Every channel's side (for the deal).
+    channels: Mutex<Vec<Weak<ChannelQos>>>,
+    /// Whose turn the remainder of a deal starts with.
+    rotor: AtomicUsize,
     /// Which refill task is the current one (a new one each time QoS is
     /// switched on; an older one sees the change and ends).
     generation: AtomicU64,
 }
 
-/// Which limits an I/O counts against: (I/O count, bytes, is it a read).
+/// Which limits an I/O counts against: Some(is it a read) or None.
 fn counted(ty: IoType) -> Option<bool> {
     match ty {
         IoType::Read => Some(true),
         IoType::Write | IoType::Zcopy => Some(false),
         _ => None,
     }
+}
+
+/// (applies, charge) per limit for an I/O: I/O count, bytes, read bytes,
+/// write bytes.
+fn charges(read: bool, bytes: u64) -> [(bool, i64); 4] {
+    let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+    [(true, 1), (true, bytes), (read, bytes), (!read, bytes)]
 }
 
 impl Qos {
@@ -159,6 +193,15 @@ impl Qos {
     #[inline]
     pub fn active(&self) -> bool {
         self.active.load(Ordering::Relaxed)
+    }
+
+    /// A new channel's side.
+    pub fn register(&self) -> Arc<ChannelQos> {
+        let c = Arc::new(ChannelQos::default());
+        let mut list = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        list.retain(|w| w.strong_count() > 0);
+        list.push(Arc::downgrade(&c));
+        c
     }
 
     /// Sets the limits. Returns the generation of a refill task to start
@@ -191,43 +234,85 @@ impl Qos {
         self.generation.load(Ordering::Acquire) == generation && self.active()
     }
 
-    /// Admits an I/O of `ty` moving `bytes`, charging every limit that
-    /// applies, or refuses it (it waits for a refill). Types that do not
-    /// count always pass.
+    /// Admits an I/O of `ty` moving `bytes` from a channel with nothing
+    /// waiting, against the shared credit, or refuses it (it waits).
+    /// Types that do not count always pass.
     #[inline]
     pub fn admit(&self, ty: IoType, bytes: u64) -> bool {
+        self.admit_from(&self.balance, ty, bytes)
+    }
+
+    /// Admits the first I/O waiting in a channel against the credit dealt
+    /// to that channel.
+    #[inline]
+    pub fn admit_waiting(&self, ch: &ChannelQos, ty: IoType, bytes: u64) -> bool {
+        self.admit_from(&ch.credit, ty, bytes)
+    }
+
+    fn admit_from(&self, credit: &[AtomicI64; 4], ty: IoType, bytes: u64) -> bool {
         let Some(read) = counted(ty) else {
             return true;
         };
-        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
-        // (applies, charge) per limit: I/O count, bytes, read bytes, write
-        // bytes.
-        let limits = [(true, 1), (true, bytes), (read, bytes), (!read, bytes)];
+        let limits = charges(read, bytes);
         let limited = |i: usize| limits[i].0 && self.per_slice[i].load(Ordering::Relaxed) > 0;
-        if (0..4).any(|i| limited(i) && self.balance[i].load(Ordering::Relaxed) <= 0) {
+        if (0..4).any(|i| limited(i) && credit[i].load(Ordering::Relaxed) <= 0) {
             return false;
         }
         for (i, (_, charge)) in limits.iter().enumerate() {
             if limited(i) {
-                self.balance[i].fetch_sub(*charge, Ordering::Relaxed);
+                credit[i].fetch_sub(*charge, Ordering::Relaxed);
             }
         }
         true
     }
 
-    /// Refills the balances for `slices` slices gone by: unused credit is
-    /// dropped, debt is paid from the new quota.
+    /// Refills for `slices` slices gone by: unused shared credit is
+    /// dropped, debt is paid from the new quota; the quota goes to the
+    /// shared credit when nothing waits, else it is dealt out among the
+    /// channels with I/O waiting (a waiting channel keeps at most one
+    /// earlier deal it could not spend yet).
     pub fn refill(&self, slices: u64) {
         let slices = i64::try_from(slices.min(1000)).unwrap_or(1000);
+        let chans: Vec<Arc<ChannelQos>> = {
+            let mut list = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+            list.retain(|w| w.strong_count() > 0);
+            list.iter().filter_map(Weak::upgrade).collect()
+        };
+        let (waiting, idle): (Vec<&Arc<ChannelQos>>, Vec<&Arc<ChannelQos>>) = chans
+            .iter()
+            .partition(|c| c.waiting.load(Ordering::Relaxed) > 0);
+        let drop_credit = |a: &AtomicI64| {
+            let _ = a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some(b.min(0)));
+        };
+        let start = self.rotor.fetch_add(1, Ordering::Relaxed);
         for i in 0..4 {
             let q = self.per_slice[i].load(Ordering::Relaxed);
             if q == 0 {
                 continue;
             }
             let add = q.saturating_mul(slices);
-            let _ = self.balance[i].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-                Some(b.min(0).saturating_add(add))
-            });
+            for c in &idle {
+                drop_credit(&c.credit[i]);
+            }
+            if waiting.is_empty() {
+                let _ = self.balance[i].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                    Some(b.min(0).saturating_add(add))
+                });
+                continue;
+            }
+            drop_credit(&self.balance[i]);
+            let n = waiting.len() as i64;
+            let (each, rest) = (add / n, add % n);
+            for k in 0..waiting.len() {
+                let c = waiting[(start + k) % waiting.len()];
+                let give = each + i64::from((k as i64) < rest);
+                // A waiting channel that could not use its last deal (its
+                // core was busy elsewhere) keeps it: it still has I/O to
+                // spend it on (at most one deal is kept).
+                let _ = c.credit[i].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                    Some(b.min(each + 1).saturating_add(give))
+                });
+            }
         }
     }
 }
@@ -307,5 +392,41 @@ mod tests {
         assert_eq!(q.set(QosLimits::default()), None);
         assert!(!q.active());
         assert!(!q.current(1));
+    }
+
+    #[test]
+    fn the_quota_is_dealt_among_waiting_channels_by_turns() {
+        let q = Qos::default();
+        q.set(QosLimits {
+            rw_ios_per_sec: 1000,
+            ..Default::default()
+        });
+        let (a, b, idle) = (q.register(), q.register(), q.register());
+        a.set_waiting(5);
+        b.set_waiting(5);
+        // One I/O per slice, two channels waiting: turn by turn.
+        let mut got = [0, 0];
+        for _ in 0..10 {
+            q.refill(1);
+            for (k, c) in [&a, &b].iter().enumerate() {
+                while q.admit_waiting(c, IoType::Read, 4096) {
+                    got[k] += 1;
+                }
+            }
+            assert!(!q.admit_waiting(&idle, IoType::Read, 4096));
+        }
+        assert_eq!(got, [5, 5]);
+        // While channels wait, the shared credit is not refilled: a channel
+        // with nothing waiting queues behind them too.
+        assert!(!q.admit(IoType::Read, 4096));
+        // Nothing waits: the quota is shared again, and dealt credit left
+        // over is dropped.
+        a.set_waiting(0);
+        b.set_waiting(0);
+        q.refill(1);
+        assert!(q.admit(IoType::Read, 4096));
+        assert!(!q.admit(IoType::Read, 4096));
+        assert!(!q.admit_waiting(&a, IoType::Read, 4096));
+        assert!(!q.admit_waiting(&b, IoType::Read, 4096));
     }
 }

@@ -87,9 +87,7 @@ fn freeze(s: &Rc<ChanState>) {
         finish(s, v, IoStatus::Aborted);
     }
     // I/O waiting for QoS is aborted too (as SPDK's reset does).
-    loop {
-        let next = s.qos_queue.borrow_mut().pop_front();
-        let Some(v) = next else { break };
+    while let Some(v) = s.qos_pop() {
         finish(s, v, IoStatus::Aborted);
     }
 }

@@ -226,7 +226,7 @@ impl BdevChannel {
         }
         if s.qos_holds(io) {
             // Over the bdev's rate limits: waits for a slice's refill.
-            s.qos_queue.borrow_mut().push_back(p);
+            s.qos_push(p);
             return Ok(());
         }
         // Whatever completes during the submission (NOT-SUPPORTED, the

@@ -92,6 +92,8 @@ pub(crate) struct ChanState {
     zero_buf: RefCell<Option<DmaBuf>>,
     /// I/O over the bdev's QoS limits, in order, until a slice refills.
     pub(crate) qos_queue: RefCell<VecDeque<NonNull<BdevIo>>>,
+    /// This channel's side of the bdev's QoS (credit dealt to it).
+    pub(crate) qos_ch: Arc<crate::qos::ChannelQos>,
     /// This channel's latency histogram (`bdev_enable_histogram`).
     pub(crate) histogram: RefCell<Option<Box<[u64]>>>,
     /// The I/O type the histogram counts (None: all).
@@ -135,6 +137,7 @@ impl Chan {
             cache: RefCell::new(crate::env::memory().cache()),
             zero_buf: RefCell::new(None),
             qos_queue: RefCell::new(VecDeque::new()),
+            qos_ch: bdev.qos.register(),
             histogram: RefCell::new(
                 bdev.histogram
                     .load(std::sync::atomic::Ordering::Acquire)
@@ -218,10 +221,10 @@ fn release_qos(s: &Rc<ChanState>) -> bool {
         let Some(p) = front else { break };
         // SAFETY: queued I/O are in flight and owned by the layer.
         let io = unsafe { p.as_ref() };
-        if s.bdev.qos.active() && !s.bdev.qos.admit(io.ty, s.io_bytes(io)) {
+        if s.bdev.qos.active() && !s.bdev.qos.admit_waiting(&s.qos_ch, io.ty, s.io_bytes(io)) {
             break;
         }
-        s.qos_queue.borrow_mut().pop_front();
+        s.qos_pop();
         released = true;
         s.in_submit.set(s.in_submit.get() + 1);
         submit(s, p);
@@ -246,6 +249,33 @@ impl ChanState {
             && crate::qos::Qos::counts(io.ty)
             && (!self.qos_queue.borrow().is_empty()
                 || !self.bdev.qos.admit(io.ty, self.io_bytes(io)))
+    }
+
+    /// Queues an I/O for QoS (publishing how much waits).
+    pub(crate) fn qos_push(&self, p: NonNull<BdevIo>) {
+        let mut q = self.qos_queue.borrow_mut();
+        q.push_back(p);
+        self.qos_ch.set_waiting(q.len());
+    }
+
+    /// Takes the first I/O waiting for QoS.
+    pub(crate) fn qos_pop(&self) -> Option<NonNull<BdevIo>> {
+        let mut q = self.qos_queue.borrow_mut();
+        let p = q.pop_front();
+        self.qos_ch.set_waiting(q.len());
+        p
+    }
+
+    /// Takes the waiting I/O that `pick` chooses.
+    pub(crate) fn qos_take(
+        &self,
+        pick: impl Fn(NonNull<BdevIo>) -> bool,
+    ) -> Option<NonNull<BdevIo>> {
+        let mut q = self.qos_queue.borrow_mut();
+        let i = q.iter().position(|p| pick(*p))?;
+        let p = q.remove(i);
+        self.qos_ch.set_waiting(q.len());
+        p
     }
 
     /// Whether I/O is timed: latency tracking or a histogram.
