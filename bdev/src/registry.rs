@@ -54,6 +54,11 @@ pub fn new_uuid() -> String {
     }
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
+    format_uuid(&b)
+}
+
+/// 16 bytes in the UUID text form (8-4-4-4-12 lowercase hex digits).
+pub(crate) fn format_uuid(b: &[u8; 16]) -> String {
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
     format!(
         "{}-{}-{}-{}-{}",

@@ -900,6 +900,18 @@ fn qos_done(io: &mut bdev::BdevIo, st: IoStatus) {
     QOS_DONE.with(|d| d.borrow_mut().push((io.ctx(), st, t)));
 }
 
+/// Sets the I/O per second limit of `b` (0: none), on core 0.
+fn set_ios(b: &bdev::Bdev, n: u64) -> bdev::QosLimits {
+    let b = b.clone();
+    on(0, move || async move {
+        b.set_qos_limits(bdev::QosUpdate {
+            rw_ios_per_sec: Some(n),
+            ..Default::default()
+        })
+        .unwrap()
+    })
+}
+
 /// Lets `ms` milliseconds of simulated time go by (the QoS slices refill).
 fn pass(ms: u64) {
     on(0, move || async move {
@@ -912,20 +924,11 @@ fn qos_results() -> Vec<(usize, IoStatus, Duration)> {
 }
 
 #[test]
-fn qos_paces_io_and_aborts_resets_and_removal_release_it() {
+fn qos_paces_io_aborts_and_resets_end_what_waits_and_removal_releases_it() {
     malloc::create("m_qos", 4096, 512, None).unwrap();
     let b = bdev::get("m_qos").unwrap();
-    let limits = on(0, {
-        let b = b.clone();
-        move || async move {
-            b.set_qos_limits(bdev::QosUpdate {
-                rw_ios_per_sec: Some(1000),
-                ..Default::default()
-            })
-        }
-    })
-    .unwrap();
-    assert_eq!(limits.rw_ios_per_sec, 1000);
+    assert_eq!(set_ios(&b, 1500).rw_ios_per_sec, 2000, "rounded up");
+    assert_eq!(set_ios(&b, 1000).rw_ios_per_sec, 1000);
     // Ten reads from core 1: one per 1 ms slice. One is aborted while it
     // waits; flushes pass.
     let (desc, ch) = enter(1, || {
@@ -964,16 +967,7 @@ fn qos_paces_io_and_aborts_resets_and_removal_release_it() {
                 .unwrap();
         }
     });
-    on(0, {
-        let b = b.clone();
-        move || async move {
-            b.set_qos_limits(bdev::QosUpdate {
-                rw_ios_per_sec: Some(0),
-                ..Default::default()
-            })
-            .unwrap();
-        }
-    });
+    set_ios(&b, 0);
     pass(30);
     let r = qos_results();
     assert_eq!(r.len(), 20);
@@ -985,16 +979,7 @@ fn qos_paces_io_and_aborts_resets_and_removal_release_it() {
     );
     assert_eq!(b.qos_limits(), bdev::QosLimits::default());
     // A reset aborts what waits for QoS.
-    on(0, {
-        let b = b.clone();
-        move || async move {
-            b.set_qos_limits(bdev::QosUpdate {
-                rw_ios_per_sec: Some(1000),
-                ..Default::default()
-            })
-            .unwrap();
-        }
-    });
+    set_ios(&b, 1000);
     pass(30);
     enter(1, || {
         for i in 0..5 {

@@ -823,15 +823,7 @@ pub(crate) fn namespace_uuid(ns: &nvme_driver::Namespace, serial: &str) -> Strin
         b[8] = (b[8] & 0x3f) | 0x80;
         b
     };
-    let h: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    crate::registry::format_uuid(&bytes)
 }
 
 #[cfg(test)]
