@@ -335,6 +335,8 @@ struct QLog {
     held_seen: Cell<u64>,
     done: Cell<u64>,
     failed: Cell<u64>,
+    /// Writers outside the range still running.
+    outside_writers: Cell<u32>,
 }
 
 #[test]
@@ -345,7 +347,36 @@ fn quiesce_a_range_while_two_cores_write() {
     let sim = Sim::new("quiesce");
     sim.on(0, || malloc::create("q_m", 1024, 512, None).unwrap());
     let log = Rc::new(QLog::default());
+    let over = Rc::new(Cell::new(false));
     let seed = sim.seed;
+    // One writer per core that never touches the range, until the quiesce
+    // is over: I/O elsewhere is there to flow whatever the seed (the
+    // random writers may all be held in the range by then).
+    for core in 0..2u32 {
+        let (log, over) = (log.clone(), over.clone());
+        log.outside_writers.set(log.outside_writers.get() + 1);
+        let task = async move {
+            let desc = bdev::open("q_m", true, nop).unwrap();
+            let ch = desc.get_io_channel().unwrap();
+            let mut rng = Rng((seed ^ (u64::from(core) << 32 | 0xff)) | 1);
+            while !over.get() {
+                let lba = RANGE.end + rng.below(1024 - RANGE.end);
+                let (st, _) = ch
+                    .io(IoType::Write, Some(dma(512, lba as u8)), lba, 1, false)
+                    .await
+                    .unwrap();
+                if st != IoStatus::Success {
+                    log.failed.set(log.failed.get() + 1);
+                }
+                if log.quiesced.get() {
+                    log.outside_while_quiesced
+                        .set(log.outside_while_quiesced.get() + 1);
+                }
+            }
+            log.outside_writers.set(log.outside_writers.get() - 1);
+        };
+        drop(sim.on(core, || reactor::spawn(task)));
+    }
     for core in 0..2u32 {
         for t in 0..TASKS {
             let log = log.clone();
@@ -376,7 +407,6 @@ fn quiesce_a_range_while_two_cores_write() {
             drop(sim.on(core, || reactor::spawn(task)));
         }
     }
-    let over = Rc::new(Cell::new(false));
     {
         let (log, over) = (log.clone(), over.clone());
         let q = async move {
@@ -404,7 +434,7 @@ fn quiesce_a_range_while_two_cores_write() {
     }
     let total = 2 * TASKS * PER_TASK;
     sim.until("every write done and the quiesce over", || {
-        log.done.get() == total && over.get()
+        log.done.get() == total && over.get() && log.outside_writers.get() == 0
     });
     eprintln!(
         "quiesce: {} writes elsewhere and {} in all completed while quiesced",
