@@ -12,29 +12,11 @@ mod common;
 
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::RpcConn;
+use common::{RpcConn, Running, first_vfio_controller, vfio_controllers};
 use serde_json::json;
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn vfio_controllers() -> Vec<String> {
-    bdev::modules::nvme::hotplug::vfio_nvme_controllers(std::path::Path::new(
-        "/sys/bus/pci/devices",
-    ))
-    .iter()
-    .map(|b| b.to_string())
-    .collect()
-}
 
 /// Starts the appliance (hugepages, two cores) on `dir`/spdk.sock with
 /// `extra` arguments and connects to it.
@@ -56,7 +38,7 @@ fn start_appliance(dir: &std::path::Path, extra: &[&str]) -> (Running, RpcConn) 
         .stderr(log)
         .spawn()
         .unwrap_or_else(|e| panic!("start {bin}: {e}"));
-    let running = Running(child);
+    let running = Running::new(child);
     let deadline = Instant::now() + Duration::from_secs(60);
     while std::os::unix::net::UnixStream::connect(&sock).is_err() {
         assert!(
@@ -67,13 +49,6 @@ fn start_appliance(dir: &std::path::Path, extra: &[&str]) -> (Running, RpcConn) 
         std::thread::sleep(Duration::from_millis(50));
     }
     (running, RpcConn::connect(&sock))
-}
-
-fn first_vfio_controller() -> String {
-    vfio_controllers()
-        .into_iter()
-        .next()
-        .expect("an NVMe controller bound to vfio-pci")
 }
 
 /// `bdev_nvme_send_cmd` with a Namespace Attachment command (opcode 15h)
@@ -250,7 +225,7 @@ fn nvme_attach_and_kernel_nbd_export() {
     std::fs::write(&cfg, &saved).unwrap();
     rpc.call("spdk_kill_instance", json!({ "sig_name": "SIGTERM" }))
         .unwrap();
-    let st = running.0.wait().unwrap();
+    let st = running.wait();
     assert!(st.success(), "appliance exit: {st}");
     (running, rpc) = start_appliance(&dir, &["--json", cfg.to_str().unwrap()]);
     assert_eq!(
@@ -345,7 +320,7 @@ fn nvme_attach_and_kernel_nbd_export() {
     namespaces_come_and_go(&mut rpc, &sock);
     rpc.call("spdk_kill_instance", json!({ "sig_name": "SIGTERM" }))
         .unwrap();
-    let st = running.0.wait().unwrap();
+    let st = running.wait();
     assert!(st.success(), "appliance exit: {st}");
 }
 

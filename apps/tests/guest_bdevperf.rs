@@ -14,29 +14,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::guest_spdk_rpc as spdk_rpc;
+use common::{Running, first_vfio_controller};
 use serde_json::Value;
-
-fn first_vfio_controller() -> String {
-    bdev::modules::nvme::hotplug::vfio_nvme_controllers(std::path::Path::new(
-        "/sys/bus/pci/devices",
-    ))
-    .first()
-    .expect("an NVMe controller bound to vfio-pci")
-    .to_string()
-}
-
-/// The bdevperf process, killed if the test fails before it ends (it
-/// holds the controller's VFIO group).
-struct Running(Option<std::process::Child>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(c) = self.0.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 fn num(j: &Value, k: &str) -> f64 {
     j[k].as_f64().unwrap_or_else(|| panic!("{k} in {j}"))
@@ -85,7 +64,7 @@ fn verify_at_depth_128_through_five_controller_resets() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("bdevperf on PATH (ci/guest-tier copies the workspace's binaries)");
-    let mut child = Running(Some(child));
+    let child = Running::new(child);
     let deadline = Instant::now() + Duration::from_secs(30);
     while UnixStream::connect(&sock).is_err() {
         assert!(Instant::now() < deadline, "bdevperf did not listen on -r");
@@ -109,7 +88,7 @@ fn verify_at_depth_128_through_five_controller_resets() {
     // Some I/O after the last reset, then the run ends (-t is only a bound).
     std::thread::sleep(Duration::from_millis(1000));
     spdk_rpc(&sock, &["spdk_kill_instance", "SIGTERM"]);
-    let o = child.0.take().unwrap().wait_with_output().unwrap();
+    let o = child.finish();
     let stderr = String::from_utf8_lossy(&o.stderr);
     let stdout = String::from_utf8_lossy(&o.stdout);
     println!("{stderr}");

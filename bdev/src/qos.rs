@@ -54,15 +54,17 @@ pub struct QosLimits {
 impl QosLimits {
     /// Whether any limit is set.
     pub fn any(&self) -> bool {
-        self.as_array().iter().any(|v| *v > 0)
+        self.named().iter().any(|(_, v)| *v > 0)
     }
 
-    fn as_array(&self) -> [u64; 4] {
+    /// Each limit under SPDK's parameter name (`bdev_set_qos_limit`,
+    /// `assigned_rate_limits`).
+    pub fn named(&self) -> [(&'static str, u64); 4] {
         [
-            self.rw_ios_per_sec,
-            self.rw_mbytes_per_sec,
-            self.r_mbytes_per_sec,
-            self.w_mbytes_per_sec,
+            ("rw_ios_per_sec", self.rw_ios_per_sec),
+            ("rw_mbytes_per_sec", self.rw_mbytes_per_sec),
+            ("r_mbytes_per_sec", self.r_mbytes_per_sec),
+            ("w_mbytes_per_sec", self.w_mbytes_per_sec),
         ]
     }
 

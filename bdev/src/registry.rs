@@ -276,12 +276,7 @@ fn qos_config(b: &Bdev) -> Option<serde_json::Value> {
     }
     let mut params = serde_json::Map::new();
     params.insert("name".into(), b.name().into());
-    for (k, v) in [
-        ("rw_ios_per_sec", l.rw_ios_per_sec),
-        ("rw_mbytes_per_sec", l.rw_mbytes_per_sec),
-        ("r_mbytes_per_sec", l.r_mbytes_per_sec),
-        ("w_mbytes_per_sec", l.w_mbytes_per_sec),
-    ] {
+    for (k, v) in l.named() {
         if v > 0 {
             params.insert(k.into(), v.into());
         }

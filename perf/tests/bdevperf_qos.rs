@@ -7,47 +7,14 @@
 //! free. The histogram of those reads (opc read) shows the time they
 //! waited for QoS, and `bdev_get_bdevs` reports the limits.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
 
 use base64::Engine;
+use common::{Bdevperf, ok, rpc};
 use serde_json::Value;
-
-fn spdk_rpc_path() -> PathBuf {
-    if let Ok(p) = std::env::var("SPDK_RPC") {
-        return PathBuf::from(p);
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join("spdk-rpc"))
-        .find(|p| p.is_file())
-        .expect("spdk-rpc not found on PATH (nor $SPDK_RPC set): run ci/install-host-deps (pip install spdk)")
-}
-
-/// `spdk-rpc -s SOCK args...`: Ok(stdout) or Err(stderr).
-fn rpc(sock: &Path, args: &[&str]) -> Result<String, String> {
-    let o = Command::new(spdk_rpc_path())
-        .arg("-s")
-        .arg(sock)
-        .args(args)
-        .output()
-        .expect("run spdk-rpc");
-    if o.status.success() {
-        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
-    } else {
-        // spdk-rpc prints an error response on stdout.
-        Err(format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        ))
-    }
-}
-
-fn ok(sock: &Path, args: &[&str]) -> String {
-    rpc(sock, args).unwrap_or_else(|e| panic!("spdk-rpc {args:?}: {e}"))
-}
 
 /// (read ops, server time in seconds) from bdev_get_iostat.
 fn reads_at(sock: &Path) -> (u64, f64) {
@@ -73,23 +40,14 @@ fn limits(sock: &Path) -> Value {
     v[0]["assigned_rate_limits"].clone()
 }
 
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn qos_limits_hold_under_load_from_two_cores() {
-    spdk_rpc_path();
+    common::spdk_rpc_path();
     let dir = std::env::temp_dir().join(format!("bdevperf-qos-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("rpc.sock");
-    let child = Command::new(env!("CARGO_BIN_EXE_bdevperf"))
-        .args([
+    let bdevperf = Bdevperf::start(
+        &[
             "--malloc",
             "64",
             "-q",
@@ -103,19 +61,9 @@ fn qos_limits_hold_under_load_from_two_cores() {
             "-m",
             "0x3",
             "--no-huge",
-            "-r",
-        ])
-        .arg(&sock)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run bdevperf");
-    let mut child = Kill(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !sock.exists() {
-        assert!(Instant::now() < deadline, "bdevperf did not listen on -r");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        ],
+        &sock,
+    );
     // Errors as SPDK's.
     let e = rpc(
         &sock,
@@ -251,12 +199,12 @@ fn qos_limits_hold_under_load_from_two_cores() {
     assert!(e.contains("Bad address"), "{e}");
 
     ok(&sock, &["spdk_kill_instance", "SIGTERM"]);
-    let status = child.0.wait().unwrap();
-    let mut err = String::new();
-    if let Some(mut e) = child.0.stderr.take() {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut err);
-    }
-    assert!(status.success(), "bdevperf: {status:?}\n{err}");
+    let o = bdevperf.finish();
+    assert!(
+        o.status.success(),
+        "bdevperf: {:?}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -4,10 +4,12 @@
 //! does — runs the jobs with the parameters it names and answers with
 //! SPDK's result shape, as often as asked; `spdk_kill_instance` ends it.
 
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
+use std::path::Path;
+use std::process::Command;
+
+use common::{Bdevperf, ok};
 use serde_json::Value;
 
 /// `perform_tests` through spdk.rpc.client (what bdevperf.py does):
@@ -42,52 +44,15 @@ except JSONRPCException as e:
     }
 }
 
-fn spdk_rpc(sock: &Path, args: &[&str]) -> String {
-    let o = Command::new("spdk-rpc")
-        .arg("-s")
-        .arg(sock)
-        .args(args)
-        .output()
-        .expect("spdk-rpc on PATH (ci/install-host-deps)");
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(o.status.success(), "spdk-rpc {args:?}: {out}");
-    out
-}
-
-/// Killed if the test fails before bdevperf ends (a poll-mode process
-/// left behind takes whole cores).
-struct Kill(Option<std::process::Child>);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        if let Some(c) = self.0.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 #[test]
 fn waits_for_perform_tests_and_runs_each_call() {
     let dir = std::env::temp_dir().join(format!("bdevperf-z-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("rpc.sock");
-    let child = Command::new(env!("CARGO_BIN_EXE_bdevperf"))
-        .args(["-z", "-o", "4k", "-m", "0x3", "--no-huge", "-r"])
-        .arg(&sock)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run bdevperf");
-    let mut child = Kill(Some(child));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !sock.exists() {
-        assert!(Instant::now() < deadline, "bdevperf -z did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    spdk_rpc(&sock, &["bdev_malloc_create", "-b", "M0", "16", "512"]);
-    spdk_rpc(&sock, &["bdev_malloc_create", "-b", "M1", "16", "4096"]);
-    let methods = spdk_rpc(&sock, &["rpc_get_methods"]);
+    let bdevperf = Bdevperf::start(&["-z", "-o", "4k", "-m", "0x3", "--no-huge"], &sock);
+    ok(&sock, &["bdev_malloc_create", "-b", "M0", "16", "512"]);
+    ok(&sock, &["bdev_malloc_create", "-b", "M1", "16", "4096"]);
+    let methods = ok(&sock, &["rpc_get_methods"]);
     assert!(methods.contains("perform_tests"), "{methods}");
 
     // Not enough to run on: named.
@@ -149,8 +114,8 @@ fn waits_for_perform_tests_and_runs_each_call() {
         assert!(j["iops"].as_f64().unwrap() > 0.0, "{j}");
     }
 
-    spdk_rpc(&sock, &["spdk_kill_instance", "SIGTERM"]);
-    let o = child.0.take().unwrap().wait_with_output().unwrap();
+    ok(&sock, &["spdk_kill_instance", "SIGTERM"]);
+    let o = bdevperf.finish();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
         o.status.success(),

@@ -55,12 +55,11 @@ pub fn bdev_json(b: &Bdev) -> Value {
         "block_size": b.block_size(),
         "num_blocks": b.num_blocks(),
         "uuid": b.uuid(),
-        "assigned_rate_limits": {
-            "rw_ios_per_sec": qos.rw_ios_per_sec,
-            "rw_mbytes_per_sec": qos.rw_mbytes_per_sec,
-            "r_mbytes_per_sec": qos.r_mbytes_per_sec,
-            "w_mbytes_per_sec": qos.w_mbytes_per_sec,
-        },
+        "assigned_rate_limits": qos
+            .named()
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), json!(v)))
+            .collect::<Map<String, Value>>(),
         "claimed": claimed.is_some(),
         "zoned": false,
         "supported_io_types": io,

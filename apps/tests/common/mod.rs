@@ -353,3 +353,49 @@ pub fn guest_spdk_rpc(sock: &Path, args: &[&str]) -> String {
     );
     out
 }
+
+/// A process killed on drop if it still runs: a test that fails must not
+/// leave it holding a device or spinning on cores.
+pub struct Running(Option<Child>);
+
+impl Running {
+    /// Guards `child`.
+    pub fn new(child: Child) -> Running {
+        Running(Some(child))
+    }
+
+    /// Waits for its end.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.0.as_mut().unwrap().wait().unwrap()
+    }
+
+    /// Waits for its end: status and output.
+    pub fn finish(mut self) -> Output {
+        self.0.take().unwrap().wait_with_output().unwrap()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Guest tier: the PCI addresses of the NVMe controllers bound to vfio-pci.
+pub fn vfio_controllers() -> Vec<String> {
+    bdev::modules::nvme::hotplug::vfio_nvme_controllers(Path::new("/sys/bus/pci/devices"))
+        .iter()
+        .map(|b| b.to_string())
+        .collect()
+}
+
+/// Guest tier: the first of [`vfio_controllers`].
+pub fn first_vfio_controller() -> String {
+    vfio_controllers()
+        .into_iter()
+        .next()
+        .expect("an NVMe controller bound to vfio-pci")
+}

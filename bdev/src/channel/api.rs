@@ -9,7 +9,7 @@ use std::sync::Arc;
 use dma::DmaBuf;
 use reactor::IoChannel;
 
-use super::{Chan, ChanState, complete, submit};
+use super::{Chan, ChanState, complete};
 use crate::bdev::Bdev;
 use crate::desc::DescInner;
 use crate::error::BdevError;
@@ -229,12 +229,7 @@ impl BdevChannel {
             s.qos_push(p);
             return Ok(());
         }
-        // Whatever completes during the submission (NOT-SUPPORTED, the
-        // layer's own answers, a module that completes at once) is
-        // delivered from the poller, never inside the caller's call.
-        s.in_submit.set(s.in_submit.get() + 1);
-        submit(s, p);
-        s.in_submit.set(s.in_submit.get() - 1);
+        s.submit_deferring(p);
         Ok(())
     }
 

@@ -56,7 +56,7 @@ pub(crate) fn finish(s: &Rc<ChanState>, mut p: NonNull<BdevIo>, status: IoStatus
             | IoType::Compare
             | IoType::Unmap
             | IoType::WriteZeroes
-            | IoType::Copy => io.num_blocks * s.bdev.props.block_size as u64,
+            | IoType::Copy => s.io_bytes(io),
             _ => 0,
         };
         let ok =

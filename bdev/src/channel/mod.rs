@@ -98,8 +98,6 @@ pub(crate) struct ChanState {
     pub(crate) histogram: RefCell<Option<Box<[u64]>>>,
     /// The I/O type the histogram counts (None: all).
     pub(crate) histogram_opc: Cell<Option<IoType>>,
-    /// A histogram is kept (I/O is timed for it).
-    histogram_on: Cell<bool>,
 }
 
 impl Chan {
@@ -144,7 +142,6 @@ impl Chan {
                     .then(crate::histogram::new),
             ),
             histogram_opc: Cell::new(hist_opc),
-            histogram_on: Cell::new(bdev.histogram.load(std::sync::atomic::Ordering::Acquire)),
             bdev,
         });
         let weak: Weak<ChanState> = Rc::downgrade(&state);
@@ -226,15 +223,24 @@ fn release_qos(s: &Rc<ChanState>) -> bool {
         }
         s.qos_pop();
         released = true;
-        s.in_submit.set(s.in_submit.get() + 1);
-        submit(s, p);
-        s.in_submit.set(s.in_submit.get() - 1);
+        s.submit_deferring(p);
     }
     released
 }
 
 impl ChanState {
-    /// The bytes an I/O moves (QoS charges them).
+    /// Sends an I/O towards the module; whatever completes during the
+    /// submission (NOT-SUPPORTED, the layer's own answers, a module that
+    /// completes at once) is delivered from the poller, never inside the
+    /// caller's call.
+    #[inline]
+    pub(crate) fn submit_deferring(self: &Rc<Self>, p: NonNull<BdevIo>) {
+        self.in_submit.set(self.in_submit.get() + 1);
+        submit(self, p);
+        self.in_submit.set(self.in_submit.get() - 1);
+    }
+
+    /// The bytes an I/O moves or covers (statistics, QoS).
     #[inline]
     pub(crate) fn io_bytes(&self, io: &BdevIo) -> u64 {
         io.num_blocks * self.bdev.props.block_size as u64
@@ -281,7 +287,7 @@ impl ChanState {
     /// Whether I/O is timed: latency tracking or a histogram.
     #[inline]
     pub(crate) fn timed(&self) -> bool {
-        self.track || self.histogram_on.get()
+        self.track || self.histogram.borrow().is_some()
     }
 
     /// Starts (with `opc`: of that type only) or drops this channel's
@@ -289,7 +295,6 @@ impl ChanState {
     pub(crate) fn set_histogram(&self, on: bool, opc: Option<IoType>) {
         *self.histogram.borrow_mut() = on.then(crate::histogram::new);
         self.histogram_opc.set(opc);
-        self.histogram_on.set(on);
     }
 
     /// Whether the module handles `ty`.
@@ -332,9 +337,7 @@ impl ChanState {
         };
         io.epoch = self.quiesce.epoch();
         self.outstanding.set(self.outstanding.get() + 1);
-        self.in_submit.set(self.in_submit.get() + 1);
-        submit(self, p);
-        self.in_submit.set(self.in_submit.get() - 1);
+        self.submit_deferring(p);
     }
 
     /// I/O objects in use (in flight, queued or held).

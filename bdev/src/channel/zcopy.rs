@@ -71,7 +71,7 @@ impl BdevChannel {
 pub(super) fn zcopy_started(s: &Rc<ChanState>, mut p: NonNull<BdevIo>, mut status: IoStatus) {
     // SAFETY: the I/O is in flight and handed back to the layer.
     let io = unsafe { p.as_mut() };
-    let bytes = io.num_blocks * s.bdev.props.block_size as u64;
+    let bytes = s.io_bytes(io);
     // A window of the wrong size is the module's bug: the submitter gets
     // a failure, the module still gets its end (it may hold resources).
     let misfit = status.is_success() && io.data_len() as u64 != bytes;
