@@ -1,7 +1,7 @@
 //! The RPC methods, in SPDK's names, parameters and result shapes, one file
 //! per concern: `framework` (version, methods, reactors, config,
 //! shutdown), `bdev` (the bdev layer's own: listing, statistics, examine),
-//! `nbd`. The bdev modules' methods (malloc, null, delay, error,
+//! `nbd`, `ublk`. The bdev modules' methods (malloc, null, delay, error,
 //! passthrough, crypto and its accel keys, NVMe) live with each module, in
 //! `bdev/src/modules/<name>/rpc.rs`, and come in through
 //! [`::bdev::modules::rpc_methods`]; this file serves them (the glue).
@@ -14,6 +14,7 @@ mod bdev;
 mod framework;
 mod logging;
 mod nbd;
+mod ublk;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -217,6 +218,12 @@ pub fn table() -> Vec<Method> {
         rt("nbd_start_disk", nbd::nbd_start_disk),
         rt("nbd_stop_disk", nbd::nbd_stop_disk),
         rt("nbd_get_disks", nbd::nbd_get_disks),
+        rt("ublk_create_target", ublk::ublk_create_target),
+        rt("ublk_destroy_target", ublk::ublk_destroy_target),
+        rt("ublk_start_disk", ublk::ublk_start_disk),
+        rt("ublk_stop_disk", ublk::ublk_stop_disk),
+        rt("ublk_recover_disk", ublk::ublk_recover_disk),
+        rt("ublk_get_disks", ublk::ublk_get_disks),
     ]);
     t
 }
@@ -448,13 +455,18 @@ pub fn subsystem_config(subsystem: &str) -> Result<Vec<Value>, RpcError> {
         "accel" => Ok(::bdev::modules::rpc_config("accel")),
         "bdev" => Ok(bdev::config()),
         "nbd" => Ok(nbd::config()),
+        "ublk" => Ok(ublk::config()),
         _ => Err(RpcError::errno(-libc::ENOENT)),
     }
 }
 
 /// The subsystems, in dependency order.
-pub const SUBSYSTEMS: [(&str, &[&str]); 3] =
-    [("accel", &[]), ("bdev", &["accel"]), ("nbd", &["bdev"])];
+pub const SUBSYSTEMS: [(&str, &[&str]); 4] = [
+    ("accel", &[]),
+    ("bdev", &["accel"]),
+    ("nbd", &["bdev"]),
+    ("ublk", &["bdev"]),
+];
 
 #[cfg(test)]
 mod tests {
