@@ -11,45 +11,13 @@
 mod common;
 
 use std::fs::OpenOptions;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{RpcConn, Running, first_vfio_controller, vfio_controllers};
+use common::{
+    RpcConn, first_vfio_controller, guest_appliance as start_appliance, kernel_round_trip, pattern,
+    vfio_controllers, wait_for,
+};
 use serde_json::json;
-
-/// Starts the appliance (hugepages, two cores) on `dir`/spdk.sock with
-/// `extra` arguments and connects to it.
-fn start_appliance(dir: &std::path::Path, extra: &[&str]) -> (Running, RpcConn) {
-    let sock = dir.join("spdk.sock");
-    let bin = std::env::var("APPLIANCE_BIN").unwrap_or_else(|_| "appliance".into());
-    // Appended to: a restart keeps the first run's lines.
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("appliance.log"))
-        .unwrap();
-    let child = Command::new(&bin)
-        .args(["-m", "0x3", "-s", "256", "-r"])
-        .arg(&sock)
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {bin}: {e}"));
-    let running = Running::new(child);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the appliance did not listen: {}",
-            std::fs::read_to_string(dir.join("appliance.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (running, RpcConn::connect(&sock))
-}
 
 /// `bdev_nvme_send_cmd` with a Namespace Attachment command (opcode 15h)
 /// attaching (`attach`) or detaching namespace `nsid` to or from
@@ -117,41 +85,6 @@ fn bdev_names(rpc: &mut RpcConn) -> Vec<String> {
         .iter()
         .map(|b| b["name"].as_str().unwrap().to_owned())
         .collect()
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn pattern(seed: u8, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
-}
-
-/// Writes `data` at `offset` of block device `dev` with O_DIRECT-free
-/// buffered I/O plus fsync, then reads it back from a fresh open.
-fn kernel_round_trip(dev: &str, offset: u64, data: &[u8]) {
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(dev)
-        .unwrap_or_else(|e| panic!("open {dev}: {e}"));
-    f.seek(SeekFrom::Start(offset)).unwrap();
-    f.write_all(data).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
-    // Drop the page cache so the read goes through NBD to the appliance.
-    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
-    let mut f = OpenOptions::new().read(true).open(dev).unwrap();
-    f.seek(SeekFrom::Start(offset)).unwrap();
-    let mut got = vec![0u8; data.len()];
-    f.read_exact(&mut got).unwrap();
-    assert!(got == data, "{dev}: read back differs at offset {offset}");
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -369,6 +369,32 @@ impl Running {
         self.0.as_mut().unwrap().wait().unwrap()
     }
 
+    /// Waits up to `limit` for its end; `None` if it still runs.
+    pub fn wait_timeout(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(st) = self.0.as_mut().unwrap().try_wait().unwrap() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.0.as_ref().unwrap().id()
+    }
+
+    /// Kills it with SIGKILL (no clean-up of its own) and reaps it.
+    pub fn kill(&mut self) {
+        let c = self.0.as_mut().unwrap();
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
     /// Waits for its end: status and output.
     pub fn finish(mut self) -> Output {
         self.0.take().unwrap().wait_with_output().unwrap()
@@ -398,4 +424,75 @@ pub fn first_vfio_controller() -> String {
         .into_iter()
         .next()
         .expect("an NVMe controller bound to vfio-pci")
+}
+
+/// Guest tier: starts the appliance (hugepages, two cores) on
+/// `dir`/spdk.sock with `extra` arguments, its output appended to
+/// `dir`/appliance.log, and connects to it.
+pub fn guest_appliance(dir: &std::path::Path, extra: &[&str]) -> (Running, RpcConn) {
+    let sock = dir.join("spdk.sock");
+    let bin = std::env::var("APPLIANCE_BIN").unwrap_or_else(|_| "appliance".into());
+    // Appended to: a restart keeps the first run's lines.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("appliance.log"))
+        .unwrap();
+    let child = Command::new(&bin)
+        .args(["-m", "0x3", "-s", "256", "-r"])
+        .arg(&sock)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {bin}: {e}"));
+    let running = Running::new(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the appliance did not listen: {}",
+            std::fs::read_to_string(dir.join("appliance.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (running, RpcConn::connect(&sock))
+}
+
+/// Waits (up to 20 s) until `f` holds.
+pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A byte pattern that differs with `seed`.
+pub fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// Writes `data` at `offset` of block device `dev` with O_DIRECT-free
+/// buffered I/O plus fsync, then reads it back from a fresh open.
+pub fn kernel_round_trip(dev: &str, offset: u64, data: &[u8]) {
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dev)
+        .unwrap_or_else(|e| panic!("open {dev}: {e}"));
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.write_all(data).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    // Drop the page cache so the read goes through the export to the appliance.
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+    let mut f = std::fs::OpenOptions::new().read(true).open(dev).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    let mut got = vec![0u8; data.len()];
+    f.read_exact(&mut got).unwrap();
+    assert!(got == data, "{dev}: read back differs at offset {offset}");
 }
