@@ -55,6 +55,12 @@ impl Control {
     unsafe fn command(&mut self, op: u32, c: CtrlCmd) -> io::Result<i32> {
         let id = self.next;
         self.next += 1;
+        // Only the queue-affinity query (unused here) names a queue; the
+        // driver refuses ADD_DEV with anything but "none".
+        let c = CtrlCmd {
+            queue_id: u16::MAX,
+            ..c
+        };
         let sqe = opcode::UringCmd80::new(types::Fd(self.file.as_raw_fd()), op)
             .cmd(c.encode())
             .build()
