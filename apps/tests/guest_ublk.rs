@@ -271,6 +271,32 @@ fn malloc_disk_fio_mkfs_and_stop_with_io_in_flight() {
             { "method": "ublk_start_disk", "params": { "bdev_name": "Malloc0", "ublk_id": 0, "num_queues": 1, "queue_depth": 64 } }
         ])
     );
+    // A bdev deleted under its disk takes the disk with it.
+    call(
+        &mut rpc,
+        &dir,
+        "bdev_malloc_create",
+        json!({ "name": "Malloc1", "num_blocks": 8192, "block_size": 4096 }),
+    );
+    call(
+        &mut rpc,
+        &dir,
+        "ublk_start_disk",
+        json!({ "bdev_name": "Malloc1", "ublk_id": 5 }),
+    );
+    wait_for("/dev/ublkb5", || Path::new("/dev/ublkb5").exists());
+    assert_eq!(
+        std::fs::read_to_string("/sys/block/ublkb5/queue/logical_block_size")
+            .unwrap()
+            .trim(),
+        "4096"
+    );
+    kernel_round_trip("/dev/ublkb5", 4096 * 3, &pattern(8, 64 * 1024));
+    call(&mut rpc, &dir, "bdev_malloc_delete", json!({ "name": "Malloc1" }));
+    wait_for("/dev/ublkb5 to go", || !Path::new("/dev/ublkb5").exists());
+    wait_for("ublk 5 to leave the list", || {
+        rpc.call("ublk_get_disks", json!(null)).unwrap().as_array().unwrap().len() == 1
+    });
     guest_spdk_rpc(&sock, &["ublk_destroy_target"]);
     assert!(
         !Path::new(&dev).exists(),

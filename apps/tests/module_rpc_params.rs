@@ -182,3 +182,59 @@ fn module_methods_decode_parameters_as_before() {
         Err((-19, "No such device".into()))
     );
 }
+
+/// The ublk methods' parameter errors, and their answers where the kernel
+/// has no ublk driver (the host tier's case; the guest tier drives the
+/// driver itself, in `guest_ublk`).
+#[test]
+fn ublk_methods_check_parameters_and_say_what_is_missing() {
+    let dir = TempDir::new("ublkparams");
+    let a = Appliance::start(&dir, "a", &[]);
+    let bad = |method: &str, params: Value, message: &str| {
+        let e = a.call(method, params.clone()).unwrap_err();
+        assert_eq!(
+            e,
+            (-32602, format!("Invalid parameters: {message}")),
+            "{method} {params}"
+        );
+    };
+    bad("ublk_start_disk", json!({ "ublk_id": 1 }), "'bdev_name' is required");
+    bad("ublk_start_disk", json!({ "bdev_name": "M" }), "'ublk_id' is required");
+    bad(
+        "ublk_start_disk",
+        json!({ "bdev_name": "M", "ublk_id": -1 }),
+        "'ublk_id' must be an unsigned 32-bit integer",
+    );
+    bad("ublk_stop_disk", json!({}), "'ublk_id' is required");
+    bad("ublk_recover_disk", json!({ "ublk_id": 1 }), "'bdev_name' is required");
+    bad("ublk_create_target", json!({ "cpumask": 3 }), "'cpumask' must be a string");
+    bad("ublk_get_disks", json!({ "nope": 1 }), "unknown parameter 'nope'");
+    // No target yet: every disk method says so.
+    for (m, p) in [
+        ("ublk_start_disk", json!({ "bdev_name": "M", "ublk_id": 1 })),
+        ("ublk_stop_disk", json!({ "ublk_id": 1 })),
+        ("ublk_recover_disk", json!({ "bdev_name": "M", "ublk_id": 1 })),
+    ] {
+        let e = a.call(m, p).unwrap_err();
+        assert_eq!(e.0, -19, "{m}: {e:?}");
+        assert!(e.1.contains("ublk_create_target"), "{m}: {e:?}");
+    }
+    assert_eq!(a.call("ublk_get_disks", json!(null)).unwrap(), json!([]));
+    let e = a.call("ublk_destroy_target", json!(null)).unwrap_err();
+    assert_eq!(e.0, -2, "{e:?}");
+    let e = a
+        .call("ublk_create_target", json!({ "cpumask": "0x4" }))
+        .unwrap_err();
+    assert_eq!(e.0, -22, "{e:?}");
+    assert!(e.1.contains("core 2"), "{e:?}");
+    if !std::path::Path::new("/dev/ublk-control").exists() {
+        let e = a.call("ublk_create_target", json!(null)).unwrap_err();
+        assert_eq!(e.0, -2, "{e:?}");
+        assert!(e.1.contains("/dev/ublk-control"), "{e:?}");
+        assert!(e.1.contains("ublk_drv"), "{e:?}");
+    }
+    assert_eq!(
+        a.call("framework_get_config", json!({ "name": "ublk" })).unwrap(),
+        json!([])
+    );
+}

@@ -189,6 +189,8 @@ struct Queue {
     unsubmitted: Vec<io_uring::squeue::Entry>,
     /// Read buffers the driver copies out of during the next submit.
     after_submit: Vec<DmaBuf>,
+    /// The driver's completions of one turn (kept for its capacity).
+    cqes: Vec<(u16, i32)>,
     /// I/O with the bdev.
     in_bdev: usize,
     gone: usize,
@@ -240,6 +242,7 @@ pub fn start(s: Setup) -> Result<(), String> {
         waiting: VecDeque::new(),
         unsubmitted: Vec::with_capacity(usize::from(s.depth)),
         after_submit: Vec::new(),
+        cqes: Vec::with_capacity(usize::from(s.depth)),
         in_bdev: 0,
         gone: 0,
     };
@@ -334,15 +337,20 @@ impl Queue {
     /// One turn: completions from the driver and the bdev, then submits.
     fn poll(&mut self) -> bool {
         let mut busy = false;
-        // The driver's completions.
-        let mut cqes = Vec::new();
-        for cqe in self.ring.completion() {
-            cqes.push((cqe.user_data() as u16, cqe.result()));
-        }
-        for (tag, res) in cqes {
+        // The driver's completions (copied out first: serving one pushes
+        // to the same ring).
+        let mut cqes = std::mem::take(&mut self.cqes);
+        cqes.extend(
+            self.ring
+                .completion()
+                .map(|c| (c.user_data() as u16, c.result())),
+        );
+        for &(tag, res) in &cqes {
             busy = true;
             self.driver_done(tag, res);
         }
+        cqes.clear();
+        self.cqes = cqes;
         // The bdev's.
         loop {
             let next = self.done.ready.borrow_mut().pop_front();
@@ -449,15 +457,24 @@ impl Queue {
         let d = self.map.get(tag);
         let len = (d.nr_sectors as usize) << 9;
         let shift = self.block_shift;
-        let bytes_at = d.start_sector << 9;
-        let offset = bytes_at >> shift;
-        let blocks = (len as u64) >> shift;
-        if bytes_at & ((1 << shift) - 1) != 0 || (len as u64) & ((1 << shift) - 1) != 0 {
-            if let Some(b) = buf {
-                self.ch.free_buf(b);
+        let mask = (1u64 << shift) - 1;
+        // A flush names no range (the block layer leaves its sector at
+        // all ones); the others must fall on the bdev's blocks.
+        let (offset, blocks) = if d.op() == sys::op::FLUSH {
+            (0, self.num_blocks)
+        } else {
+            match d.start_sector.checked_mul(512) {
+                Some(at) if at & mask == 0 && (len as u64) & mask == 0 => {
+                    (at >> shift, (len as u64) >> shift)
+                }
+                _ => {
+                    if let Some(b) = buf {
+                        self.ch.free_buf(b);
+                    }
+                    return self.commit(tag, -libc::EINVAL, 0);
+                }
             }
-            return self.commit(tag, -libc::EINVAL, 0);
-        }
+        };
         let op = match d.op() {
             sys::op::READ => Op::Read,
             sys::op::WRITE => Op::Write,
@@ -495,7 +512,7 @@ impl Queue {
                     reason: "a write came without its data".into(),
                 }),
             },
-            Op::Flush => ch.submit_nodata(IoType::Flush, 0, self.num_blocks, io_done, ctx),
+            Op::Flush => ch.submit_nodata(IoType::Flush, offset, blocks, io_done, ctx),
             Op::Discard => ch.submit_nodata(IoType::Unmap, offset, blocks, io_done, ctx),
             Op::Zeroes => ch.submit_nodata(IoType::WriteZeroes, offset, blocks, io_done, ctx),
         };
