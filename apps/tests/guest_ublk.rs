@@ -292,10 +292,20 @@ fn malloc_disk_fio_mkfs_and_stop_with_io_in_flight() {
         "4096"
     );
     kernel_round_trip("/dev/ublkb5", 4096 * 3, &pattern(8, 64 * 1024));
-    call(&mut rpc, &dir, "bdev_malloc_delete", json!({ "name": "Malloc1" }));
+    call(
+        &mut rpc,
+        &dir,
+        "bdev_malloc_delete",
+        json!({ "name": "Malloc1" }),
+    );
     wait_for("/dev/ublkb5 to go", || !Path::new("/dev/ublkb5").exists());
     wait_for("ublk 5 to leave the list", || {
-        rpc.call("ublk_get_disks", json!(null)).unwrap().as_array().unwrap().len() == 1
+        rpc.call("ublk_get_disks", json!(null))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
     });
     guest_spdk_rpc(&sock, &["ublk_destroy_target"]);
     assert!(

@@ -198,22 +198,50 @@ fn ublk_methods_check_parameters_and_say_what_is_missing() {
             "{method} {params}"
         );
     };
-    bad("ublk_start_disk", json!({ "ublk_id": 1 }), "'bdev_name' is required");
-    bad("ublk_start_disk", json!({ "bdev_name": "M" }), "'ublk_id' is required");
+    bad(
+        "ublk_start_disk",
+        json!({ "ublk_id": 1 }),
+        "'bdev_name' is required",
+    );
+    bad(
+        "ublk_start_disk",
+        json!({ "bdev_name": "M" }),
+        "'ublk_id' is required",
+    );
     bad(
         "ublk_start_disk",
         json!({ "bdev_name": "M", "ublk_id": -1 }),
+        "'ublk_id' must be an unsigned integer",
+    );
+    bad(
+        "ublk_start_disk",
+        json!({ "bdev_name": "M", "ublk_id": 1u64 << 32 }),
         "'ublk_id' must be an unsigned 32-bit integer",
     );
     bad("ublk_stop_disk", json!({}), "'ublk_id' is required");
-    bad("ublk_recover_disk", json!({ "ublk_id": 1 }), "'bdev_name' is required");
-    bad("ublk_create_target", json!({ "cpumask": 3 }), "'cpumask' must be a string");
-    bad("ublk_get_disks", json!({ "nope": 1 }), "unknown parameter 'nope'");
+    bad(
+        "ublk_recover_disk",
+        json!({ "ublk_id": 1 }),
+        "'bdev_name' is required",
+    );
+    bad(
+        "ublk_create_target",
+        json!({ "cpumask": 3 }),
+        "'cpumask' must be a string",
+    );
+    bad(
+        "ublk_get_disks",
+        json!({ "nope": 1 }),
+        "unknown parameter 'nope'",
+    );
     // No target yet: every disk method says so.
     for (m, p) in [
         ("ublk_start_disk", json!({ "bdev_name": "M", "ublk_id": 1 })),
         ("ublk_stop_disk", json!({ "ublk_id": 1 })),
-        ("ublk_recover_disk", json!({ "bdev_name": "M", "ublk_id": 1 })),
+        (
+            "ublk_recover_disk",
+            json!({ "bdev_name": "M", "ublk_id": 1 }),
+        ),
     ] {
         let e = a.call(m, p).unwrap_err();
         assert_eq!(e.0, -19, "{m}: {e:?}");
@@ -234,7 +262,8 @@ fn ublk_methods_check_parameters_and_say_what_is_missing() {
         assert!(e.1.contains("ublk_drv"), "{e:?}");
     }
     assert_eq!(
-        a.call("framework_get_config", json!({ "name": "ublk" })).unwrap(),
+        a.call("framework_get_config", json!({ "name": "ublk" }))
+            .unwrap(),
         json!([])
     );
 }

@@ -30,7 +30,7 @@ pub mod sys;
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -309,11 +309,7 @@ fn open_bdev(handle: &reactor::Handle, bdev_name: &str, id: u32) -> Result<Arc<D
                 log::info!("ublk {id}: bdev {n} is going away: stopping the disk");
                 let _ = std::thread::Builder::new()
                     .name(format!("ublk{id}-stop"))
-                    .spawn(move || {
-                        if let Err(e) = stop_disk(id) {
-                            log::warn!("ublk {id}: stop: {e}");
-                        }
-                    });
+                    .spawn(move || stop_for_removal(id));
             }
         })
     }))
@@ -324,6 +320,25 @@ fn open_bdev(handle: &reactor::Handle, bdev_name: &str, id: u32) -> Result<Arc<D
             format!("No such device: bdev {bdev_name}: {e}"),
         )
     })
+}
+
+/// Stops disk `id` because its bdev goes away (the bdev waits for the
+/// disk's descriptor): a start or recovery under way is waited for.
+fn stop_for_removal(id: u32) {
+    let deadline = Instant::now() + CLOSE_WAIT;
+    loop {
+        match stop_disk(id) {
+            Ok(()) => return,
+            Err(e) if e.errno == libc::EBUSY && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) if e.errno == libc::ENODEV => return,
+            Err(e) => {
+                log::warn!("ublk {id}: stop for the bdev's removal: {e}");
+                return;
+            }
+        }
+    }
 }
 
 /// The driver parameters that describe `desc`'s bdev.
@@ -387,8 +402,9 @@ fn open_cdev(id: u32) -> Result<OwnedFd, UblkError> {
 /// The queues of a disk, as its owner watches them.
 type Queues = Vec<Arc<queue::Shared>>;
 
-/// Starts a queue per `q` on the target's cores (round-robin), each
-/// fetching every tag.
+/// Starts a queue per `q` on the target's cores, each fetching every tag.
+/// Queues are dealt round-robin over the cores across disks (SPDK's way),
+/// so single-queue disks spread too.
 fn start_queues(
     handle: &reactor::Handle,
     t: &Target,
@@ -397,6 +413,8 @@ fn start_queues(
     cdev: &Arc<OwnedFd>,
     desc: &Arc<Desc>,
 ) -> Result<Queues, (UblkError, Queues)> {
+    static NEXT_CORE: AtomicUsize = AtomicUsize::new(0);
+    let first = NEXT_CORE.fetch_add(usize::from(info.nr_hw_queues), Ordering::Relaxed);
     let mut queues = Vec::new();
     for q in 0..info.nr_hw_queues {
         let shared = Arc::new(queue::Shared::default());
@@ -408,7 +426,7 @@ fn start_queues(
             desc: desc.clone(),
             shared: shared.clone(),
         };
-        let core = t.cores[usize::from(q) % t.cores.len()];
+        let core = t.cores[(first + usize::from(q)) % t.cores.len()];
         let r = crate::methods::block_on(
             handle.spawn_on(core, move || async move { queue::start(setup) }),
         );
