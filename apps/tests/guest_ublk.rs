@@ -143,7 +143,8 @@ fn malloc_disk_fio_mkfs_and_stop_with_io_in_flight() {
         disks,
         json!([{ "ublk_device": "/dev/ublkb0", "id": 0, "queue_depth": 128, "num_queues": 2, "bdev_name": "Malloc0" }])
     );
-    // An id in use, a missing bdev, a depth out of range.
+    // An id in use, a missing bdev, a depth of 0 (above 1024 is lowered to
+    // it, as SPDK does).
     let e = rpc
         .call(
             "ublk_start_disk",
@@ -161,7 +162,7 @@ fn malloc_disk_fio_mkfs_and_stop_with_io_in_flight() {
     let e = rpc
         .call(
             "ublk_start_disk",
-            json!({ "bdev_name": "Malloc0", "ublk_id": 3, "queue_depth": 5000 }),
+            json!({ "bdev_name": "Malloc0", "ublk_id": 3, "queue_depth": 0 }),
         )
         .unwrap_err();
     assert_eq!(e.0, -libc::EINVAL as i64, "{e:?}");
@@ -271,6 +272,81 @@ fn malloc_disk_fio_mkfs_and_stop_with_io_in_flight() {
             { "method": "ublk_start_disk", "params": { "bdev_name": "Malloc0", "ublk_id": 0, "num_queues": 1, "queue_depth": 64 } }
         ])
     );
+    // Failed reads and writes reach the kernel as I/O errors (and do not
+    // hang the queue: the stop afterwards still ends at once).
+    call(
+        &mut rpc,
+        &dir,
+        "bdev_malloc_create",
+        json!({ "name": "Malloc2", "num_blocks": 8192, "block_size": 512 }),
+    );
+    call(
+        &mut rpc,
+        &dir,
+        "bdev_error_create",
+        json!({ "base_name": "Malloc2" }),
+    );
+    call(
+        &mut rpc,
+        &dir,
+        "ublk_start_disk",
+        json!({ "bdev_name": "EE_Malloc2", "ublk_id": 6 }),
+    );
+    wait_for("/dev/ublkb6", || Path::new("/dev/ublkb6").exists());
+    for (io_type, args) in [
+        (
+            "read",
+            [
+                "if=/dev/ublkb6",
+                "of=/dev/null",
+                "bs=4096",
+                "count=1",
+                "iflag=direct",
+            ],
+        ),
+        (
+            "write",
+            [
+                "if=/dev/zero",
+                "of=/dev/ublkb6",
+                "bs=4096",
+                "count=1",
+                "oflag=direct",
+            ],
+        ),
+    ] {
+        call(
+            &mut rpc,
+            &dir,
+            "bdev_error_inject_error",
+            json!({ "name": "EE_Malloc2", "io_type": io_type, "error_type": "failure", "num": 8 }),
+        );
+        let o = Command::new("dd").args(args).output().unwrap();
+        assert!(
+            !o.status.success(),
+            "dd {io_type} through a failing bdev succeeded"
+        );
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("Input/output error"),
+            "dd {io_type}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        call(
+            &mut rpc,
+            &dir,
+            "bdev_error_inject_error",
+            json!({ "name": "EE_Malloc2", "io_type": "clear" }),
+        );
+    }
+    kernel_round_trip("/dev/ublkb6", 0, &pattern(4, 8192));
+    let t = Instant::now();
+    call(&mut rpc, &dir, "ublk_stop_disk", json!({ "ublk_id": 6 }));
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "stop took {:?}",
+        t.elapsed()
+    );
+
     // A bdev deleted under its disk takes the disk with it.
     call(
         &mut rpc,

@@ -30,7 +30,7 @@ pub mod sys;
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -84,6 +84,9 @@ fn io_err(what: impl std::fmt::Display, e: &std::io::Error) -> UblkError {
 
 /// The target: the open control device and the cores that serve queues.
 struct Target {
+    /// Set (under the disk registry's lock) by `destroy_target`: no disk
+    /// starts any more.
+    destroying: AtomicBool,
     cores: Vec<CoreId>,
     cpumask: Option<String>,
     ctrl: Mutex<Control>,
@@ -177,6 +180,7 @@ pub fn create_target(all_cores: &[CoreId], cpumask: Option<&str>) -> Result<(), 
         Err(e) => log::warn!("ublk: the driver does not list its features: {e}"),
     }
     *t = Some(Arc::new(Target {
+        destroying: AtomicBool::new(false),
         cores,
         cpumask: cpumask.map(str::to_owned),
         ctrl: Mutex::new(ctrl),
@@ -190,17 +194,25 @@ pub fn create_target(all_cores: &[CoreId], cpumask: Option<&str>) -> Result<(), 
 /// # Errors
 /// ENOENT when there is no target.
 pub fn destroy_target() -> Result<(), UblkError> {
-    if target().is_none() {
+    let Some(t) = target().clone() else {
         return Err(err(
             libc::ENOENT,
             "No such file or directory: there is no ublk target",
         ));
-    }
-    let ids: Vec<u32> = disks().keys().copied().collect();
-    for id in ids {
-        if let Err(e) = stop_disk(id) {
-            log::warn!("ublk {id}: stop: {e}");
+    };
+    let ids: Vec<u32> = {
+        let d = disks();
+        if t.destroying.swap(true, Ordering::AcqRel) {
+            return Err(err(
+                libc::EBUSY,
+                "Device or resource busy: the ublk target is being destroyed",
+            ));
         }
+        d.keys().copied().collect()
+    };
+    for id in ids {
+        // A start or recovery under way is waited for.
+        stop_waiting(id);
     }
     *target() = None;
     log::info!("ublk: target destroyed");
@@ -257,12 +269,19 @@ struct Claim {
 
 impl Claim {
     fn new(
+        t: &Target,
         id: u32,
         bdev_name: &str,
         num_queues: u32,
         queue_depth: u32,
     ) -> Result<Claim, UblkError> {
         let mut d = disks();
+        if t.destroying.load(Ordering::Acquire) {
+            return Err(err(
+                libc::ENODEV,
+                "No such device: the ublk target is being destroyed",
+            ));
+        }
         if d.contains_key(&id) {
             return Err(err(
                 libc::EBUSY,
@@ -323,9 +342,16 @@ fn open_bdev(handle: &reactor::Handle, bdev_name: &str, id: u32) -> Result<Arc<D
 }
 
 /// Stops disk `id` because its bdev goes away (the bdev waits for the
-/// disk's descriptor): a start or recovery under way is waited for.
-fn stop_for_removal(id: u32) {
-    let deadline = Instant::now() + CLOSE_WAIT;
+/// disk's descriptor) or a queue failed: a start or recovery under way is
+/// waited for.
+pub(crate) fn stop_for_removal(id: u32) {
+    stop_waiting(id);
+}
+
+/// Stops disk `id`, waiting (up to `RECOVERY_WAIT` and `CLOSE_WAIT`) for a
+/// start or recovery of it to end first; errors logged.
+fn stop_waiting(id: u32) {
+    let deadline = Instant::now() + RECOVERY_WAIT + CLOSE_WAIT;
     loop {
         match stop_disk(id) {
             Ok(()) => return,
@@ -334,7 +360,7 @@ fn stop_for_removal(id: u32) {
             }
             Err(e) if e.errno == libc::ENODEV => return,
             Err(e) => {
-                log::warn!("ublk {id}: stop for the bdev's removal: {e}");
+                log::warn!("ublk {id}: stop: {e}");
                 return;
             }
         }
@@ -432,28 +458,43 @@ fn start_queues(
         );
         match r {
             Ok(Ok(())) => queues.push(shared),
-            Ok(Err(why)) => return Err((err(libc::EIO, why), queues)),
-            Err(e) => return Err((err(libc::EIO, format!("queue {q}: {e}")), queues)),
+            Ok(Err((errno, why))) => return Err((err(errno, format!("ublk {id}: {why}")), queues)),
+            Err(e) => {
+                return Err((
+                    err(libc::EIO, format!("ublk {id}: queue {q}: its reactor: {e}")),
+                    queues,
+                ));
+            }
         }
     }
     Ok(queues)
 }
 
 /// Waits until every queue has closed (after the driver aborted their
-/// fetches, or told to quit after `CLOSE_WAIT`).
-fn wait_closed(id: u32, queues: &[Arc<queue::Shared>]) {
-    let deadline = Instant::now() + CLOSE_WAIT;
+/// fetches; told to quit after `CLOSE_WAIT`). False when one still holds
+/// bdev I/O that never ended, `CLOSE_WAIT` after that: the device is then
+/// left as it is (deleting it would wait for the queue's char device).
+fn wait_closed(id: u32, queues: &[Arc<queue::Shared>]) -> bool {
+    let mut deadline = Instant::now() + CLOSE_WAIT;
     let mut told = false;
     while !queues.iter().all(|q| q.closed()) {
-        if !told && Instant::now() > deadline {
+        if Instant::now() > deadline {
+            if told {
+                log::error!(
+                    "ublk {id}: a queue still has bdev I/O outstanding {CLOSE_WAIT:?} after it was told to close; the device is left in place"
+                );
+                return false;
+            }
             log::warn!("ublk {id}: queues still open {CLOSE_WAIT:?} after the stop: closing them");
             for q in queues {
                 q.quit.store(true, Ordering::Release);
             }
             told = true;
+            deadline = Instant::now() + CLOSE_WAIT;
         }
         std::thread::sleep(Duration::from_millis(1));
     }
+    true
 }
 
 /// Undoes a start that failed after ADD_DEV: queues closed, device deleted.
@@ -461,7 +502,9 @@ fn abandon(t: &Target, id: u32, queues: Vec<Arc<queue::Shared>>, cdev: Option<Ar
     for q in &queues {
         q.quit.store(true, Ordering::Release);
     }
-    wait_closed(id, &queues);
+    if !wait_closed(id, &queues) {
+        return;
+    }
     drop(cdev);
     if let Err(e) = t.ctrl().del_dev(id) {
         log::warn!("ublk {id}: deleting after a failed start: {e}");
@@ -482,25 +525,30 @@ pub fn start_disk(
     queue_depth: u32,
 ) -> Result<u32, UblkError> {
     let t = current_target()?;
-    if num_queues == 0 || num_queues > MAX_QUEUES {
+    if num_queues == 0 || queue_depth == 0 {
         return Err(err(
             libc::EINVAL,
-            format!("Invalid argument: num_queues {num_queues}: 1 to {MAX_QUEUES}"),
+            format!(
+                "Invalid argument: num_queues {num_queues}, queue_depth {queue_depth}: neither may be 0"
+            ),
         ));
     }
-    if queue_depth == 0 || queue_depth > MAX_QUEUE_DEPTH {
-        return Err(err(
-            libc::EINVAL,
-            format!("Invalid argument: queue_depth {queue_depth}: 1 to {MAX_QUEUE_DEPTH}"),
-        ));
+    // As SPDK: above the limits is lowered to them, with a warning.
+    if num_queues > MAX_QUEUES {
+        log::warn!("ublk {id}: num_queues {num_queues} lowered to {MAX_QUEUES}");
     }
+    if queue_depth > MAX_QUEUE_DEPTH {
+        log::warn!("ublk {id}: queue_depth {queue_depth} lowered to {MAX_QUEUE_DEPTH}");
+    }
+    let num_queues = num_queues.min(MAX_QUEUES);
+    let queue_depth = queue_depth.min(MAX_QUEUE_DEPTH);
     if id >= 1 << 20 {
         return Err(err(
             libc::EINVAL,
             format!("Invalid argument: ublk_id {id} is beyond the driver's range"),
         ));
     }
-    let claim = Claim::new(id, bdev_name, num_queues, queue_depth)?;
+    let claim = Claim::new(&t, id, bdev_name, num_queues, queue_depth)?;
     let desc = open_bdev(handle, bdev_name, id)?;
     let params = params_for(&desc);
     let want = DevInfo {
@@ -514,14 +562,28 @@ pub fn start_disk(
             | sys::flags::CMD_IOCTL_ENCODE,
         ..DevInfo::default()
     };
-    let info = t
-        .ctrl()
-        .add_dev(&want)
-        .map_err(|e| io_err(format_args!("ublk {id}: adding the device"), &e))?;
+    let info = t.ctrl().add_dev(&want).map_err(|e| {
+        if e.raw_os_error() == Some(libc::EEXIST) {
+            err(
+                libc::EEXIST,
+                format!(
+                    "File exists: ublk {id} exists in the kernel already (left by an appliance that died? take it over with ublk_recover_disk)"
+                ),
+            )
+        } else {
+            io_err(format_args!("ublk {id}: adding the device"), &e)
+        }
+    })?;
+    if u32::from(info.nr_hw_queues) < num_queues {
+        log::warn!(
+            "ublk {id}: the driver gives {} queues (one per CPU at most), not {num_queues}",
+            info.nr_hw_queues
+        );
+    }
     if let Err(e) = t.ctrl().set_params(id, &params) {
         abandon(&t, id, Vec::new(), None);
         return Err(io_err(
-            format_args!("ublk {id}: setting its parameters"),
+            format_args!("ublk {id}: setting its parameters {params:?}"),
             &e,
         ));
     }
@@ -594,7 +656,15 @@ pub fn stop_disk(id: u32) -> Result<(), UblkError> {
             q.quit.store(true, Ordering::Release);
         }
     }
-    wait_closed(id, &running.queues);
+    if !wait_closed(id, &running.queues) {
+        // Kept in the registry, marked stopping: the id stays taken.
+        return Err(err(
+            libc::ETIMEDOUT,
+            format!(
+                "Connection timed out: ublk {id}: its bdev I/O did not end; the device is left in place"
+            ),
+        ));
+    }
     let deleted = t.ctrl().del_dev(id);
     disks().remove(&id);
     drop(running);
@@ -615,7 +685,7 @@ pub fn stop_disk(id: u32) -> Result<(), UblkError> {
 /// the old server in time.
 pub fn recover_disk(handle: &reactor::Handle, bdev_name: &str, id: u32) -> Result<u32, UblkError> {
     let t = current_target()?;
-    let claim = Claim::new(id, bdev_name, 0, 0)?;
+    let claim = Claim::new(&t, id, bdev_name, 0, 0)?;
     let info = t
         .ctrl()
         .dev_info(id)
@@ -624,6 +694,27 @@ pub fn recover_disk(handle: &reactor::Handle, bdev_name: &str, id: u32) -> Resul
         return Err(err(
             libc::EINVAL,
             format!("Invalid argument: ublk {id} was not made recoverable"),
+        ));
+    }
+    // Served here: data fetched with NEED_GET_DATA, copied by the driver
+    // (a device made by SPDK with user copy, or with zero copy, is not).
+    if info.flags & (sys::flags::USER_COPY | sys::flags::SUPPORT_ZERO_COPY) != 0
+        || info.flags & sys::flags::NEED_GET_DATA == 0
+    {
+        return Err(err(
+            libc::EINVAL,
+            format!(
+                "Invalid argument: ublk {id} moves data in a way this server does not serve (flags {:#x}: user copy or zero copy, or no NEED_GET_DATA)",
+                info.flags
+            ),
+        ));
+    }
+    if info.state == sys::state::DEAD {
+        return Err(err(
+            libc::EINVAL,
+            format!(
+                "Invalid argument: ublk {id} is not started (nothing to recover; use ublk_start_disk)"
+            ),
         ));
     }
     let desc = open_bdev(handle, bdev_name, id)?;
@@ -671,7 +762,13 @@ pub fn recover_disk(handle: &reactor::Handle, bdev_name: &str, id: u32) -> Resul
                 q.quit.store(true, Ordering::Release);
             }
             wait_closed(id, &started);
-            return Err(e);
+            return Err(UblkError {
+                message: format!(
+                    "{}; the device is left mid-recovery (ublk_recover_disk may be tried again)",
+                    e.message
+                ),
+                ..e
+            });
         }
     };
     drop(cdev);
@@ -680,7 +777,12 @@ pub fn recover_disk(handle: &reactor::Handle, bdev_name: &str, id: u32) -> Resul
             q.quit.store(true, Ordering::Release);
         }
         wait_closed(id, &queues);
-        return Err(io_err(format_args!("ublk {id}: ending recovery"), &e));
+        return Err(io_err(
+            format_args!(
+                "ublk {id}: ending recovery (the device is left mid-recovery; ublk_recover_disk may be tried again)"
+            ),
+            &e,
+        ));
     }
     claim.keep(
         Running {

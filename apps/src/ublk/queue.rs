@@ -172,6 +172,7 @@ impl Drop for DescMap {
 
 /// A queue being served (owned by its poller).
 struct Queue {
+    dev_id: u32,
     q_id: u16,
     name: String,
     ring: IoUring,
@@ -189,6 +190,10 @@ struct Queue {
     unsubmitted: Vec<io_uring::squeue::Entry>,
     /// Read buffers the driver copies out of during the next submit.
     after_submit: Vec<DmaBuf>,
+    /// The address a read commit names when there is no data (an error):
+    /// the driver refuses a read commit without one, and copies nothing
+    /// for an error.
+    scratch: Box<[u8]>,
     /// The driver's completions of one turn (kept for its capacity).
     cqes: Vec<(u16, i32)>,
     /// I/O with the bdev.
@@ -202,23 +207,30 @@ struct Queue {
 /// starts its poller.
 ///
 /// # Errors
-/// What failed, with the system's error.
-pub fn start(s: Setup) -> Result<(), String> {
+/// A positive errno and what failed.
+pub fn start(s: Setup) -> Result<(), (i32, String)> {
     let name = format!("ublk{}q{}", s.dev_id, s.q_id);
+    let sys_err = |what: &str, e: std::io::Error| {
+        (
+            e.raw_os_error().unwrap_or(libc::EIO),
+            format!("queue {}: {what}: {e}", s.q_id),
+        )
+    };
     let ring = IoUring::builder()
         .build(u32::from(s.depth).next_power_of_two())
-        .map_err(|e| format!("{name}: io_uring: {e}"))?;
+        .map_err(|e| sys_err("io_uring", e))?;
     let map = DescMap::new(&s.cdev, s.q_id, s.depth)
-        .map_err(|e| format!("{name}: mapping its descriptors: {e}"))?;
+        .map_err(|e| sys_err("mapping its descriptors", e))?;
     let ch = s
         .desc
         .get_io_channel()
-        .map_err(|e| format!("{name}: bdev channel: {e}"))?;
+        .map_err(|e| (libc::ENOMEM, format!("queue {}: bdev channel: {e}", s.q_id)))?;
     let done = Rc::new(Done {
         ready: RefCell::new(VecDeque::with_capacity(usize::from(s.depth))),
     });
     let bs = ch.block_size();
     let mut q = Queue {
+        dev_id: s.dev_id,
         q_id: s.q_id,
         name,
         ring,
@@ -242,6 +254,7 @@ pub fn start(s: Setup) -> Result<(), String> {
         waiting: VecDeque::new(),
         unsubmitted: Vec::with_capacity(usize::from(s.depth)),
         after_submit: Vec::new(),
+        scratch: vec![0u8; 4096].into_boxed_slice(),
         cqes: Vec::with_capacity(usize::from(s.depth)),
         in_bdev: 0,
         gone: 0,
@@ -249,32 +262,36 @@ pub fn start(s: Setup) -> Result<(), String> {
     for tag in 0..s.depth {
         q.push(sys::io_cmd::FETCH_REQ, tag, 0, 0);
     }
-    q.submit()
-        .map_err(|e| format!("{}: fetching: {e}", q.name))?;
+    q.submit().map_err(|e| sys_err("fetching", e))?;
     let closing = Cell::new(false);
     let mut q = Some(q);
-    reactor::register_poller(
-        format!("ublk_{}", s.dev_id * 1000 + u32::from(s.q_id)),
-        move || {
-            let Some(queue) = q.as_mut() else {
-                return PollStatus::Idle;
-            };
-            let busy = queue.poll();
-            if queue.finished() || closing.get() {
-                closing.set(true);
-                if queue.in_bdev == 0 {
-                    let queue = q.take();
-                    if let Some(queue) = queue {
-                        queue.close();
-                    }
-                    if let Some(p) = reactor::current_poller() {
-                        p.unregister();
+    reactor::register_poller(format!("ublk{}q{}", s.dev_id, s.q_id), move || {
+        let Some(queue) = q.as_mut() else {
+            return PollStatus::Idle;
+        };
+        let busy = queue.poll();
+        if queue.finished() || closing.get() {
+            closing.set(true);
+            if queue.in_bdev == 0 {
+                if let Some(queue) = q.take() {
+                    let failed = queue.failed();
+                    let dev_id = queue.dev_id;
+                    queue.close();
+                    if failed {
+                        // The device cannot be served any more: stop it
+                        // rather than leave its I/O waiting.
+                        let _ = std::thread::Builder::new()
+                            .name(format!("ublk{dev_id}-stop"))
+                            .spawn(move || super::stop_for_removal(dev_id));
                     }
                 }
+                if let Some(p) = reactor::current_poller() {
+                    p.unregister();
+                }
             }
-            PollStatus::from(busy)
-        },
-    );
+        }
+        PollStatus::from(busy)
+    });
     Ok(())
 }
 
@@ -312,8 +329,16 @@ impl Queue {
             }
             match self.ring.submit() {
                 Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
+                // The kernel is short of something: the rest waits for
+                // the next turn.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                    ) =>
+                {
+                    break;
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -328,6 +353,15 @@ impl Queue {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Whether the queue ended by a failure of its own.
+    fn failed(&self) -> bool {
+        self.shared
+            .error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
     }
 
     fn finished(&self) -> bool {
@@ -432,11 +466,16 @@ impl Queue {
 
     fn driver_error(&mut self, tag: u16, res: i32) {
         if res != sys::IO_RES_ABORT {
-            log::warn!(
-                "{}: tag {tag}: the driver answered {}",
-                self.name,
-                std::io::Error::from_raw_os_error(-res)
+            let e = std::io::Error::from_raw_os_error(-res);
+            log::error!(
+                "{}: tag {tag}: the driver refused a command: {e}",
+                self.name
             );
+            self.shared
+                .error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert_with(|| format!("tag {tag}: the driver refused a command: {e}"));
         }
         self.tags[usize::from(tag)] = Tag::Gone;
         self.gone += 1;
@@ -536,15 +575,22 @@ impl Queue {
 
     fn bdev_done(&mut self, tag: u16, status: IoStatus, buf: Option<DmaBuf>) {
         let d = self.map.get(tag);
-        let len = (d.nr_sectors as i32) << 9;
+        // The byte count for data (at most the device's largest request);
+        // 0 for the others, whose size the driver ignores (a discard's may
+        // exceed an i32).
+        let done = if matches!(d.op(), sys::op::READ | sys::op::WRITE) {
+            i32::try_from(u64::from(d.nr_sectors) << 9).unwrap_or(i32::MAX)
+        } else {
+            0
+        };
         let res = match status {
-            IoStatus::Success => len,
+            IoStatus::Success => done,
             IoStatus::NotSupported => -libc::EOPNOTSUPP,
             IoStatus::NoMem => -libc::ENOMEM,
             _ => -libc::EIO,
         };
         match buf {
-            Some(b) if d.op() == sys::op::READ && res > 0 => {
+            Some(b) if d.op() == sys::op::READ => {
                 let addr = b.as_ptr() as u64;
                 // The driver copies out of it while the commit is
                 // submitted; back to the cache after that.
@@ -559,8 +605,15 @@ impl Queue {
         }
     }
 
-    /// Completes the tag's request with `res` and fetches the next.
+    /// Completes the tag's request with `res` and fetches the next. A
+    /// commit always names a buffer: the driver refuses a read's without
+    /// one (and would leave the request hanging).
     fn commit(&mut self, tag: u16, res: i32, addr: u64) {
+        let addr = if addr == 0 {
+            self.scratch.as_ptr() as u64
+        } else {
+            addr
+        };
         self.tags[usize::from(tag)] = Tag::Fetching;
         self.push(sys::io_cmd::COMMIT_AND_FETCH_REQ, tag, res, addr);
     }

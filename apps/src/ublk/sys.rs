@@ -33,6 +33,8 @@ pub mod cmd {
     pub const ADD_DEV: u32 = ioc(IOC_RW, 0x04, S);
     /// Deletes a device (waits until its char device is closed).
     pub const DEL_DEV: u32 = ioc(IOC_RW, 0x05, S);
+    /// Deletes a device without waiting for its last user (Linux 6.9+).
+    pub const DEL_DEV_ASYNC: u32 = ioc(IOC_READ, 0x14, S);
     /// Starts a device (`/dev/ublkbN` appears) once every queue fetched.
     pub const START_DEV: u32 = ioc(IOC_RW, 0x06, S);
     /// Stops a device (`/dev/ublkbN` goes away).
@@ -71,6 +73,8 @@ pub const IO_RES_ABORT: i32 = -libc::ENODEV;
 
 /// Device flags (`UBLK_F_*`).
 pub mod flags {
+    /// Requests' pages mapped for zero-copy (not served here).
+    pub const SUPPORT_ZERO_COPY: u64 = 1 << 0;
     /// Writes arrive without data; the server gives the buffer then.
     pub const NEED_GET_DATA: u64 = 1 << 2;
     /// The device outlives its server and can be taken over.
@@ -79,6 +83,8 @@ pub mod flags {
     pub const USER_RECOVERY_REISSUE: u64 = 1 << 4;
     /// Commands are ioctl-encoded.
     pub const CMD_IOCTL_ENCODE: u64 = 1 << 6;
+    /// Data copied through the char device (not served here).
+    pub const USER_COPY: u64 = 1 << 7;
 }
 
 /// Device states (`UBLK_S_DEV_*`).
