@@ -4,56 +4,14 @@
 //! runs on the simulated runtime's one thread, so every allocation the
 //! I/O path makes is counted.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 
 use bdev::modules::{crypto, malloc, null, passthru};
 use bdev::{BdevChannel, BdevEvent, BdevIo, IoStatus};
 use reactor::SimRuntime;
 
-struct Counting;
-
-thread_local! {
-    static ON: Cell<bool> = const { Cell::new(false) };
-    static COUNT: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards to the system allocator; only counts on the side.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: the caller's contract, passed on.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: the caller's contract, passed on.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: the caller's contract, passed on.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: the caller's contract, passed on.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-fn count() {
-    let _ = ON.try_with(|on| {
-        if on.get() {
-            let _ = COUNT.try_with(|c| c.set(c.get() + 1));
-        }
-    });
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: testkit::CountingAlloc = testkit::CountingAlloc;
 
 fn nop(_: &str, _: BdevEvent) {}
 
@@ -166,26 +124,23 @@ fn allocations_for(sim: &SimRuntime, name: &str) -> u64 {
     // The buffers come back through the callbacks only while resubmitting;
     // take fresh ones for the measured run.
     refill();
-    COUNT.with(|c| c.set(0));
-    ON.with(|o| o.set(true));
+    testkit::start();
     run(sim, 1_000_000);
-    ON.with(|o| o.set(false));
+    let counts = testkit::stop();
     sim.run_until_idle();
     let failed = JOB.with(|j| j.borrow().failed);
     assert_eq!(failed, 0, "{name}: failed I/O");
     JOB.with(|j| j.borrow_mut().ch = None);
     drop(desc);
-    COUNT.with(Cell::get)
+    counts.allocs
 }
 
 #[test]
 fn a_million_ios_allocate_nothing_after_warm_up() {
     // The counter counts.
-    ON.with(|o| o.set(true));
-    let v = std::hint::black_box(vec![1u8; 10]);
-    ON.with(|o| o.set(false));
+    let (v, n) = testkit::counted(|| std::hint::black_box(vec![1u8; 10]));
     drop(v);
-    assert_eq!(COUNT.with(Cell::get), 1);
+    assert_eq!(n.allocs, 1);
     let sim = SimRuntime::new(1);
     bdev::set_io_pool_size(2 * DEPTH as usize + 16);
     sim.enter(0, || {

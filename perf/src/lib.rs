@@ -9,6 +9,8 @@
 //!
 //! ```text
 //!  nvme/      nvme-perf: arguments, run orchestration, the per-core engine
+//!  bdevperf/  bdevperf: arguments, jobs on the bdev layer, RPC mode
+//!  cli        the option lexer, usage errors and value parsers both share
 //!  clock      TSC (calibrated) or OS clock, with its read cost
 //!  latency    HDR histogram + exact count/sum/min/max
 //!  report     per-worker rows and totals, table and JSON
@@ -17,6 +19,7 @@
 //! ```
 
 pub mod bdevperf;
+pub mod cli;
 pub mod clock;
 pub mod json;
 pub mod latency;

@@ -2,6 +2,9 @@
 
 use std::path::PathBuf;
 
+pub use crate::cli::UsageError;
+use crate::cli::{Lexer, Spec, int};
+
 /// The usage text.
 pub const USAGE: &str = "\
 bdevperf: I/O benchmark on the bdev layer (SPDK's bdevperf)
@@ -183,30 +186,61 @@ pub enum Parsed {
 /// A size with an optional k/K or m/M suffix; `opt` names it in errors.
 ///
 /// # Errors
-/// A message naming `opt` and `v`.
-pub fn parse_size(opt: &str, v: &str) -> Result<usize, String> {
-    let (num, mul) = match v.as_bytes().last() {
-        Some(b'k' | b'K') => (&v[..v.len() - 1], 1024),
-        Some(b'm' | b'M') => (&v[..v.len() - 1], 1024 * 1024),
-        _ => (v, 1),
-    };
-    num.parse::<usize>()
-        .ok()
-        .and_then(|n| n.checked_mul(mul))
-        .filter(|&n| n > 0)
-        .ok_or_else(|| format!("{opt} {v:?}: not a positive size"))
+/// [`UsageError`] naming `opt` and `v`.
+pub fn parse_size(opt: &str, v: &str) -> Result<usize, UsageError> {
+    crate::cli::size(opt, v)
 }
 
-fn parse_num<T: std::str::FromStr>(opt: &str, v: &str, what: &str) -> Result<T, String> {
-    v.parse().map_err(|_| format!("{opt} {v:?}: not {what}"))
+/// Which option a token names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Opt {
+    Help,
+    Json,
+    Malloc,
+    Null,
+    Depth,
+    Size,
+    Workload,
+    Mix,
+    Time,
+    Cores,
+    Target,
+    Mem,
+    Seed,
+    JsonReport,
+    NoHuge,
+    Rpc,
+    Wait,
 }
+
+/// SPDK's bdevperf options (short ones without long forms, as SPDK's).
+const OPTIONS: [Spec<Opt>; 18] = [
+    Spec::flag(Some('h'), Some("help"), Opt::Help),
+    Spec::value(None, Some("json"), Opt::Json),
+    Spec::value(None, Some("malloc"), Opt::Malloc),
+    Spec::value(None, Some("null"), Opt::Null),
+    Spec::value(Some('q'), None, Opt::Depth),
+    Spec::value(Some('o'), None, Opt::Size),
+    Spec::value(Some('w'), None, Opt::Workload),
+    Spec::value(Some('M'), None, Opt::Mix),
+    Spec::value(Some('t'), None, Opt::Time),
+    Spec::value(Some('m'), None, Opt::Cores),
+    Spec::value(Some('c'), None, Opt::Cores),
+    Spec::value(Some('T'), None, Opt::Target),
+    Spec::value(Some('s'), None, Opt::Mem),
+    Spec::value(None, Some("seed"), Opt::Seed),
+    Spec::flag(None, Some("json-report"), Opt::JsonReport),
+    Spec::flag(None, Some("no-huge"), Opt::NoHuge),
+    Spec::value(Some('r'), None, Opt::Rpc),
+    Spec::flag(Some('z'), None, Opt::Wait),
+];
 
 /// Parses the arguments (without the program name).
 ///
 /// # Errors
-/// A message naming the option and the value at fault.
-pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
-    let mut it = args.into_iter();
+/// [`UsageError`] naming the option and the value at fault.
+pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, UsageError> {
+    let mut lexer = Lexer::new(args.into_iter().collect::<Vec<String>>());
     let mut source = None;
     let (mut depth, mut io_size, mut workload, mut time_s) = (None, None, None, None);
     let mut read_percent = None;
@@ -218,81 +252,42 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
     let mut json_report = false;
     let mut rpc_socket = None;
     let mut wait_for_tests = false;
-    while let Some(a) = it.next() {
-        let mut val = |opt: &str| it.next().ok_or_else(|| format!("{opt}: missing value"));
-        match a.as_str() {
-            "-h" | "--help" => return Ok(Parsed::Help),
-            "--json" => source = Some(Source::Json(PathBuf::from(val("--json")?))),
-            "--malloc" => {
-                let v = val("--malloc")?;
-                let n: u64 = parse_num("--malloc", &v, "a size in MiB")?;
-                if n == 0 {
-                    return Err(format!("--malloc {v:?}: must be at least 1 MiB"));
-                }
-                source = Some(Source::Malloc(n));
+    while let Some(arg) = lexer.next_arg(&OPTIONS) {
+        let arg = arg?;
+        let (n, v) = (arg.name.as_str(), arg.value.as_str());
+        let bad = |why: &str| UsageError::new(n, Some(v), why);
+        match arg.opt {
+            Opt::Help => return Ok(Parsed::Help),
+            Opt::Json => source = Some(Source::Json(PathBuf::from(v))),
+            Opt::Malloc => source = Some(Source::Malloc(int(n, v, 1, 1 << 30, "a size in MiB")?)),
+            Opt::Null => source = Some(Source::Null(int(n, v, 1, 1 << 30, "a size in MiB")?)),
+            Opt::Depth => depth = Some(int(n, v, 1, 65536, "the queue depth")? as usize),
+            Opt::Size => io_size = Some(parse_size(n, v)?),
+            Opt::Workload => {
+                workload = Some(Workload::parse(v).ok_or_else(|| {
+                    bad("unknown workload (read, write, randread, randwrite, rw, randrw, verify, reset, flush)")
+                })?)
             }
-            "--null" => {
-                let v = val("--null")?;
-                let n: u64 = parse_num("--null", &v, "a size in MiB")?;
-                if n == 0 {
-                    return Err(format!("--null {v:?}: must be at least 1 MiB"));
-                }
-                source = Some(Source::Null(n));
-            }
-            "-q" => {
-                let v = val("-q")?;
-                let n: usize = parse_num("-q", &v, "a queue depth")?;
-                if n == 0 || n > 65536 {
-                    return Err(format!("-q {v:?}: depth must be 1..=65536"));
-                }
-                depth = Some(n);
-            }
-            "-o" => io_size = Some(parse_size("-o", &val("-o")?)?),
-            "-w" => {
-                let v = val("-w")?;
-                workload = Some(Workload::parse(&v).ok_or_else(|| {
-                    format!(
-                        "-w {v:?}: unknown workload (read, write, randread, randwrite, rw, randrw, verify, reset, flush)"
-                    )
-                })?);
-            }
-            "-M" => {
-                let v = val("-M")?;
-                let n: u32 = parse_num("-M", &v, "a percentage")?;
-                if n > 100 {
-                    return Err(format!("-M {v:?}: a percentage is 0..=100"));
-                }
-                read_percent = Some(n);
-            }
-            "-t" => {
-                let v = val("-t")?;
-                let t: f64 = parse_num("-t", &v, "a number of seconds")?;
+            Opt::Mix => read_percent = Some(int(n, v, 0, 100, "the read percentage")? as u32),
+            Opt::Time => {
+                let t: f64 = v.parse().map_err(|_| bad("not a number of seconds"))?;
                 if !(t > 0.0 && t.is_finite()) {
-                    return Err(format!("-t {v:?}: must be positive"));
+                    return Err(bad("the run time must be positive"));
                 }
                 time_s = Some(t);
             }
-            "-m" | "-c" => {
-                let v = val(&a)?;
+            Opt::Cores => {
                 v.parse::<reactor::CpuSet>()
-                    .map_err(|e| format!("{a} {v:?}: {e}"))?;
-                cpumask = v;
+                    .map_err(|e| bad(&e.to_string()))?;
+                cpumask = v.to_owned();
             }
-            "-T" => target = Some(val("-T")?),
-            "-s" => {
-                let v = val("-s")?;
-                let n: u64 = parse_num("-s", &v, "a size in MiB")?;
-                if n < 16 {
-                    return Err(format!("-s {v:?}: at least 16 MiB"));
-                }
-                mem_mib = Some(n);
-            }
-            "--seed" => seed = parse_num("--seed", &val("--seed")?, "an integer")?,
-            "--json-report" => json_report = true,
-            "--no-huge" => no_huge = true,
-            "-r" => rpc_socket = Some(PathBuf::from(val("-r")?)),
-            "-z" => wait_for_tests = true,
-            other => return Err(format!("{other:?}: unknown option")),
+            Opt::Target => target = Some(v.to_owned()),
+            Opt::Mem => mem_mib = Some(int(n, v, 16, 1 << 30, "memory in MiB")?),
+            Opt::Seed => seed = crate::cli::seed(n, v)?,
+            Opt::JsonReport => json_report = true,
+            Opt::NoHuge => no_huge = true,
+            Opt::Rpc => rpc_socket = Some(PathBuf::from(v)),
+            Opt::Wait => wait_for_tests = true,
         }
     }
     let mut unset = Vec::new();
@@ -310,25 +305,37 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
         }
         rpc_socket.get_or_insert_with(|| PathBuf::from("/var/tmp/spdk.sock"));
     }
+    let required =
+        |o: &str, what: &str| UsageError::new(o, None, format!("missing: {what} is required"));
     let source = match source {
         Some(s) => s,
         None if wait_for_tests => Source::Rpc,
-        None => return Err("--json FILE (or --malloc/--null MIB, or -z) is required".into()),
+        None => {
+            return Err(required(
+                "--json",
+                "a config (--json FILE, or --malloc/--null MIB, or -z)",
+            ));
+        }
     };
     // With -z, placeholders for what perform_tests must give.
     let z = wait_for_tests;
-    let depth = depth.or(z.then_some(1)).ok_or("-q DEPTH is required")?;
-    let io_size = io_size.or(z.then_some(4096)).ok_or("-o SIZE is required")?;
+    let depth = depth
+        .or(z.then_some(1))
+        .ok_or_else(|| required("-q", "the queue depth"))?;
+    let io_size = io_size
+        .or(z.then_some(4096))
+        .ok_or_else(|| required("-o", "the I/O size"))?;
     let workload = workload
         .or(z.then_some(Workload::RandRead))
-        .ok_or("-w WORKLOAD is required")?;
+        .ok_or_else(|| required("-w", "the workload"))?;
     let time_s = time_s
         .or(z.then_some(1.0))
-        .ok_or("-t SECONDS is required")?;
+        .ok_or_else(|| required("-t", "the run time"))?;
     if read_percent.is_some() && !workload.is_mixed() && !unset.contains(&"workload_type") {
-        return Err(format!(
-            "-M: only for rw and randrw, not -w {}",
-            workload.name()
+        return Err(UsageError::new(
+            "-M",
+            None,
+            format!("only for rw and randrw, not -w {}", workload.name()),
         ));
     }
     Ok(Parsed::Run(Config {
@@ -356,7 +363,7 @@ mod tests {
     use super::*;
 
     fn p(s: &str) -> Result<Parsed, String> {
-        parse(s.split_whitespace().map(str::to_owned))
+        parse(s.split_whitespace().map(str::to_owned)).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -369,17 +376,17 @@ mod tests {
         assert!(
             p("--null 64 -q 0 -o 4k -w read -t 1")
                 .unwrap_err()
-                .contains("-q \"0\"")
+                .contains("-q '0'")
         );
         assert!(
             p("--null 64 -q 1 -o 4k -w foo -t 1")
                 .unwrap_err()
-                .contains("-w \"foo\"")
+                .contains("-w 'foo'")
         );
         assert!(
             p("--null 64 -q 1 -o x -w read -t 1")
                 .unwrap_err()
-                .contains("-o \"x\"")
+                .contains("-o 'x'")
         );
         assert!(p("-q 1 -o 4k -w read -t 1").unwrap_err().contains("--json"));
         let Ok(Parsed::Run(c)) = p("-z -q 8") else {

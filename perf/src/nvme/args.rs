@@ -165,28 +165,8 @@ pub enum Parsed {
     Help,
 }
 
-/// A bad command line: which option (as typed), its value, and why.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{option}{}: {message}", value.as_ref().map(|v| format!(" '{v}'")).unwrap_or_default())]
-pub struct UsageError {
-    /// The option as typed (`-q`, `--io-depth`), or the argument.
-    pub option: String,
-    /// Its value, if it had one.
-    pub value: Option<String>,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl UsageError {
-    /// An error about `option` with `value`.
-    pub fn new(option: &str, value: Option<&str>, message: impl Into<String>) -> Self {
-        UsageError {
-            option: option.to_owned(),
-            value: value.map(str::to_owned),
-            message: message.into(),
-        }
-    }
-}
+pub use crate::cli::UsageError;
+use crate::cli::{Lexer, Spec, int};
 
 /// Which option a token names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -209,57 +189,36 @@ enum Opt {
     Help,
 }
 
-const OPTIONS: [(Option<char>, &str, Opt, bool); 16] = [
-    (Some('q'), "io-depth", Opt::Depth, true),
-    (Some('o'), "io-size", Opt::Size, true),
-    (Some('w'), "io-pattern", Opt::Pattern, true),
-    (Some('M'), "rwmixread", Opt::Mix, true),
-    (Some('t'), "time", Opt::Time, true),
-    (Some('a'), "warmup-time", Opt::Warmup, true),
-    (Some('c'), "core-mask", Opt::Cores, true),
-    (Some('r'), "transport-id", Opt::Trid, true),
-    (Some('n'), "nsid", Opt::Nsid, true),
-    (Some('s'), "mem-size", Opt::Mem, true),
-    (None, "json", Opt::Json, false),
-    (None, "verify", Opt::Verify, false),
-    (None, "seed", Opt::Seed, true),
-    (None, "clock", Opt::Clock, true),
-    (None, "sim", Opt::Sim, false),
-    (Some('h'), "help", Opt::Help, false),
+const OPTIONS: [Spec<Opt>; 16] = [
+    Spec::value(Some('q'), Some("io-depth"), Opt::Depth),
+    Spec::value(Some('o'), Some("io-size"), Opt::Size),
+    Spec::value(Some('w'), Some("io-pattern"), Opt::Pattern),
+    Spec::value(Some('M'), Some("rwmixread"), Opt::Mix),
+    Spec::value(Some('t'), Some("time"), Opt::Time),
+    Spec::value(Some('a'), Some("warmup-time"), Opt::Warmup),
+    Spec::value(Some('c'), Some("core-mask"), Opt::Cores),
+    Spec::value(Some('r'), Some("transport-id"), Opt::Trid),
+    Spec::value(Some('n'), Some("nsid"), Opt::Nsid),
+    Spec::value(Some('s'), Some("mem-size"), Opt::Mem),
+    Spec::flag(None, Some("json"), Opt::Json),
+    Spec::flag(None, Some("verify"), Opt::Verify),
+    Spec::value(None, Some("seed"), Opt::Seed),
+    Spec::value(None, Some("clock"), Opt::Clock),
+    Spec::flag(None, Some("sim"), Opt::Sim),
+    Spec::flag(Some('h'), Some("help"), Opt::Help),
 ];
 
-/// A decimal integer in `lo..=hi`.
-fn int(opt: &str, v: &str, lo: u64, hi: u64, what: &str) -> Result<u64, UsageError> {
-    match v.parse::<u64>() {
-        Ok(n) if (lo..=hi).contains(&n) => Ok(n),
+/// Bytes, with an optional k/K/m/M suffix (powers of 1024): a multiple of
+/// 512 up to 2 MiB.
+fn bytes(opt: &str, v: &str) -> Result<usize, UsageError> {
+    match crate::cli::size(opt, v) {
+        Ok(n) if n % 512 == 0 && n <= 2 << 20 => Ok(n),
         _ => Err(UsageError::new(
             opt,
             Some(v),
-            format!("{what} must be an integer from {lo} to {hi}"),
+            "I/O size must be a positive number of bytes, a multiple of 512 up to 2 MiB (4096, 4k, 128K)",
         )),
     }
-}
-
-/// Bytes, with an optional k/K/m/M suffix (powers of 1024).
-fn bytes(opt: &str, v: &str) -> Result<usize, UsageError> {
-    let bad = || {
-        UsageError::new(
-            opt,
-            Some(v),
-            "I/O size must be a positive number of bytes, a multiple of 512 up to 2 MiB (4096, 4k, 128K)",
-        )
-    };
-    let (num, mult) = match v.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&v[..i], 1024),
-        Some((i, 'm' | 'M')) => (&v[..i], 1 << 20),
-        _ => (v, 1),
-    };
-    let n: usize = num.parse().map_err(|_| bad())?;
-    let n = n.checked_mul(mult).ok_or_else(bad)?;
-    if n == 0 || n % 512 != 0 || n > 2 << 20 {
-        return Err(bad());
-    }
-    Ok(n)
 }
 
 /// A core mask: hex (`0x3`, `3`) or a list (`[0,2-3]`).
@@ -347,7 +306,7 @@ where
     I: IntoIterator<Item = S>,
     S: Into<String>,
 {
-    let mut args = args.into_iter().map(Into::into);
+    let mut lexer = Lexer::new(args.into_iter().map(Into::into).collect::<Vec<String>>());
     let mut depth = None;
     let mut io_size = None;
     let mut pattern = None;
@@ -371,45 +330,10 @@ where
         sim: false,
     };
     let mut verify_opt = String::new();
-    while let Some(arg) = args.next() {
-        // Find the option and its value: `-q 32`, `-q32`, `--io-depth 32`,
-        // `--io-depth=32`.
-        let (name, opt, takes, inline) = if let Some(long) = arg.strip_prefix("--") {
-            let (l, inline) = match long.split_once('=') {
-                Some((l, v)) => (l, Some(v.to_owned())),
-                None => (long, None),
-            };
-            let Some(&(_, _, opt, takes)) = OPTIONS.iter().find(|o| o.1 == l) else {
-                return Err(UsageError::new(&arg, None, "unknown option"));
-            };
-            (format!("--{l}"), opt, takes, inline)
-        } else if let Some(short) = arg.strip_prefix('-').filter(|s| !s.is_empty()) {
-            let ch = short.chars().next().expect("non-empty");
-            let Some(&(_, _, opt, takes)) = OPTIONS.iter().find(|o| o.0 == Some(ch)) else {
-                return Err(UsageError::new(&format!("-{ch}"), None, "unknown option"));
-            };
-            let rest = &short[ch.len_utf8()..];
-            (
-                format!("-{ch}"),
-                opt,
-                takes,
-                (!rest.is_empty()).then(|| rest.to_owned()),
-            )
-        } else {
-            return Err(UsageError::new(&arg, None, "unexpected argument"));
-        };
-        let value = if takes {
-            match inline.or_else(|| args.next()) {
-                Some(v) => Some(v),
-                None => return Err(UsageError::new(&name, None, "needs a value")),
-            }
-        } else {
-            if inline.is_some() {
-                return Err(UsageError::new(&name, inline.as_deref(), "takes no value"));
-            }
-            None
-        };
-        let v = value.as_deref().unwrap_or("");
+    while let Some(arg) = lexer.next_arg(&OPTIONS) {
+        let arg = arg?;
+        let (name, opt, value) = (arg.name, arg.opt, arg.value);
+        let v = value.as_str();
         let n = name.as_str();
         match opt {
             Opt::Help => return Ok(Parsed::Help),
@@ -436,15 +360,7 @@ where
                 c.verify = true;
                 verify_opt = n.to_owned();
             }
-            Opt::Seed => {
-                let parsed = match v.strip_prefix("0x") {
-                    Some(h) => u64::from_str_radix(h, 16).ok(),
-                    None => v.parse().ok(),
-                };
-                c.seed = parsed.ok_or_else(|| {
-                    UsageError::new(n, Some(v), "seed must be an integer (decimal or 0x hex)")
-                })?;
-            }
+            Opt::Seed => c.seed = crate::cli::seed(n, v)?,
             Opt::Clock => {
                 c.clock = match v {
                     "auto" => ClockChoice::Auto,
