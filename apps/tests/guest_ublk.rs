@@ -84,6 +84,28 @@ fn fio_verify(dev: &str) {
     );
 }
 
+/// fio on `dev` in the background (4 KiB direct I/O through libaio, timed
+/// by `--runtime` in `extra`); its output kept when `keep_output`.
+fn fio_background(dev: &str, extra: &[&str], keep_output: bool) -> Running {
+    let out = || {
+        if keep_output {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        }
+    };
+    Running::new(
+        Command::new("fio")
+            .arg(format!("--filename={dev}"))
+            .args(["--direct=1", "--ioengine=libaio", "--bs=4k", "--time_based"])
+            .args(extra)
+            .stdout(out())
+            .stderr(out())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 fn disk_path(id: u32) -> String {
     format!("/dev/ublkb{id}")
 }
@@ -198,23 +220,15 @@ fn malloc_disk_fio_mkfs_and_stop_with_io_in_flight() {
     // Stopped with I/O in flight: the stop answers, the I/O ends (failed
     // once the device is gone), the device goes away, the appliance and
     // its bdev live on.
-    let mut load = Running::new(
-        Command::new("fio")
-            .args([
-                "--name=load",
-                &format!("--filename={dev}"),
-                "--direct=1",
-                "--ioengine=libaio",
-                "--rw=randrw",
-                "--bs=4k",
-                "--iodepth=32",
-                "--time_based",
-                "--runtime=120",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let mut load = fio_background(
+        &dev,
+        &[
+            "--name=load",
+            "--rw=randrw",
+            "--iodepth=32",
+            "--runtime=120",
+        ],
+        false,
     );
     std::thread::sleep(Duration::from_secs(3));
     assert!(
@@ -426,24 +440,16 @@ fn nvme_disk_fio_and_recovery_after_sigkill() {
     let rdev = std::fs::metadata(&dev).unwrap().rdev();
 
     // I/O in flight while the appliance dies: it waits for the next one.
-    let mut load = Running::new(
-        Command::new("fio")
-            .args([
-                "--name=across",
-                &format!("--filename={dev}"),
-                "--direct=1",
-                "--ioengine=libaio",
-                "--rw=randread",
-                "--bs=4k",
-                "--iodepth=16",
-                "--size=16M",
-                "--time_based",
-                "--runtime=25",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+    let mut load = fio_background(
+        &dev,
+        &[
+            "--name=across",
+            "--rw=randread",
+            "--iodepth=16",
+            "--size=16M",
+            "--runtime=25",
+        ],
+        true,
     );
     std::thread::sleep(Duration::from_secs(2));
     first.kill();

@@ -301,11 +301,16 @@ impl Claim {
         Ok(Claim { id, kept: false })
     }
 
-    fn keep(mut self, running: Running, num_queues: u32, queue_depth: u32) {
+    /// Keeps the id: the disk serves with `queues` over `desc`, as the
+    /// driver described it in `info`.
+    fn keep(mut self, queues: Queues, desc: Arc<Desc>, info: &DevInfo) {
         if let Some(d) = disks().get_mut(&self.id) {
-            d.running = Some(running);
-            d.num_queues = num_queues;
-            d.queue_depth = queue_depth;
+            d.running = Some(Running {
+                queues,
+                _desc: desc,
+            });
+            d.num_queues = u32::from(info.nr_hw_queues);
+            d.queue_depth = u32::from(info.queue_depth);
         }
         self.kept = true;
     }
@@ -606,14 +611,7 @@ pub fn start_disk(
         abandon(&t, id, queues, None);
         return Err(io_err(format_args!("ublk {id}: starting the device"), &e));
     }
-    claim.keep(
-        Running {
-            queues,
-            _desc: desc,
-        },
-        u32::from(info.nr_hw_queues),
-        u32::from(info.queue_depth),
-    );
+    claim.keep(queues, desc, &info);
     log::info!(
         "ublk: /dev/ublkb{id} exports {bdev_name} ({} queues of {})",
         info.nr_hw_queues,
@@ -784,14 +782,7 @@ pub fn recover_disk(handle: &reactor::Handle, bdev_name: &str, id: u32) -> Resul
             &e,
         ));
     }
-    claim.keep(
-        Running {
-            queues,
-            _desc: desc,
-        },
-        u32::from(info.nr_hw_queues),
-        u32::from(info.queue_depth),
-    );
+    claim.keep(queues, desc, &info);
     log::info!("ublk: /dev/ublkb{id} recovered, served from {bdev_name}");
     Ok(id)
 }
