@@ -124,3 +124,79 @@ fn spdk_raid0_superblock_and_striping() {
         );
     }
 }
+
+mod through_a_channel {
+    //! `sb_io`: the superblock read from and written to bdevs through
+    //! their channels (malloc bdevs on a simulated core, one loaded with
+    //! the first blocks of a member SPDK wrote).
+
+    use std::mem::ManuallyDrop;
+
+    use bdev::modules::malloc;
+    use bdev::modules::raid::sb_io::{self, SbIoError};
+    use bdev::modules::raid::superblock::{SbError, Superblock};
+    use bdev::{BdevEvent, IoStatus, IoType};
+    use reactor::SimRuntime;
+
+    thread_local! {
+        static SIM: ManuallyDrop<SimRuntime> = ManuallyDrop::new(SimRuntime::new(1));
+    }
+
+    fn nop(_: &str, _: BdevEvent) {}
+
+    #[test]
+    fn load_store_wipe() {
+        let image = super::member("spdk-v24.09-Raid1", "m0.img.gz");
+        let spdk = Superblock::parse(&image[..4096]).unwrap();
+        SIM.with(|s| {
+            s.enter(0, || {
+                malloc::create("sbio512", 16384, 512, None).unwrap();
+                malloc::create("sbio4k", 2048, 4096, None).unwrap();
+            })
+        });
+        let spdk2 = spdk.clone();
+        SIM.with(|s| {
+            s.block_on(0, async move {
+                let desc = bdev::open("sbio512", true, nop).unwrap();
+                let ch = desc.get_io_channel().unwrap();
+                // No superblock on a fresh bdev.
+                assert_eq!(sb_io::load(&ch).await.unwrap(), None);
+                // SPDK's member's first 4 KiB: the same superblock.
+                let mut b = bdev::memory().alloc(4096, 4096).unwrap();
+                b.write_at(0, &image[..4096]);
+                let (st, _) = ch.io(IoType::Write, Some(b), 0, 8, false).await.unwrap();
+                assert_eq!(st, IoStatus::Success);
+                assert_eq!(sb_io::load(&ch).await.unwrap(), Some(spdk2.clone()));
+                // A flipped bit in the member table: refused, named.
+                let mut b = bdev::memory().alloc(512, 4096).unwrap();
+                let mut first = image[..512].to_vec();
+                first[300] ^= 0x10;
+                b.write_at(0, &first);
+                let (st, _) = ch.io(IoType::Write, Some(b), 0, 1, false).await.unwrap();
+                assert_eq!(st, IoStatus::Success);
+                assert!(matches!(
+                    sb_io::load(&ch).await,
+                    Err(SbIoError::Invalid(SbError::Crc { .. }))
+                ));
+                // Written here, read back; then wiped.
+                let mut mine = spdk2.clone();
+                mine.seq_number += 1;
+                sb_io::store(&ch, &mine).await.unwrap();
+                assert_eq!(sb_io::load(&ch).await.unwrap(), Some(mine.clone()));
+                sb_io::wipe(&ch, mine.len()).await.unwrap();
+                assert_eq!(sb_io::load(&ch).await.unwrap(), None);
+                drop(ch);
+                // 4 KiB blocks: one block holds it.
+                let desc4 = bdev::open("sbio4k", true, nop).unwrap();
+                let ch4 = desc4.get_io_channel().unwrap();
+                let mut big = spdk2.clone();
+                big.block_size = 4096;
+                sb_io::store(&ch4, &big).await.unwrap();
+                assert_eq!(sb_io::load(&ch4).await.unwrap(), Some(big));
+                drop(ch4);
+                drop((desc, desc4));
+            })
+            .unwrap()
+        });
+    }
+}
