@@ -211,7 +211,7 @@ impl IoHandle {
         // The segments are the parent's (in flight until `done` has run:
         // the module holds no handle meanwhile) or the module's buffer,
         // which travels with the child.
-        match base.submit_child_request(req, &iov[..cnt], buf, done) {
+        match base.submit_child_request(req, &iov[..cnt], buf, done, 0) {
             Ok(()) => Ok(()),
             Err((error, buf)) => Err(ChildRefused {
                 parent: IoHandle::new(NonNull::new(raw as *mut BdevIo).expect("non-null")),

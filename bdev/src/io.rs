@@ -198,6 +198,10 @@ pub struct BdevIo {
     /// The RESET the layer sends the module (not orchestrated again).
     pub(crate) layer_reset: bool,
     pub(crate) zcopy: Zcopy,
+    /// A parent's fan-out: its children in flight and their statuses.
+    pub(crate) fan: crate::fanout::FanState,
+    /// A fanned-out child: its slot in the parent's result.
+    pub(crate) fan_slot: u8,
     /// Inline scratch space for the module handling the I/O.
     pub module_ctx: [u64; MODULE_CTX_WORDS],
     /// A DMA buffer the module may attach (dropped, freed, when the I/O ends
@@ -234,6 +238,8 @@ impl BdevIo {
             retries: 0,
             layer_reset: false,
             zcopy: Zcopy::default(),
+            fan: crate::fanout::FanState::default(),
+            fan_slot: 0,
             module_ctx: [0; MODULE_CTX_WORDS],
             module_buf: None,
         }
@@ -473,5 +479,7 @@ impl BdevIo {
         self.seek = 0;
         self.layer_reset = false;
         self.zcopy = Zcopy::default();
+        self.fan = crate::fanout::FanState::default();
+        self.fan_slot = 0;
     }
 }

@@ -75,6 +75,7 @@ mod desc;
 mod emulate;
 mod env;
 mod error;
+mod fanout;
 mod handle;
 mod histogram;
 mod io;
@@ -101,6 +102,7 @@ pub use env::{
     set_runtime,
 };
 pub use error::BdevError;
+pub use fanout::{FanChild, FanData, FanOutCallback, FanOutResult, MAX_FAN_OUT};
 pub use handle::IoHandle;
 pub use histogram::{BUCKET_SHIFT as HISTOGRAM_BUCKET_SHIFT, TICK_RATE as HISTOGRAM_TICK_RATE};
 pub use io::{BdevIo, IoCallback, MAX_IOV, MODULE_CTX_WORDS, Segments, SegmentsMut, ZcopyPhase};

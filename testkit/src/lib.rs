@@ -6,7 +6,9 @@
 //! that prove an I/O path allocates nothing install it
 //! (`#[global_allocator] static A: testkit::CountingAlloc =
 //! testkit::CountingAlloc;`) and measure with [`counted`], or with
-//! [`start`] and [`stop`] around a window a closure cannot wrap.
+//! [`start`] and [`stop`] around a window a closure cannot wrap; with
+//! `TESTKIT_TRAP_ALLOC=N`, the first allocation counted in the N-th window
+//! prints its stack and aborts.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -16,6 +18,11 @@ pub struct CountingAlloc;
 
 thread_local! {
     static ON: Cell<bool> = const { Cell::new(false) };
+    /// This counting window is the one `TESTKIT_TRAP_ALLOC` names: its
+    /// first counted allocation prints where it came from and aborts.
+    static TRAP: Cell<bool> = const { Cell::new(false) };
+    /// Counting windows started on this thread.
+    static WINDOWS: Cell<u64> = const { Cell::new(0) };
     static ALLOCS: Cell<u64> = const { Cell::new(0) };
     static FREES: Cell<u64> = const { Cell::new(0) };
 }
@@ -26,6 +33,15 @@ fn bump(counter: &'static std::thread::LocalKey<Cell<u64>>) {
     let _ = ON.try_with(|on| {
         if on.get() {
             let _ = counter.try_with(|c| c.set(c.get() + 1));
+            if std::ptr::eq(counter, &ALLOCS) && TRAP.try_with(Cell::get).unwrap_or(false) {
+                // Off first: printing the trace allocates.
+                on.set(false);
+                eprintln!(
+                    "testkit: counted allocation at\n{}",
+                    std::backtrace::Backtrace::force_capture()
+                );
+                std::process::abort();
+            }
         }
     });
 }
@@ -74,8 +90,20 @@ impl Counts {
     }
 }
 
-/// Resets this thread's counts and starts counting.
+/// Resets this thread's counts and starts counting. With the environment
+/// variable `TESTKIT_TRAP_ALLOC=N`, the first allocation counted in this
+/// thread's N-th counting window (1 when N is not a number) prints its
+/// stack and aborts: to find where an allocation-free path allocates.
 pub fn start() {
+    let window = WINDOWS.with(|w| {
+        w.set(w.get() + 1);
+        w.get()
+    });
+    let trap = std::env::var("TESTKIT_TRAP_ALLOC")
+        .ok()
+        .map(|v| v.parse().unwrap_or(1))
+        == Some(window);
+    TRAP.with(|t| t.set(trap));
     ALLOCS.with(|c| c.set(0));
     FREES.with(|c| c.set(0));
     ON.with(|o| o.set(true));

@@ -537,15 +537,9 @@ impl BdevChannel {
         iovs: &[IoVec],
         buf: Option<DmaBuf>,
         done: crate::child::ChildCallback,
+        fan_slot: u8,
     ) -> Result<(), (BdevError, Option<DmaBuf>)> {
-        if req.ty == IoType::Zcopy {
-            return Err((
-                BdevError::invalid("I/O type", "zero-copy windows are not child I/O"),
-                buf,
-            ));
-        }
-        let data = req.ty.has_data().then(|| iovs.iter().map(|v| v.len).sum());
-        if let Err(e) = self.check(req.ty, req.offset_blocks, req.num_blocks, data) {
+        if let Err(e) = self.check_child(req.ty, req.offset_blocks, req.num_blocks, iovs) {
             return Err((e, buf));
         }
         if req.ty == IoType::Copy
@@ -566,6 +560,36 @@ impl BdevChannel {
         self.launch(args, iovs, buf, |io| {
             io.child_cb = Some(done);
             io.src_offset_blocks = src;
+            io.fan_slot = fan_slot;
         })
+    }
+
+    /// The checks a child I/O passes before it starts: not a zero-copy
+    /// window, within bounds and rights, its data the size of its blocks.
+    pub(crate) fn check_child(
+        &self,
+        ty: IoType,
+        offset_blocks: u64,
+        num_blocks: u64,
+        iovs: &[IoVec],
+    ) -> Result<(), BdevError> {
+        if ty == IoType::Zcopy {
+            return Err(BdevError::invalid(
+                "I/O type",
+                "zero-copy windows are not child I/O",
+            ));
+        }
+        let data = ty.has_data().then(|| iovs.iter().map(|v| v.len).sum());
+        self.check(ty, offset_blocks, num_blocks, data)
+    }
+
+    /// I/O objects free in this channel's pool.
+    pub(crate) fn free_ios(&self) -> usize {
+        self.state().pool.borrow().len()
+    }
+
+    /// Whether `other` is this same channel (the same pool).
+    pub(crate) fn same_channel(&self, other: &BdevChannel) -> bool {
+        Rc::ptr_eq(self.state(), other.state())
     }
 }

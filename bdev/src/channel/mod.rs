@@ -65,7 +65,7 @@ pub(crate) struct ChanState {
     module_ch: Result<Box<dyn Any>, String>,
     // Boxed: an I/O's address must not move while it is in flight.
     #[allow(clippy::vec_box)]
-    pool: RefCell<Vec<Box<BdevIo>>>,
+    pub(super) pool: RefCell<Vec<Box<BdevIo>>>,
     pool_size: usize,
     nomem: RefCell<VecDeque<NonNull<BdevIo>>>,
     /// Queued I/O is retried once the I/O in the module falls to this
