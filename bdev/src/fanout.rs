@@ -183,8 +183,8 @@ fn read_range(c: &FanChild, parent_len: usize) -> Option<(usize, usize)> {
     }
 }
 
-/// The last child's callback: records its status in its slot; the last
-/// one hands the parent and the result to the module.
+/// Every fanned-out child's callback: records its status in its slot;
+/// the last one hands the parent and the result to the module.
 fn fan_child_done(mut parent: IoHandle, child: &mut BdevIo, status: IoStatus) {
     let slot = usize::from(child.fan_slot);
     let f = &mut parent.io_mut().fan;
