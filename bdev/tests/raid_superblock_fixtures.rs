@@ -115,8 +115,10 @@ fn spdk_raid0_superblock_and_striping() {
     assert_eq!(sb.raid_size, per_member * 2);
     let off = sb.members[0].data_offset as usize;
     for blk in 0..PATTERN_BLOCKS {
-        let (s, within) = (blk / strip, blk % strip);
-        let (m, mblk) = (s % 2, off + (s / 2) * strip + within);
+        // The layout code's mapping, against where SPDK put the data.
+        let (m, inner) =
+            bdev::modules::raid::raid0::map_block(blk as u64, strip.trailing_zeros(), 2);
+        let mblk = off + inner as usize;
         assert_eq!(
             &images[m][mblk * 512..(mblk + 1) * 512],
             &pattern_block(blk)[..],
