@@ -216,7 +216,14 @@ pub fn start(s: Setup) -> Result<(), (i32, String)> {
             format!("queue {}: {what}: {e}", s.q_id),
         )
     };
+    // The setup ublk servers use (the kernel's own kublk, ublksrv): one
+    // issuer, the driver's completions run as deferred task work when this
+    // poller enters the ring (flagged in the SQ flags, so an idle queue
+    // costs no system call).
     let ring = IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_taskrun_flag()
         .build(u32::from(s.depth).next_power_of_two())
         .map_err(|e| sys_err("io_uring", e))?;
     let map = DescMap::new(&s.cdev, s.q_id, s.depth)
@@ -371,6 +378,19 @@ impl Queue {
     /// One turn: completions from the driver and the bdev, then submits.
     fn poll(&mut self) -> bool {
         let mut busy = false;
+        // The driver's deferred completions, when it has some: run by an
+        // enter with GETEVENTS (the crate's submit adds it for them).
+        if self.ring.submission().taskrun() {
+            busy = true;
+            if let Err(e) = self.ring.submit()
+                && !matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                )
+            {
+                log::error!("{}: running the driver's completions: {e}", self.name);
+            }
+        }
         // The driver's completions (copied out first: serving one pushes
         // to the same ring).
         let mut cqes = std::mem::take(&mut self.cqes);
