@@ -331,9 +331,7 @@ fn open_bdev(handle: &reactor::Handle, bdev_name: &str, id: u32) -> Result<Arc<D
         bdev::open(&name, true, move |n, ev| {
             if ev == BdevEvent::Remove {
                 log::info!("ublk {id}: bdev {n} is going away: stopping the disk");
-                let _ = std::thread::Builder::new()
-                    .name(format!("ublk{id}-stop"))
-                    .spawn(move || stop_for_removal(id));
+                stop_in_background(id);
             }
         })
     }))
@@ -346,11 +344,14 @@ fn open_bdev(handle: &reactor::Handle, bdev_name: &str, id: u32) -> Result<Arc<D
     })
 }
 
-/// Stops disk `id` because its bdev goes away (the bdev waits for the
-/// disk's descriptor) or a queue failed: a start or recovery under way is
-/// waited for.
-pub(crate) fn stop_for_removal(id: u32) {
-    stop_waiting(id);
+/// Stops disk `id` from a thread of its own (not a reactor: the stop
+/// waits for the driver) because its bdev goes away (the bdev waits for
+/// the disk's descriptor) or a queue failed; a start or recovery under way
+/// is waited for.
+pub(crate) fn stop_in_background(id: u32) {
+    let _ = std::thread::Builder::new()
+        .name(format!("ublk{id}-stop"))
+        .spawn(move || stop_waiting(id));
 }
 
 /// Stops disk `id`, waiting (up to `RECOVERY_WAIT` and `CLOSE_WAIT`) for a

@@ -170,6 +170,15 @@ impl Drop for DescMap {
     }
 }
 
+/// An enter that may be tried again next turn (interrupted, or the kernel
+/// short of something for now).
+fn later(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+    )
+}
+
 /// A queue being served (owned by its poller).
 struct Queue {
     dev_id: u32,
@@ -287,9 +296,7 @@ pub fn start(s: Setup) -> Result<(), (i32, String)> {
                     if failed {
                         // The device cannot be served any more: stop it
                         // rather than leave its I/O waiting.
-                        let _ = std::thread::Builder::new()
-                            .name(format!("ublk{dev_id}-stop"))
-                            .spawn(move || super::stop_for_removal(dev_id));
+                        super::stop_in_background(dev_id);
                     }
                 }
                 if let Some(p) = reactor::current_poller() {
@@ -338,14 +345,7 @@ impl Queue {
                 Ok(_) => {}
                 // The kernel is short of something: the rest waits for
                 // the next turn.
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
-                    ) =>
-                {
-                    break;
-                }
+                Err(e) if later(&e) => break,
                 Err(e) => return Err(e),
             }
         }
@@ -378,19 +378,6 @@ impl Queue {
     /// One turn: completions from the driver and the bdev, then submits.
     fn poll(&mut self) -> bool {
         let mut busy = false;
-        // The driver's deferred completions, when it has some: run by an
-        // enter with GETEVENTS (the crate's submit adds it for them).
-        if self.ring.submission().taskrun() {
-            busy = true;
-            if let Err(e) = self.ring.submit()
-                && !matches!(
-                    e.raw_os_error(),
-                    Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
-                )
-            {
-                log::error!("{}: running the driver's completions: {e}", self.name);
-            }
-        }
         // The driver's completions (copied out first: serving one pushes
         // to the same ring).
         let mut cqes = std::mem::take(&mut self.cqes);
@@ -431,7 +418,18 @@ impl Queue {
             };
             self.submit_bdev(tag, buf);
         }
-        if !self.unsubmitted.is_empty() || !self.after_submit.is_empty() {
+        // One enter per turn: it hands over what is queued and, when the
+        // SQ flags say so, runs the driver's deferred completions (the
+        // crate adds GETEVENTS for them); those are reaped next turn.
+        let taskrun = self.ring.submission().taskrun();
+        if taskrun && self.unsubmitted.is_empty() && self.after_submit.is_empty() {
+            busy = true;
+            if let Err(e) = self.ring.submit()
+                && !later(&e)
+            {
+                log::error!("{}: running the driver's completions: {e}", self.name);
+            }
+        } else if !self.unsubmitted.is_empty() || !self.after_submit.is_empty() {
             busy = true;
             if let Err(e) = self.submit() {
                 log::error!(

@@ -42,59 +42,51 @@ fn blocks_for(len: usize, block_size: u32) -> u64 {
     (len as u64).div_ceil(u64::from(block_size))
 }
 
-async fn read(ch: &BdevChannel, blocks: u64) -> Result<Vec<u8>, SbIoError> {
+/// One I/O over the first `blocks` blocks: a read when `data` is None
+/// (their bytes back), else a write of `data` padded with zeros (with
+/// Force Unit Access).
+async fn at_block0(
+    ch: &BdevChannel,
+    blocks: u64,
+    data: Option<&[u8]>,
+) -> Result<Vec<u8>, SbIoError> {
+    let (ty, what) = match data {
+        None => (IoType::Read, "read"),
+        Some(_) => (IoType::Write, "write"),
+    };
+    let submit = |source| SbIoError::Submit { what, source };
     let len = (blocks * u64::from(ch.block_size())) as usize;
-    let buf = ch.alloc_buf(len).map_err(|source| SbIoError::Submit {
-        what: "read",
-        source,
-    })?;
+    let mut buf = ch.alloc_buf(len).map_err(submit)?;
+    if let Some(bytes) = data {
+        buf.fill(0);
+        buf.write_at(0, bytes);
+    }
     let (status, buf) = ch
-        .io(IoType::Read, Some(buf), 0, blocks, false)
+        .io(ty, Some(buf), 0, blocks, data.is_some())
         .await
-        .map_err(|source| SbIoError::Submit {
-            what: "read",
-            source,
-        })?;
-    let mut out = vec![0u8; len];
+        .map_err(submit)?;
+    let mut out = Vec::new();
     if let Some(b) = buf {
-        b.read_at(0, &mut out);
+        if data.is_none() {
+            out = vec![0u8; len];
+            b.read_at(0, &mut out);
+        }
         ch.free_buf(b);
     }
     if status != IoStatus::Success {
-        return Err(SbIoError::Io {
-            what: "read",
-            status,
-        });
+        return Err(SbIoError::Io { what, status });
     }
     Ok(out)
 }
 
+async fn read(ch: &BdevChannel, blocks: u64) -> Result<Vec<u8>, SbIoError> {
+    at_block0(ch, blocks, None).await
+}
+
 async fn write(ch: &BdevChannel, bytes: &[u8]) -> Result<(), SbIoError> {
-    let blocks = blocks_for(bytes.len(), ch.block_size());
-    let len = (blocks * u64::from(ch.block_size())) as usize;
-    let mut buf = ch.alloc_buf(len).map_err(|source| SbIoError::Submit {
-        what: "write",
-        source,
-    })?;
-    buf.fill(0);
-    buf.write_at(0, bytes);
-    let (status, buf) = ch
-        .io(IoType::Write, Some(buf), 0, blocks, true)
+    at_block0(ch, blocks_for(bytes.len(), ch.block_size()), Some(bytes))
         .await
-        .map_err(|source| SbIoError::Submit {
-            what: "write",
-            source,
-        })?;
-    if let Some(b) = buf {
-        ch.free_buf(b);
-    }
-    if status != IoStatus::Success {
-        return Err(SbIoError::Io {
-            what: "write",
-            status,
-        });
-    }
-    Ok(())
+        .map(|_| ())
 }
 
 /// The superblock at block 0 of the bdev behind `ch`: `None` when there is
