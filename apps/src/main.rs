@@ -94,6 +94,7 @@ fn run(a: Args) -> Result<(), String> {
         .start()
         .map_err(|e| format!("reactors: {e}"))?;
     bdev::set_runtime(rt.handle());
+    bdev::modules::init().map_err(|e| format!("bdev modules: {e}"))?;
     log::info!(
         "appliance {} on cores {:?}, {} MiB of {} memory",
         env!("CARGO_PKG_VERSION"),

@@ -26,8 +26,19 @@ pub fn rpc_methods() -> Vec<Method> {
         passthru::rpc::methods(),
         nvme::rpc::methods(),
         crypto::rpc::methods(),
+        raid::rpc::methods(),
     ]
     .concat()
+}
+
+/// Registers the modules that examine new bdevs (RAID: members and
+/// superblocks) with the layer; an application calls it once at start,
+/// after [`crate::set_runtime`].
+///
+/// # Errors
+/// The layer's refusal.
+pub fn init() -> Result<(), crate::BdevError> {
+    raid::register()
 }
 
 /// The `save_config` entries modules write themselves for `subsystem`

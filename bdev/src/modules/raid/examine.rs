@@ -1,0 +1,265 @@
+//! Examine: what a new bdev means to the RAIDs. A member a configuring
+//! RAID names (created before it existed) joins it; otherwise its block 0
+//! is read, and a RAID superblock makes it a member of the RAID it names:
+//! the RAID is made from the superblock if it is not known yet, members
+//! join in any order, the newest superblock (highest sequence number)
+//! decides who belongs, and the RAID comes online once every member it
+//! expects is there. A member that was out while its raid1 moved on comes
+//! back as a rebuild's target. Counted by `bdev_wait_for_examine`.
+
+use std::sync::Arc;
+
+use crate::BdevEvent;
+
+use super::raid::{self, Raid, Slot};
+use super::superblock::{Level, MemberState, RaidState, Superblock};
+use super::{MODULE, find, parse_uuid, raids, sb_io};
+
+fn nop(_: &str, _: BdevEvent) {}
+
+/// Examines bdev `name`.
+pub(crate) async fn examine(name: String) {
+    if let Some((r, slot)) = named_slot(&name) {
+        let _op = r.op.lock().await;
+        let still_free = r
+            .ctl()
+            .slots
+            .get(slot)
+            .is_some_and(|s| !s.configured() && s.name.as_deref() == Some(name.as_str()));
+        if !still_free {
+            return;
+        }
+        if let Err(e) = raid::attach_new(&r, slot, &name).await {
+            log::error!("raid {}: member {name} refused: {e}", r.name);
+            return;
+        }
+        if raid::ready(&r)
+            && let Err(e) = raid::configure(&r).await
+        {
+            log::error!("raid {}: going online failed: {e}", r.name);
+        }
+        return;
+    }
+    let Some(b) = crate::get(&name) else {
+        return;
+    };
+    if b.claimed_by().is_some() || b.module() == MODULE && b.num_blocks() == 0 {
+        return;
+    }
+    let sb = {
+        let Ok(desc) = crate::open(&name, false, nop) else {
+            return;
+        };
+        let Ok(ch) = desc.get_io_channel() else {
+            return;
+        };
+        sb_io::load(&ch).await
+    };
+    match sb {
+        Ok(Some(sb)) => assemble(&name, sb).await,
+        Ok(None) => {}
+        Err(e) => log::warn!("raid: examining {name}: {e}"),
+    }
+}
+
+/// A configuring RAID with a free slot named `name`.
+fn named_slot(name: &str) -> Option<(Arc<Raid>, usize)> {
+    raids().iter().find_map(|r| {
+        let c = r.ctl();
+        if c.state != RaidState::Configuring {
+            return None;
+        }
+        c.slots
+            .iter()
+            .position(|s| !s.configured() && s.name.as_deref() == Some(name))
+            .map(|i| (r.clone(), i))
+    })
+}
+
+/// Makes a configuring RAID from a superblock.
+fn from_superblock(sb: &Superblock) -> Option<Arc<Raid>> {
+    let n = usize::from(sb.num_base_bdevs);
+    let mut slots: Vec<Slot> = (0..n).map(|_| Slot::default()).collect();
+    for m in &sb.members {
+        let Some(s) = slots.get_mut(usize::from(m.slot)) else {
+            continue;
+        };
+        s.uuid = Some(m.uuid);
+        s.data_offset = m.data_offset;
+        s.data_size = m.data_size;
+        s.operational = m.state == MemberState::Configured;
+        s.failed = m.state == MemberState::Failed;
+    }
+    let strip_kb = (u64::from(sb.strip_size) * u64::from(sb.block_size) / 1024) as u32;
+    let r = Raid::new(&sb.name, sb.uuid, sb.level, strip_kb, true, slots);
+    {
+        let mut c = r.ctl();
+        c.block_size = sb.block_size;
+        c.sb = Some(sb.clone());
+    }
+    Some(r)
+}
+
+/// Puts the member `name` (whose superblock is `sb`) into its RAID.
+async fn assemble(name: &str, sb: Superblock) {
+    let Some(b) = crate::get(name) else {
+        return;
+    };
+    let Some(uuid) = parse_uuid(b.uuid()) else {
+        return;
+    };
+    let Some(entry) = sb.member(&uuid).cloned() else {
+        log::warn!(
+            "raid: {name} holds the superblock of RAID {} but is not in its member table",
+            sb.name
+        );
+        return;
+    };
+    if sb.level == Level::Raid5f {
+        log::warn!("raid: {name} is a member of raid5f RAID {}: not supported yet", sb.name);
+        return;
+    }
+    if sb.block_size != b.block_size() {
+        log::warn!(
+            "raid: {name} has {}-byte blocks, its superblock says {}",
+            b.block_size(),
+            sb.block_size
+        );
+        return;
+    }
+    // The RAID: known by its UUID, or made from this superblock.
+    let known = raids().iter().find(|r| r.uuid == sb.uuid).cloned();
+    let r = match known {
+        Some(r) => r,
+        None => {
+            if find(&sb.name).is_some() || crate::get(&sb.name).is_some() {
+                log::error!(
+                    "raid: {name}'s superblock names RAID {} ({}), but that name is taken",
+                    sb.name,
+                    sb.uuid_string()
+                );
+                return;
+            }
+            let Some(r) = from_superblock(&sb) else {
+                return;
+            };
+            raids().push(r.clone());
+            log::info!(
+                "raid {}: found on {name} (superblock sequence {})",
+                sb.name,
+                sb.seq_number
+            );
+            r
+        }
+    };
+    let _op = r.op.lock().await;
+    if r.ctl().gone {
+        return;
+    }
+    let (state, have_seq) = {
+        let c = r.ctl();
+        (c.state, c.sb.as_ref().map_or(0, |s| s.seq_number))
+    };
+    if sb.seq_number > have_seq {
+        if state != RaidState::Configuring {
+            log::warn!(
+                "raid {}: {name} has a newer superblock ({} > {have_seq}) but the RAID is {}: not added",
+                r.name,
+                sb.seq_number,
+                state.name()
+            );
+            return;
+        }
+        // The newer superblock decides: slots as it says; members it no
+        // longer counts leave.
+        adopt(&r, &sb);
+    }
+    let (slot, counted) = {
+        let c = r.ctl();
+        let cur = c.sb.as_ref();
+        let in_cur = cur.and_then(|s| s.member(&uuid)).cloned();
+        match in_cur {
+            Some(m) => (usize::from(m.slot), m.state == MemberState::Configured),
+            None => (usize::from(entry.slot), false),
+        }
+    };
+    if counted {
+        let free = r.ctl().slots.get(slot).is_some_and(|s| !s.configured());
+        if !free {
+            return;
+        }
+        match raid::open_member(&r, name).await {
+            Ok((desc, _)) => {
+                let mut c = r.ctl();
+                let s = &mut c.slots[slot];
+                s.name = Some(name.to_owned());
+                s.uuid = Some(uuid);
+                s.desc = Some(desc);
+                s.operational = true;
+            }
+            Err(e) => {
+                log::error!("raid {}: member {name} refused: {e}", r.name);
+                return;
+            }
+        }
+        if raid::ready(&r)
+            && let Err(e) = raid::configure(&r).await
+        {
+            log::error!("raid {}: going online failed: {e}", r.name);
+        }
+        return;
+    }
+    // Out of the RAID while it moved on: a raid1 that serves takes it back
+    // as a rebuild's target.
+    let rebuildable = {
+        let c = r.ctl();
+        c.state == RaidState::Online
+            && r.level == Level::Raid1
+            && c.process.is_none()
+            && c.slots.get(slot).is_some_and(|s| !s.configured())
+    };
+    if !rebuildable {
+        log::warn!(
+            "raid {}: {name} was taken out of it (superblock sequence {} < {have_seq}): not added",
+            r.name,
+            sb.seq_number
+        );
+        return;
+    }
+    match raid::open_member(&r, name).await {
+        Ok((desc, _)) => {
+            log::info!("raid {}: {name} is back: rebuilding it", r.name);
+            if let Err(e) = raid::rebuild_onto(&r, slot, desc).await {
+                log::error!("raid {}: rebuilding {name}: {e}", r.name);
+            }
+        }
+        Err(e) => log::error!("raid {}: member {name} refused: {e}", r.name),
+    }
+}
+
+/// A configuring RAID takes a newer superblock's view: slot UUIDs, data
+/// areas and who is expected; members it no longer counts are let go.
+fn adopt(r: &Raid, sb: &Superblock) {
+    let mut c = r.ctl();
+    for (i, s) in c.slots.iter_mut().enumerate() {
+        let m = sb.members.iter().find(|m| usize::from(m.slot) == i);
+        let keep = m.is_some_and(|m| {
+            m.state == MemberState::Configured && Some(m.uuid) == s.uuid
+        });
+        if s.configured() && !keep {
+            s.desc = None;
+            s.name = None;
+        }
+        if let Some(m) = m {
+            s.uuid = Some(m.uuid);
+            s.data_offset = m.data_offset;
+            s.data_size = m.data_size;
+            s.operational = m.state == MemberState::Configured;
+            s.failed = m.state == MemberState::Failed;
+        } else {
+            s.operational = false;
+        }
+    }
+    c.block_size = sb.block_size;
+    c.sb = Some(sb.clone());
+}
