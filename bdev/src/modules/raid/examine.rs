@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use crate::BdevEvent;
 
-use super::raid::{self, Raid, Slot};
 use super::superblock::{Level, MemberState, RaidState, Superblock};
+use super::volume::{self, Raid, Slot};
 use super::{MODULE, find, parse_uuid, raids, sb_io};
 
 fn nop(_: &str, _: BdevEvent) {}
@@ -29,12 +29,12 @@ pub(crate) async fn examine(name: String) {
         if !still_free {
             return;
         }
-        if let Err(e) = raid::attach_new(&r, slot, &name).await {
+        if let Err(e) = volume::attach_new(&r, slot, &name).await {
             log::error!("raid {}: member {name} refused: {e}", r.name);
             return;
         }
-        if raid::ready(&r)
-            && let Err(e) = raid::configure(&r).await
+        if volume::ready(&r)
+            && let Err(e) = volume::configure(&r).await
         {
             log::error!("raid {}: going online failed: {e}", r.name);
         }
@@ -116,7 +116,10 @@ async fn assemble(name: &str, sb: Superblock) {
         return;
     };
     if sb.level == Level::Raid5f {
-        log::warn!("raid: {name} is a member of raid5f RAID {}: not supported yet", sb.name);
+        log::warn!(
+            "raid: {name} is a member of raid5f RAID {}: not supported yet",
+            sb.name
+        );
         return;
     }
     if sb.block_size != b.block_size() {
@@ -188,7 +191,7 @@ async fn assemble(name: &str, sb: Superblock) {
         if !free {
             return;
         }
-        match raid::open_member(&r, name).await {
+        match volume::open_member(&r, name).await {
             Ok((desc, _)) => {
                 let mut c = r.ctl();
                 let s = &mut c.slots[slot];
@@ -202,8 +205,8 @@ async fn assemble(name: &str, sb: Superblock) {
                 return;
             }
         }
-        if raid::ready(&r)
-            && let Err(e) = raid::configure(&r).await
+        if volume::ready(&r)
+            && let Err(e) = volume::configure(&r).await
         {
             log::error!("raid {}: going online failed: {e}", r.name);
         }
@@ -226,10 +229,10 @@ async fn assemble(name: &str, sb: Superblock) {
         );
         return;
     }
-    match raid::open_member(&r, name).await {
+    match volume::open_member(&r, name).await {
         Ok((desc, _)) => {
             log::info!("raid {}: {name} is back: rebuilding it", r.name);
-            if let Err(e) = raid::rebuild_onto(&r, slot, desc).await {
+            if let Err(e) = volume::rebuild_onto(&r, slot, desc).await {
                 log::error!("raid {}: rebuilding {name}: {e}", r.name);
             }
         }
@@ -243,9 +246,7 @@ fn adopt(r: &Raid, sb: &Superblock) {
     let mut c = r.ctl();
     for (i, s) in c.slots.iter_mut().enumerate() {
         let m = sb.members.iter().find(|m| usize::from(m.slot) == i);
-        let keep = m.is_some_and(|m| {
-            m.state == MemberState::Configured && Some(m.uuid) == s.uuid
-        });
+        let keep = m.is_some_and(|m| m.state == MemberState::Configured && Some(m.uuid) == s.uuid);
         if s.configured() && !keep {
             s.desc = None;
             s.name = None;

@@ -15,8 +15,8 @@ use serde_json::Value;
 use crate::{BdevChannel, Child, ChildData, FanChild, FanData, IoHandle, IoStatus, IoType};
 
 use super::error::RaidError;
-use super::raid::{Ctl, Raid, member_channels, members_support};
 use super::superblock::Level;
+use super::volume::{Ctl, Raid, member_channels, members_support};
 use super::{concat, raid0, raid1};
 
 /// What the I/O path needs to place a block: fixed while the bdev is
@@ -92,9 +92,7 @@ impl Geometry {
             }
             Level::Raid1 => (min, Vec::new(), min),
             Level::Raid5f => {
-                return Err(RaidError::Invalid(
-                    "raid5f is not supported yet".to_owned(),
-                ));
+                return Err(RaidError::Invalid("raid5f is not supported yet".to_owned()));
             }
         };
         if num_blocks == 0 {
@@ -264,7 +262,7 @@ impl crate::BdevOps for RaidBdev {
                     }
                 }
                 super::rebuild::wait_stopped(&raid).await;
-                super::raid::free_raid(&raid);
+                super::volume::free_raid(&raid);
             })
         }))
     }
@@ -279,7 +277,11 @@ fn submit_striped(g: &Geometry, ch: &RaidChannel, io: IoHandle) {
             let mut ranges = [None; crate::MAX_FAN_OUT];
             let n = g.n.min(crate::MAX_FAN_OUT);
             if ty == IoType::Flush {
-                g.ranges(io.io().offset_blocks(), io.io().num_blocks(), &mut ranges[..n]);
+                g.ranges(
+                    io.io().offset_blocks(),
+                    io.io().num_blocks(),
+                    &mut ranges[..n],
+                );
             } else {
                 ranges[..n].fill(Some((0, 0)));
             }
@@ -296,7 +298,11 @@ fn submit_striped(g: &Geometry, ch: &RaidChannel, io: IoHandle) {
                     &s.ch,
                     FanChild {
                         ty,
-                        offset_blocks: if ty == IoType::Reset { 0 } else { s.offset + off },
+                        offset_blocks: if ty == IoType::Reset {
+                            0
+                        } else {
+                            s.offset + off
+                        },
                         num_blocks: num,
                         fua: false,
                         data: FanData::None,

@@ -20,7 +20,7 @@
 //! ```
 //!
 //! Files: [`superblock`] (the format), [`sb_io`] (reading and writing it
-//! on a member), `raid.rs` (a RAID's control state and operations),
+//! on a member), `volume.rs` (a RAID's control state and operations),
 //! `io.rs` (the bdev, its channels, raid0 and concat I/O over [`raid0`]
 //! and [`concat`]'s layouts), `raid1.rs`, `rebuild.rs`, `examine.rs`,
 //! [`rpc`]. raid5f has its number and name but no I/O yet.
@@ -30,13 +30,13 @@ mod error;
 mod examine;
 mod io;
 mod oplock;
-mod raid;
 pub mod raid0;
 mod raid1;
 mod rebuild;
 pub mod rpc;
 pub mod sb_io;
 pub mod superblock;
+mod volume;
 
 pub use error::RaidError;
 
@@ -46,8 +46,8 @@ use serde_json::{Value, json};
 
 use crate::{BdevModule, ModuleTask};
 
-use raid::{Raid, Slot};
 use superblock::{Level, RaidState};
+use volume::{Raid, Slot};
 
 /// The module's name (claims, `bdev_get_bdevs`' product is "Raid Volume").
 pub const MODULE: &str = "raid";
@@ -167,7 +167,7 @@ pub async fn create(p: CreateParams) -> Result<(), RaidError> {
         _ => {}
     }
     let n = p.base_bdevs.len();
-    let min = raid::min_members(p.level);
+    let min = volume::min_members(p.level);
     if n < min {
         return Err(RaidError::Invalid(format!(
             "at least {min} base bdevs are needed for {}",
@@ -215,18 +215,18 @@ pub async fn create(p: CreateParams) -> Result<(), RaidError> {
     let result = async {
         for (i, b) in p.base_bdevs.iter().enumerate() {
             if crate::get(b).is_some() {
-                raid::attach_new(&r, i, b).await?;
+                volume::attach_new(&r, i, b).await?;
             }
         }
-        if raid::ready(&r) {
-            raid::configure(&r).await?;
+        if volume::ready(&r) {
+            volume::configure(&r).await?;
         }
         Ok(())
     }
     .await;
     if let Err(e) = &result {
         log::error!("raid {}: create failed: {e}", p.name);
-        raid::free_raid(&r);
+        volume::free_raid(&r);
     }
     drop(op);
     result
@@ -238,7 +238,7 @@ pub async fn create(p: CreateParams) -> Result<(), RaidError> {
 /// [`RaidError::NotFound`]; the layer's error unregistering its bdev.
 pub async fn delete(name: &str) -> Result<(), RaidError> {
     let r = find(name).ok_or_else(|| RaidError::NotFound(name.to_owned()))?;
-    raid::delete(&r).await
+    volume::delete(&r).await
 }
 
 /// Adds bdev `base` to RAID `raid` (`bdev_raid_add_base_bdev`).
@@ -251,7 +251,7 @@ pub async fn add_base_bdev(raid: &str, base: &str) -> Result<(), RaidError> {
     if crate::get(base).is_none() {
         return Err(RaidError::Bdev(crate::BdevError::NotFound(base.to_owned())));
     }
-    raid::add_member(&r, base).await
+    volume::add_member(&r, base).await
 }
 
 /// Takes member bdev `base` out of its RAID (`bdev_raid_remove_base_bdev`).
@@ -270,7 +270,7 @@ pub async fn remove_base_bdev(base: &str) -> Result<(), RaidError> {
         .cloned()
         .ok_or_else(|| RaidError::NotMember(base.to_owned()))?;
     let _op = r.op.lock().await;
-    raid::remove_member(&r, base, superblock::MemberState::Missing).await
+    volume::remove_member(&r, base, superblock::MemberState::Missing).await
 }
 
 /// Every RAID in `state` (all with `None`), as `bdev_raid_get_bdevs`
@@ -307,7 +307,7 @@ impl BdevModule for RaidModule {
     fn fini(&self) -> Option<ModuleTask> {
         let all: Vec<Arc<Raid>> = raids().clone();
         for r in &all {
-            raid::free_raid(r);
+            volume::free_raid(r);
         }
         None
     }

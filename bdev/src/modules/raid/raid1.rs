@@ -9,10 +9,12 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
-use crate::{BdevIo, Child, ChildData, FanChild, FanData, FanOutResult, IoHandle, IoStatus, IoType};
+use crate::{
+    BdevIo, Child, ChildData, FanChild, FanData, FanOutResult, IoHandle, IoStatus, IoType,
+};
 
 use super::io::RaidChannel;
-use super::raid::{Raid, member_failed};
+use super::volume::{Raid, member_failed};
 
 /// Words of the I/O's module context raid1 uses.
 const CTX_SLOT: usize = 0;
@@ -110,7 +112,11 @@ fn fan_out(ch: &RaidChannel, mut io: IoHandle) {
             &s.ch,
             FanChild {
                 ty,
-                offset_blocks: if ty == IoType::Reset { 0 } else { s.offset + offset },
+                offset_blocks: if ty == IoType::Reset {
+                    0
+                } else {
+                    s.offset + offset
+                },
                 num_blocks: if ty == IoType::Reset { 0 } else { num },
                 fua,
                 data: if ty.has_data() {

@@ -13,8 +13,8 @@ use std::time::Duration;
 use crate::{Bdev, BdevChannel, BdevError, IoStatus, IoType};
 
 use super::io::RaidChannel;
-use super::raid::{Raid, member_failed, write_superblock};
 use super::superblock::RaidState;
+use super::volume::{Raid, member_failed, write_superblock};
 use super::{MODULE, options};
 
 /// Starts rebuilding slot `target` (its `Process` is set) on this core.
@@ -51,13 +51,18 @@ pub(crate) async fn quiesce(bdev: &Bdev, off: u64, n: u64) -> Result<(), BdevErr
 
 /// This core's channels to the target and to a source (a readable member
 /// other than the target, after those in `skip`).
-fn channels(raid: &Raid, target: usize, skip: u64) -> Option<(BdevChannel, u64, BdevChannel, u64, usize)> {
+fn channels(
+    raid: &Raid,
+    target: usize,
+    skip: u64,
+) -> Option<(BdevChannel, u64, BdevChannel, u64, usize)> {
     let c = raid.ctl();
     let t = &c.slots[target];
     let tch = t.desc.as_ref()?.get_io_channel().ok()?;
-    let (src, s) = c.slots.iter().enumerate().find(|(i, s)| {
-        *i != target && s.configured() && !s.rebuilding && skip & (1 << i) == 0
-    })?;
+    let (src, s) =
+        c.slots.iter().enumerate().find(|(i, s)| {
+            *i != target && s.configured() && !s.rebuilding && skip & (1 << i) == 0
+        })?;
     let sch = s.desc.as_ref()?.get_io_channel().ok()?;
     Some((tch, t.data_offset, sch, s.data_offset, src))
 }
@@ -73,7 +78,11 @@ async fn copy_window(raid: &Raid, target: usize, off: u64, n: u64) -> Copy {
     let mut skip = 0u64;
     loop {
         let Some((tch, toff, sch, soff, src)) = channels(raid, target, skip) else {
-            return if skip == 0 { Copy::NoSource } else { Copy::SourceFailed };
+            return if skip == 0 {
+                Copy::NoSource
+            } else {
+                Copy::SourceFailed
+            };
         };
         let len = (n * u64::from(sch.block_size())) as usize;
         let Ok(buf) = sch.alloc_buf(len) else {
@@ -156,7 +165,10 @@ async fn run(raid: Arc<Raid>, target: usize) {
                 break;
             }
             Copy::SourceFailed | Copy::NoSource => {
-                log::warn!("raid {}: rebuild stopped: no member could be read at block {off}", raid.name);
+                log::warn!(
+                    "raid {}: rebuild stopped: no member could be read at block {off}",
+                    raid.name
+                );
                 break;
             }
         }

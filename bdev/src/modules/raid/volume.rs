@@ -331,12 +331,8 @@ pub(crate) async fn configure(raid: &Arc<Raid>) -> Result<(), RaidError> {
     let (geometry, props) = {
         let mut c = raid.ctl();
         let geometry = Arc::new(Geometry::compute(raid, &mut c)?);
-        let mut props = BdevProps::new(
-            &raid.name,
-            "Raid Volume",
-            c.block_size,
-            geometry.num_blocks,
-        );
+        let mut props =
+            BdevProps::new(&raid.name, "Raid Volume", c.block_size, geometry.num_blocks);
         props.uuid = Some(raid.uuid_string());
         if geometry.shift.is_some() {
             props.optimal_io_boundary = Some(geometry.strip_blocks());
@@ -377,7 +373,10 @@ pub(crate) async fn write_superblock(
     let (sb, targets) = {
         let mut c = raid.ctl();
         let seq = c.sb.as_ref().map_or(0, |s| s.seq_number) + 1;
-        let prev = c.sb.as_ref().map(|sb| sb.members.clone()).unwrap_or_default();
+        let prev =
+            c.sb.as_ref()
+                .map(|sb| sb.members.clone())
+                .unwrap_or_default();
         let members = c
             .slots
             .iter()
@@ -453,13 +452,16 @@ pub(crate) fn member_failed(raid: &Arc<Raid>, slot: usize) {
     let raid = raid.clone();
     super::spawn(async move {
         let _op = raid.op.lock().await;
-        let name = raid.ctl().slots.get(slot).and_then(|s| {
-            s.configured()
-                .then(|| s.name.clone())
-                .flatten()
-        });
+        let name = raid
+            .ctl()
+            .slots
+            .get(slot)
+            .and_then(|s| s.configured().then(|| s.name.clone()).flatten());
         if let Some(name) = name {
-            log::warn!("raid {}: member {name} failed I/O: taking it out", raid.name);
+            log::warn!(
+                "raid {}: member {name} failed I/O: taking it out",
+                raid.name
+            );
             if let Err(e) = remove_member(&raid, &name, MemberState::Failed).await {
                 log::warn!("raid {}: failing member {name}: {e}", raid.name);
             }
@@ -664,17 +666,18 @@ pub(crate) async fn add_member(raid: &Arc<Raid>, bdev: &str) -> Result<(), RaidE
             raid.name,
             raid.level.name()
         ))),
-        RaidState::Offline => Err(RaidError::State(format!(
-            "RAID {} is offline",
-            raid.name
-        ))),
+        RaidState::Offline => Err(RaidError::State(format!("RAID {} is offline", raid.name))),
     }
 }
 
 /// Puts `desc` into free slot `slot` of an online raid1 and starts
 /// rebuilding it (called under the op lock): written from now on, read
 /// once the rebuild has copied every block.
-pub(crate) async fn rebuild_onto(raid: &Arc<Raid>, slot: usize, desc: Desc) -> Result<(), RaidError> {
+pub(crate) async fn rebuild_onto(
+    raid: &Arc<Raid>,
+    slot: usize,
+    desc: Desc,
+) -> Result<(), RaidError> {
     let (bdev, need) = {
         let mut c = raid.ctl();
         let (offset, size) = place_member(raid, &mut c, &desc)?;
@@ -704,7 +707,10 @@ pub(crate) async fn rebuild_onto(raid: &Arc<Raid>, slot: usize, desc: Desc) -> R
         (c.bdev.clone(), need)
     };
     let Some(b) = bdev else {
-        return Err(RaidError::State(format!("RAID {} is not online", raid.name)));
+        return Err(RaidError::State(format!(
+            "RAID {} is not online",
+            raid.name
+        )));
     };
     let _ = need;
     let r2 = raid.clone();
@@ -713,13 +719,15 @@ pub(crate) async fn rebuild_onto(raid: &Arc<Raid>, slot: usize, desc: Desc) -> R
             if let Some(ch) = ch {
                 let c = r2.ctl();
                 let s = &c.slots[slot];
-                let new = s.desc.as_ref().and_then(|d| d.get_io_channel().ok()).map(|bc| {
-                    SlotChannel {
+                let new = s
+                    .desc
+                    .as_ref()
+                    .and_then(|d| d.get_io_channel().ok())
+                    .map(|bc| SlotChannel {
                         ch: bc,
                         offset: s.data_offset,
                         readable: false,
-                    }
-                });
+                    });
                 drop(c);
                 ch.set_slot(slot, new);
             }
