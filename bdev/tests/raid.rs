@@ -40,7 +40,7 @@ fn create(p: CreateParams) -> Result<(), RaidError> {
 
 fn delete(name: &str) -> Result<(), RaidError> {
     let name = name.to_owned();
-    on(0, move || async move { raid::delete(&name).await })
+    on(0, move || async move { raid::delete(&name, false).await })
 }
 
 fn wait_for_examine() {

@@ -232,13 +232,15 @@ pub async fn create(p: CreateParams) -> Result<(), RaidError> {
     result
 }
 
-/// Deletes RAID `name` (online, configuring or offline).
+/// Deletes RAID `name` (online, configuring or offline); `clear_sb`
+/// wipes the superblocks off its members (else it assembles again when
+/// they appear again, as in SPDK).
 ///
 /// # Errors
 /// [`RaidError::NotFound`]; the layer's error unregistering its bdev.
-pub async fn delete(name: &str) -> Result<(), RaidError> {
+pub async fn delete(name: &str, clear_sb: bool) -> Result<(), RaidError> {
     let r = find(name).ok_or_else(|| RaidError::NotFound(name.to_owned()))?;
-    volume::delete(&r).await
+    volume::delete(&r, clear_sb).await
 }
 
 /// Adds bdev `base` to RAID `raid` (`bdev_raid_add_base_bdev`).

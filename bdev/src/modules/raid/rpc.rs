@@ -43,17 +43,15 @@ pub struct CreateArgs {
     /// The RAID bdev's name.
     pub name: String,
     /// The strip in KiB (0 or absent for raid1).
-    #[serde(default)]
-    pub strip_size_kb: u32,
+    pub strip_size_kb: Option<u32>,
     /// "raid0"/"0", "raid1"/"1", "concat" (any case).
     pub raid_level: String,
     /// Member bdev names, in slot order.
     pub base_bdevs: Vec<String>,
     /// Its UUID.
     pub uuid: Option<String>,
-    /// Keep a superblock on the members.
-    #[serde(default)]
-    pub superblock: bool,
+    /// Keep a superblock on the members (default false).
+    pub superblock: Option<bool>,
 }
 
 fn create(params: Value) -> Result<Call, RpcError> {
@@ -66,10 +64,10 @@ fn create(params: Value) -> Result<Call, RpcError> {
         super::create(CreateParams {
             name: a.name,
             level,
-            strip_size_kb: a.strip_size_kb,
+            strip_size_kb: a.strip_size_kb.unwrap_or(0),
             base_bdevs: a.base_bdevs,
             uuid: a.uuid,
-            superblock: a.superblock,
+            superblock: a.superblock.unwrap_or(false),
         })
         .await
         .map_err(raid_err(what))?;
@@ -77,18 +75,28 @@ fn create(params: Value) -> Result<Call, RpcError> {
     }))
 }
 
-/// `{"name": ...}`.
+/// `bdev_raid_remove_base_bdev`'s parameters.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NameArgs {
-    /// The RAID (delete) or member (remove) bdev.
+    /// The member bdev.
     pub name: String,
 }
 
+/// `bdev_raid_delete`'s parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteArgs {
+    /// The RAID.
+    pub name: String,
+    /// Wipe the superblocks off its members (default false).
+    pub clear_sb: Option<bool>,
+}
+
 fn delete(params: Value) -> Result<Call, RpcError> {
-    let a: NameArgs = decode(params)?;
+    let a: DeleteArgs = decode(params)?;
     Ok(Call::reactor(move || async move {
-        match super::delete(&a.name).await {
+        match super::delete(&a.name, a.clear_sb.unwrap_or(false)).await {
             Ok(()) => Ok(Value::Bool(true)),
             Err(RaidError::NotFound(n)) => Err(RpcError {
                 code: -19,

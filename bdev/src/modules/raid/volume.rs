@@ -594,8 +594,9 @@ pub(crate) fn free_raid(raid: &Arc<Raid>) {
 
 /// Deletes the RAID: its bdev unregistered (after every user closed it),
 /// a rebuild stopped, its members released. Superblocks stay on the
-/// members (as SPDK): the RAID assembles again when they appear again.
-pub(crate) async fn delete(raid: &Arc<Raid>) -> Result<(), RaidError> {
+/// members (as SPDK), so the RAID assembles again when they appear again,
+/// unless `clear_sb`: then they are wiped first.
+pub(crate) async fn delete(raid: &Arc<Raid>, clear_sb: bool) -> Result<(), RaidError> {
     let _op = raid.op.lock().await;
     if raid.ctl().gone {
         return Err(RaidError::NotFound(raid.name.clone()));
@@ -612,6 +613,31 @@ pub(crate) async fn delete(raid: &Arc<Raid>) -> Result<(), RaidError> {
         crate::unregister(b.name()).await?;
     }
     rebuild::wait_stopped(raid).await;
+    if clear_sb && raid.superblock {
+        let (len, members) = {
+            let c = raid.ctl();
+            let len =
+                c.sb.as_ref()
+                    .map_or(super::superblock::HEADER_LEN, |s| s.len());
+            let members: Vec<(String, BdevChannel)> = c
+                .slots
+                .iter()
+                .filter_map(|s| s.desc.as_ref())
+                .filter_map(|d| Some((d.bdev().name().to_owned(), d.get_io_channel().ok()?)))
+                .collect();
+            (len, members)
+        };
+        for (name, ch) in members {
+            if let Err(source) = sb_io::wipe(&ch, len).await {
+                // The RAID is gone either way; the member keeps a stale
+                // superblock, said here.
+                log::error!(
+                    "raid {}: clearing the superblock of {name}: {source}",
+                    raid.name
+                );
+            }
+        }
+    }
     free_raid(raid);
     log::info!("raid {}: deleted", raid.name);
     Ok(())
