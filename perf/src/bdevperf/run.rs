@@ -811,6 +811,7 @@ pub fn run(cfg: &Config, log: &mut dyn FnMut(&str), report: ReportFn) -> Result<
         .start()
         .map_err(|e| RunError::Setup(format!("reactors: {e}")))?;
     bdev::set_runtime(rt.handle());
+    bdev::modules::init().map_err(|e| RunError::Setup(format!("bdev modules: {e}")))?;
     // Hugepage memory (what NVMe bdevs need for DMA) unless --no-huge.
     let mib = cfg.mem_mib.unwrap_or(1024);
     let limit = (mib as usize) << 20;
