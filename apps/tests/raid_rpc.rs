@@ -246,6 +246,34 @@ fn spdk_rpc_manages_raids_as_spdk_reports_them() {
     let r = raid(&a, "m1");
     assert_eq!(r["num_base_bdevs_discovered"], 2, "{r}");
     assert_eq!(r["base_bdevs_list"][1]["name"], "a3");
+    // Longhorn's grow (its Go client's parameters): a third member in
+    // sync, no rebuild; errors as its fork answers them.
+    a.ok(&["bdev_malloc_create", "-b", "a4", "32", "512"]);
+    assert_eq!(
+        a.call(
+            "bdev_raid_grow_base_bdev",
+            json!({"raid_name": "m1", "base_name": "a4"})
+        ),
+        Ok(json!(true))
+    );
+    let r = raid(&a, "m1");
+    assert_eq!(r["num_base_bdevs"], 3, "{r}");
+    assert_eq!(r["base_bdevs_list"][2]["name"], "a4");
+    assert!(r.get("process").is_none());
+    assert_eq!(
+        a.call(
+            "bdev_raid_grow_base_bdev",
+            json!({"raid_name": "nope", "base_name": "a4"})
+        ),
+        Err((-19, "raid bdev nope not found".to_owned()))
+    );
+    assert_eq!(
+        a.call(
+            "bdev_raid_grow_base_bdev",
+            json!({"raid_name": "m1", "base_name": "nope"})
+        ),
+        Err((-19, "base bdev nope not found".to_owned()))
+    );
     expect_error(
         &a,
         &["bdev_raid_add_base_bdev", "nope", "a1"],

@@ -67,7 +67,7 @@ fn counts(name: &str) -> (u64, u64, u64) {
 fn io(name: &str, ty: IoType, off: u64, data: Option<Vec<u8>>, blocks: u64) -> (IoStatus, Vec<u8>) {
     let name = name.to_owned();
     on(1, move || async move {
-        let d = bdev::open(&name, true, nop).unwrap();
+        let d = bdev::open(&name, ty != IoType::Read, nop).unwrap();
         let ch = d.get_io_channel().unwrap();
         let bs = ch.block_size() as usize;
         let buf = if ty.has_data() {
@@ -613,4 +613,144 @@ fn refusals_have_spdks_codes_and_leave_nothing_behind() {
         drop_bdev(x);
     }
     let _ = Duration::ZERO;
+}
+
+#[test]
+fn a_raid1_grows_by_a_member_in_sync_as_longhorn_grows_it() {
+    setup();
+    let m = mallocs("gr_m", 3, 8192, 512);
+    create(params("gr_r", Level::Raid1, 0, &["gr_m0", "gr_m1"], true)).unwrap();
+    let data = Rng(31).bytes(32 * 1024);
+    write("gr_r", 0, &data);
+    let grow = |raid: &str, base: &str| {
+        let (raid, base) = (raid.to_owned(), base.to_owned());
+        on(0, move || async move {
+            raid::grow_base_bdev(&raid, &base).await
+        })
+    };
+    grow("gr_r", "gr_m2").unwrap();
+    assert_eq!(counts("gr_r"), (3, 3, 3));
+    assert!(info("gr_r").unwrap().get("process").is_none(), "no rebuild");
+    // Already a member: a success, nothing changes.
+    grow("gr_r", "gr_m2").unwrap();
+    assert_eq!(counts("gr_r"), (3, 3, 3));
+    // New writes reach the new member too; the superblock counts it.
+    let more = Rng(32).bytes(16 * 1024);
+    write("gr_r", 512, &more);
+    let sb = superblock_of("gr_m0");
+    assert_eq!(sb.num_base_bdevs, 3);
+    assert!(
+        sb.members
+            .iter()
+            .all(|x| x.state == MemberState::Configured)
+    );
+    assert_eq!(superblock_of("gr_m2"), sb);
+    delete("gr_r").unwrap();
+    assert_eq!(read("gr_m2", 2048 + 512, more.len()), more);
+    // Only online raid1s grow.
+    malloc::create("gr_x0", 8192, 512, None).unwrap();
+    malloc::create("gr_x1", 8192, 512, None).unwrap();
+    create(params("gr_r0", Level::Raid0, 64, &["gr_x0"], false)).unwrap();
+    let e = grow("gr_r0", "gr_x1").unwrap_err();
+    assert_eq!(e.errno(), -1, "{e}");
+    delete("gr_r0").unwrap();
+    for x in m.iter().map(String::as_str).chain(["gr_x0", "gr_x1"]) {
+        drop_bdev(x);
+    }
+}
+
+#[test]
+fn a_raid_grows_when_all_its_members_grew() {
+    setup();
+    use bdev::modules::null;
+    for (level, strip) in [(Level::Raid0, 64), (Level::Raid1, 0)] {
+        let tag = format!("rs_{}", level.name());
+        let names: Vec<String> = (0..2).map(|i| format!("{tag}_n{i}")).collect();
+        for n in &names {
+            null::create(n, 16384, 512, None, null::ReadFill::Zeroes).unwrap();
+        }
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let r = format!("{tag}_r");
+        create(params(&r, level, strip, &refs, true)).unwrap();
+        let before = bdev::get(&r).unwrap().num_blocks();
+        null::resize(&names[0], 16).unwrap();
+        wait_for_examine();
+        assert_eq!(
+            bdev::get(&r).unwrap().num_blocks(),
+            before,
+            "{tag}: one member grew"
+        );
+        null::resize(&names[1], 16).unwrap();
+        common::wait_until("the RAID to grow", {
+            let r = r.clone();
+            move || {
+                let Some(b) = bdev::get(&r) else {
+                    panic!("{r} is gone: {:?}", raid::list(None));
+                };
+                b.num_blocks() > before
+            }
+        });
+        let per = 32768 - 2048;
+        let want = match level {
+            Level::Raid1 => per,
+            _ => per / 128 * 128 * 2,
+        };
+        assert_eq!(bdev::get(&r).unwrap().num_blocks(), want, "{tag}");
+        // (Null members keep nothing: the superblock written is not read
+        // back here; the report shows the new data areas.)
+        let per_member = if level == Level::Raid1 {
+            want
+        } else {
+            want / 2
+        };
+        for m in info(&r).unwrap()["base_bdevs_list"].as_array().unwrap() {
+            assert_eq!(m["data_size"], per_member, "{tag}");
+        }
+        delete(&r).unwrap();
+        for n in &names {
+            drop_bdev(n);
+        }
+    }
+}
+
+#[test]
+fn a_returning_member_is_rebuilt_and_clear_sb_forgets_the_raid() {
+    setup();
+    let m = mallocs("ret_m", 2, 8192, 512);
+    let pts: Vec<String> = (0..2).map(|i| format!("ret_pt{i}")).collect();
+    for i in 0..2 {
+        passthru::create(&m[i], &pts[i], Some(&pt_uuid(0x60, i))).unwrap();
+    }
+    create(params(
+        "ret_r",
+        Level::Raid1,
+        0,
+        &["ret_pt0", "ret_pt1"],
+        true,
+    ))
+    .unwrap();
+    on(0, || async { passthru::delete("ret_pt1").await.unwrap() });
+    // Written while the member is out: it must get this on its return.
+    let data = Rng(41).bytes(64 * 1024);
+    write("ret_r", 100, &data);
+    passthru::create(&m[1], "ret_pt1", Some(&pt_uuid(0x60, 1))).unwrap();
+    wait_for_examine();
+    common::wait_until("the returning member's rebuild", || {
+        let r = info("ret_r").unwrap();
+        r.get("process").is_none() && r["num_base_bdevs_discovered"] == 2
+    });
+    assert_eq!(read("ret_pt1", 2048 + 100, data.len()), data, "rebuilt");
+    // Deleted with clear_sb: the members no longer bring it back.
+    on(0, || async { raid::delete("ret_r", true).await.unwrap() });
+    for p in &pts {
+        drop_bdev(p);
+    }
+    for i in 0..2 {
+        passthru::create(&m[i], &pts[i], Some(&pt_uuid(0x60, i))).unwrap();
+    }
+    wait_for_examine();
+    assert_eq!(state("ret_r"), "gone");
+    for p in pts.iter().chain(m.iter()) {
+        drop_bdev(p);
+    }
 }

@@ -55,6 +55,9 @@ pub enum RaidError {
     /// The RAID has no free slot for another member (-EINVAL).
     #[error("RAID {0} has no free slot for another member")]
     NoSlot(String),
+    /// Another operation (a rebuild) is in progress (-EBUSY).
+    #[error("{0}")]
+    Busy(String),
     /// The operation does not fit the RAID's state (-EPERM).
     #[error("{0}")]
     State(String),
@@ -82,6 +85,7 @@ impl RaidError {
             | RaidError::TooSmall { .. }
             | RaidError::NoSlot(_) => -22,
             RaidError::State(_) => -1,
+            RaidError::Busy(_) => -16,
             RaidError::Superblock { .. } => -5,
             RaidError::Bdev(e) => e.errno(),
         }

@@ -20,7 +20,9 @@ use super::volume::{Ctl, Raid, member_channels, members_support};
 use super::{concat, raid0, raid1};
 
 /// What the I/O path needs to place a block: fixed while the bdev is
-/// registered.
+/// registered (a resize changes only the sizes, which the I/O path of the
+/// levels that resize does not read).
+#[derive(Clone)]
 pub(crate) struct Geometry {
     pub level: Level,
     /// log2 of the strip in blocks (raid0, concat).
@@ -185,14 +187,19 @@ pub(crate) struct SlotChannel {
 pub(crate) struct RaidChannel {
     pub raid: Arc<Raid>,
     pub slots: RefCell<Vec<Option<SlotChannel>>>,
-    /// raid1: reads in flight per slot (reads go to the least busy).
-    pub outstanding: Vec<Cell<u32>>,
+    /// raid1: reads in flight per slot (reads go to the least busy); one
+    /// per possible member.
+    pub outstanding: [Cell<u32>; crate::MAX_FAN_OUT],
 }
 
 impl RaidChannel {
-    /// Replaces slot `slot`'s member channel (control path).
+    /// Replaces slot `slot`'s member channel, or adds the slot after the
+    /// last (a raid1 grown) (control path).
     pub fn set_slot(&self, slot: usize, ch: Option<SlotChannel>) {
-        if let Some(s) = self.slots.borrow_mut().get_mut(slot) {
+        let mut slots = self.slots.borrow_mut();
+        if slot == slots.len() {
+            slots.push(ch);
+        } else if let Some(s) = slots.get_mut(slot) {
             *s = ch;
         }
     }
@@ -218,7 +225,7 @@ impl crate::BdevOps for RaidBdev {
         let slots = member_channels(&self.raid.ctl())?;
         Ok(Rc::new(RaidChannel {
             raid: self.raid.clone(),
-            outstanding: (0..slots.len()).map(|_| Cell::new(0)).collect(),
+            outstanding: std::array::from_fn(|_| Cell::new(0)),
             slots: RefCell::new(slots),
         }))
     }

@@ -174,8 +174,13 @@ pub async fn create(p: CreateParams) -> Result<(), RaidError> {
             p.level.name()
         )));
     }
-    if n > 255 {
-        return Err(RaidError::Invalid(format!("{n} base bdevs (255 at most)")));
+    if n > crate::MAX_FAN_OUT {
+        // A flush, reset or raid1 write goes to every member at once, in
+        // one fan-out.
+        return Err(RaidError::Invalid(format!(
+            "{n} base bdevs ({} at most)",
+            crate::MAX_FAN_OUT
+        )));
     }
     for (i, b) in p.base_bdevs.iter().enumerate() {
         if b.is_empty() {
@@ -254,6 +259,22 @@ pub async fn add_base_bdev(raid: &str, base: &str) -> Result<(), RaidError> {
         return Err(RaidError::Bdev(crate::BdevError::NotFound(base.to_owned())));
     }
     volume::add_member(&r, base).await
+}
+
+/// Adds bdev `base` to online raid1 `raid` as a member that is already in
+/// sync (Longhorn's `bdev_raid_grow_base_bdev`: its caller copied the data
+/// beforehand): into a free slot, or a new slot after the last; no
+/// rebuild. A bdev already a member of it is a success.
+///
+/// # Errors
+/// [`RaidError`]: no such RAID or bdev, not online (-EINVAL), not raid1
+/// (-EPERM), a rebuild in progress (-EBUSY), the member refused.
+pub async fn grow_base_bdev(raid: &str, base: &str) -> Result<(), RaidError> {
+    let r = find(raid).ok_or_else(|| RaidError::NotFound(raid.to_owned()))?;
+    if crate::get(base).is_none() {
+        return Err(RaidError::Bdev(crate::BdevError::NotFound(base.to_owned())));
+    }
+    volume::grow_member(&r, base).await
 }
 
 /// Takes member bdev `base` out of its RAID (`bdev_raid_remove_base_bdev`).

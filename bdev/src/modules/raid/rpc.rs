@@ -1,7 +1,7 @@
 //! The RAID module's methods, with SPDK's parameters, answers and error
 //! codes: `bdev_raid_create`, `bdev_raid_delete`, `bdev_raid_get_bdevs`,
 //! `bdev_raid_add_base_bdev`, `bdev_raid_remove_base_bdev`,
-//! `bdev_raid_set_options`.
+//! `bdev_raid_set_options`, and Longhorn's `bdev_raid_grow_base_bdev`.
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -20,6 +20,7 @@ pub fn methods() -> Vec<Method> {
         Method::new("bdev_raid_add_base_bdev", add_base_bdev),
         Method::new("bdev_raid_remove_base_bdev", remove_base_bdev),
         Method::new("bdev_raid_set_options", set_options),
+        Method::new("bdev_raid_grow_base_bdev", grow_base_bdev),
     ]
 }
 
@@ -191,4 +192,35 @@ fn set_options(params: Value) -> Result<Call, RpcError> {
     }
     super::set_options(o).map_err(|e| RpcError::invalid_params(e.to_string()))?;
     Ok(Call::Done(json!(true)))
+}
+
+/// `bdev_raid_grow_base_bdev`'s parameters (Longhorn's).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrowArgs {
+    /// The RAID.
+    pub raid_name: String,
+    /// The member to add.
+    pub base_name: String,
+}
+
+fn grow_base_bdev(params: Value) -> Result<Call, RpcError> {
+    let a: GrowArgs = decode(params)?;
+    Ok(Call::reactor(move || async move {
+        match super::grow_base_bdev(&a.raid_name, &a.base_name).await {
+            Ok(()) => Ok(Value::Bool(true)),
+            Err(RaidError::NotFound(n)) => Err(RpcError {
+                code: -19,
+                message: format!("raid bdev {n} not found"),
+            }),
+            Err(RaidError::Bdev(crate::BdevError::NotFound(n))) => Err(RpcError {
+                code: -19,
+                message: format!("base bdev {n} not found"),
+            }),
+            Err(e) => Err(raid_err(format!(
+                "Failed to grow raid {} adding base bdev {}",
+                a.raid_name, a.base_name
+            ))(e)),
+        }
+    }))
 }

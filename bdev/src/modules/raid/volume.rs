@@ -220,6 +220,17 @@ impl Raid {
 /// The event callback of a member's descriptor: a removed member leaves
 /// the RAID; a grown one is noted (`bdev_raid_grow_base_bdev` uses it).
 fn member_event(raid: &str, member: &str, ev: BdevEvent) {
+    if let BdevEvent::Resize { .. } = ev {
+        let raid = raid.to_owned();
+        super::spawn(async move {
+            if let Some(r) = super::find(&raid) {
+                let _op = r.op.lock().await;
+                if let Err(e) = resize(&r).await {
+                    log::warn!("raid {raid}: following a member's resize: {e}");
+                }
+            }
+        });
+    }
     if let BdevEvent::Remove = ev {
         let (raid, member) = (raid.to_owned(), member.to_owned());
         super::spawn(async move {
@@ -231,6 +242,64 @@ fn member_event(raid: &str, member: &str, ev: BdevEvent) {
             }
         });
     }
+}
+
+/// Grows an online raid0 or raid1 once every member has grown (called
+/// under the op lock on a member's Resize): each member's data area is
+/// what the smallest now holds (raid0: in whole strips), the superblock
+/// records it, then the bdev's new size is announced. Shrinking members
+/// and concat (whose layout would move) are left as they are.
+async fn resize(raid: &Arc<Raid>) -> Result<(), RaidError> {
+    let (bdev, new_member, new_size) = {
+        let c = raid.ctl();
+        let (Some(b), Some(g)) = (c.bdev.clone(), c.geometry.clone()) else {
+            return Ok(());
+        };
+        if !matches!(raid.level, Level::Raid0 | Level::Raid1) {
+            return Ok(());
+        }
+        let Some(min) = c
+            .slots
+            .iter()
+            .filter_map(|s| {
+                let d = s.desc.as_ref()?;
+                Some(d.bdev().num_blocks().saturating_sub(s.data_offset))
+            })
+            .min()
+        else {
+            return Ok(());
+        };
+        let member = match g.shift {
+            Some(sh) => (min >> sh) << sh,
+            None => min,
+        };
+        if member <= g.member_blocks {
+            return Ok(());
+        }
+        let size = match raid.level {
+            Level::Raid0 => member * g.n as u64,
+            _ => member,
+        };
+        (b, member, size)
+    };
+    {
+        let mut c = raid.ctl();
+        for s in c.slots.iter_mut().filter(|s| s.configured()) {
+            s.data_size = new_member;
+        }
+        if let Some(g) = &c.geometry {
+            let mut ng = g.as_ref().clone();
+            ng.member_blocks = new_member;
+            ng.num_blocks = new_size;
+            c.geometry = Some(Arc::new(ng));
+        }
+    }
+    if raid.superblock {
+        write_superblock(raid, RaidState::Online, new_size).await?;
+    }
+    log::info!("raid {}: grown to {new_size} blocks", raid.name);
+    bdev.notify_blockcnt_change(new_size);
+    Ok(())
 }
 
 /// Opens and claims `bdev` for `raid`, reads its block 0: a superblock of
@@ -694,6 +763,104 @@ pub(crate) async fn add_member(raid: &Arc<Raid>, bdev: &str) -> Result<(), RaidE
         ))),
         RaidState::Offline => Err(RaidError::State(format!("RAID {} is offline", raid.name))),
     }
+}
+
+/// Adds `bdev` to an online raid1 in sync, no rebuild (see
+/// [`super::grow_base_bdev`]).
+pub(crate) async fn grow_member(raid: &Arc<Raid>, bdev: &str) -> Result<(), RaidError> {
+    let _op = raid.op.lock().await;
+    {
+        let c = raid.ctl();
+        if c.slots
+            .iter()
+            .any(|s| s.configured() && s.name.as_deref() == Some(bdev))
+        {
+            log::warn!("raid {}: {bdev} is a member already", raid.name);
+            return Ok(());
+        }
+        if c.state != RaidState::Online {
+            return Err(RaidError::Invalid(format!(
+                "raid bdev {} must be online to grow",
+                raid.name
+            )));
+        }
+        if raid.level != Level::Raid1 {
+            return Err(RaidError::State(format!(
+                "{} RAIDs do not grow by a member",
+                raid.level.name()
+            )));
+        }
+        if c.process.is_some() {
+            return Err(RaidError::Busy(format!("RAID {} is rebuilding", raid.name)));
+        }
+        if c.slots.iter().all(|s| s.configured()) && c.slots.len() >= crate::MAX_FAN_OUT {
+            return Err(RaidError::NoSlot(raid.name.clone()));
+        }
+    }
+    let (desc, _) = open_member(raid, bdev).await?;
+    let (slot, offset) = {
+        let mut c = raid.ctl();
+        let (offset, size) = place_member(raid, &mut c, &desc)?;
+        let need = c.geometry.as_ref().map_or(0, |g| g.member_blocks);
+        if size < need {
+            return Err(RaidError::TooSmall {
+                raid: raid.name.clone(),
+                bdev: bdev.to_owned(),
+                why: format!("{size} data blocks, the RAID needs {need}"),
+            });
+        }
+        let slot = match c.slots.iter().position(|s| !s.configured()) {
+            Some(i) => i,
+            None => {
+                c.slots.push(Slot::default());
+                c.slots.len() - 1
+            }
+        };
+        let s = &mut c.slots[slot];
+        s.name = Some(bdev.to_owned());
+        s.uuid = parse_uuid(desc.bdev().uuid());
+        s.data_offset = offset;
+        s.data_size = need;
+        s.operational = true;
+        s.rebuilding = false;
+        s.failed = false;
+        s.desc = Some(desc);
+        (slot, offset)
+    };
+    let Some(b) = raid.ctl().bdev.clone() else {
+        return Err(RaidError::State(format!(
+            "RAID {} is not online",
+            raid.name
+        )));
+    };
+    b.quiesce(MODULE).await?;
+    let r2 = raid.clone();
+    let r = b
+        .for_each_channel::<std::rc::Rc<RaidChannel>>(move |_, ch| {
+            if let Some(ch) = ch {
+                let c = r2.ctl();
+                let new = c.slots[slot]
+                    .desc
+                    .as_ref()
+                    .and_then(|d| d.get_io_channel().ok())
+                    .map(|bc| SlotChannel {
+                        ch: bc,
+                        offset,
+                        readable: true,
+                    });
+                drop(c);
+                ch.set_slot(slot, new);
+            }
+        })
+        .await;
+    b.unquiesce(MODULE).await?;
+    r?;
+    if raid.superblock {
+        let size = b.num_blocks();
+        write_superblock(raid, RaidState::Online, size).await?;
+    }
+    log::info!("raid {}: grown by {bdev} in slot {slot}", raid.name);
+    Ok(())
 }
 
 /// Puts `desc` into free slot `slot` of an online raid1 and starts
