@@ -6,7 +6,7 @@
 //! `modules/<name>/rpc.rs` (over [`rpc`]).
 //!
 //! Owns: every bdev and virtual bdev (malloc, null, delay, error, nvme,
-//! passthrough, crypto, and later RAID and logical volumes).
+//! passthrough, crypto, RAID; later logical volumes).
 //!
 //! Must not: allocate, lock, use an atomic read-modify-write shared between
 //! cores, or hop cores on the I/O path; read the clock more than once per
