@@ -754,3 +754,86 @@ fn a_returning_member_is_rebuilt_and_clear_sb_forgets_the_raid() {
         drop_bdev(p);
     }
 }
+
+/// A superblock naming the member `uuid` in slot 0 of `n` slots, its data
+/// area `size` blocks at `offset`.
+fn crafted_sb(
+    name: &str,
+    uuid: &str,
+    n: u8,
+    offset: u64,
+    size: u64,
+) -> bdev::modules::raid::superblock::Superblock {
+    use bdev::modules::raid::superblock::{Member, RaidState, Superblock};
+    let u = |s: &str| {
+        let h: String = s.chars().filter(|c| *c != '-').collect();
+        let mut b = [0u8; 16];
+        for (i, x) in b.iter_mut().enumerate() {
+            *x = u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap();
+        }
+        b
+    };
+    Superblock {
+        version_minor: 0,
+        flags: 0,
+        uuid: [0x3c; 16],
+        name: name.to_owned(),
+        raid_size: size,
+        block_size: 512,
+        level: Level::Raid1,
+        strip_size: 0,
+        state: RaidState::Online,
+        seq_number: 1,
+        num_base_bdevs: n,
+        members: (0..n)
+            .map(|i| Member {
+                uuid: if i == 0 { u(uuid) } else { [i; 16] },
+                data_offset: offset,
+                data_size: size,
+                state: MemberState::Configured,
+                flags: 0,
+                slot: i,
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn superblocks_that_do_not_fit_are_refused_without_harm() {
+    setup();
+    for (k, (n, offset, size)) in [
+        (40u8, 2048u64, 1000u64), // more members than one fan-out reaches
+        (2, 2048, 1 << 40),       // a data area past the member's end
+        (2, 0, 1000),             // data over the superblock itself
+        (2, u64::MAX - 5, 100),   // an offset that overflows
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let store = format!("bad_sb_s{k}");
+        malloc::create(&store, 8192, 512, None).unwrap();
+        let uuid = pt_uuid(0x70, k);
+        let sb = crafted_sb(&format!("bad_r{k}"), &uuid, n, offset, size);
+        let bytes = sb.encode().unwrap();
+        write(
+            &store,
+            0,
+            &[bytes.clone(), vec![0; 4096 - bytes.len() % 4096]].concat(),
+        );
+        passthru::create(&store, &format!("bad_pt{k}"), Some(&uuid)).unwrap();
+        wait_for_examine();
+        let r = info(&format!("bad_r{k}"));
+        assert!(
+            r.as_ref()
+                .is_none_or(|r| r["num_base_bdevs_discovered"] == 0),
+            "case {k}: {r:?}"
+        );
+        assert_eq!(
+            bdev::get(&format!("bad_pt{k}")).unwrap().claimed_by(),
+            None,
+            "case {k}"
+        );
+        drop_bdev(&format!("bad_pt{k}"));
+        drop_bdev(&store);
+    }
+}

@@ -13,7 +13,7 @@ use crate::BdevEvent;
 
 use super::superblock::{Level, MemberState, RaidState, Superblock};
 use super::volume::{self, Raid, Slot};
-use super::{MODULE, find, parse_uuid, raids, sb_io};
+use super::{MODULE, parse_uuid, raids, sb_io};
 
 fn nop(_: &str, _: BdevEvent) {}
 
@@ -21,11 +21,11 @@ fn nop(_: &str, _: BdevEvent) {}
 pub(crate) async fn examine(name: String) {
     if let Some((r, slot)) = named_slot(&name) {
         let _op = r.op.lock().await;
-        let still_free = r
-            .ctl()
-            .slots
-            .get(slot)
-            .is_some_and(|s| !s.configured() && s.name.as_deref() == Some(name.as_str()));
+        let still_free = !r.ctl().gone
+            && r.ctl()
+                .slots
+                .get(slot)
+                .is_some_and(|s| !s.configured() && s.name.as_deref() == Some(name.as_str()));
         if !still_free {
             return;
         }
@@ -77,14 +77,16 @@ fn named_slot(name: &str) -> Option<(Arc<Raid>, usize)> {
 }
 
 /// Makes a configuring RAID from a superblock.
-fn from_superblock(sb: &Superblock) -> Option<Arc<Raid>> {
+fn from_superblock(sb: &Superblock) -> Arc<Raid> {
     let n = usize::from(sb.num_base_bdevs);
     let mut slots: Vec<Slot> = (0..n).map(|_| Slot::default()).collect();
     for m in &sb.members {
         let Some(s) = slots.get_mut(usize::from(m.slot)) else {
             continue;
         };
-        s.uuid = Some(m.uuid);
+        if m.state == MemberState::Configured {
+            s.uuid = Some(m.uuid);
+        }
         s.data_offset = m.data_offset;
         s.data_size = m.data_size;
         s.operational = m.state == MemberState::Configured;
@@ -97,7 +99,7 @@ fn from_superblock(sb: &Superblock) -> Option<Arc<Raid>> {
         c.block_size = sb.block_size;
         c.sb = Some(sb.clone());
     }
-    Some(r)
+    r
 }
 
 /// Puts the member `name` (whose superblock is `sb`) into its RAID.
@@ -115,6 +117,21 @@ async fn assemble(name: &str, sb: Superblock) {
         );
         return;
     };
+    let n = usize::from(sb.num_base_bdevs);
+    if n > crate::MAX_FAN_OUT
+        || n < volume::min_members(sb.level)
+        || entry.slot >= sb.num_base_bdevs
+    {
+        log::warn!(
+            "raid: {name}'s superblock of RAID {} has {n} members (slot {}): not assembled here \
+             ({} to {} members)",
+            sb.name,
+            entry.slot,
+            volume::min_members(sb.level),
+            crate::MAX_FAN_OUT
+        );
+        return;
+    }
     if sb.level == Level::Raid5f {
         log::warn!(
             "raid: {name} is a member of raid5f RAID {}: not supported yet",
@@ -130,29 +147,31 @@ async fn assemble(name: &str, sb: Superblock) {
         );
         return;
     }
-    // The RAID: known by its UUID, or made from this superblock.
-    let known = raids().iter().find(|r| r.uuid == sb.uuid).cloned();
-    let r = match known {
-        Some(r) => r,
-        None => {
-            if find(&sb.name).is_some() || crate::get(&sb.name).is_some() {
-                log::error!(
-                    "raid: {name}'s superblock names RAID {} ({}), but that name is taken",
+    // The RAID: known by its UUID, or made from this superblock (looked
+    // up and added under one hold of the list: two cores examining two
+    // members make one RAID).
+    let r = {
+        let mut all = raids();
+        match all.iter().find(|r| r.uuid == sb.uuid).cloned() {
+            Some(r) => r,
+            None => {
+                if all.iter().any(|r| r.name == sb.name) || crate::get(&sb.name).is_some() {
+                    log::error!(
+                        "raid: {name}'s superblock names RAID {} ({}), but that name is taken",
+                        sb.name,
+                        sb.uuid_string()
+                    );
+                    return;
+                }
+                let r = from_superblock(&sb);
+                all.push(r.clone());
+                log::info!(
+                    "raid {}: found on {name} (superblock sequence {})",
                     sb.name,
-                    sb.uuid_string()
+                    sb.seq_number
                 );
-                return;
+                r
             }
-            let Some(r) = from_superblock(&sb) else {
-                return;
-            };
-            raids().push(r.clone());
-            log::info!(
-                "raid {}: found on {name} (superblock sequence {})",
-                sb.name,
-                sb.seq_number
-            );
-            r
         }
     };
     let _op = r.op.lock().await;
@@ -187,8 +206,30 @@ async fn assemble(name: &str, sb: Superblock) {
         }
     };
     if counted {
-        let free = r.ctl().slots.get(slot).is_some_and(|s| !s.configured());
-        if !free {
+        let area = {
+            let c = r.ctl();
+            c.slots
+                .get(slot)
+                .filter(|s| !s.configured())
+                .map(|s| (s.data_offset, s.data_size))
+        };
+        let Some((offset, size)) = area else {
+            return;
+        };
+        // The data area the superblock gives must lie past the superblock
+        // and inside the member.
+        let sb_blocks = (sb.len() as u64).div_ceil(u64::from(b.block_size()));
+        if offset < sb_blocks
+            || offset
+                .checked_add(size)
+                .is_none_or(|end| end > b.num_blocks())
+        {
+            log::error!(
+                "raid {}: {name}'s data area in the superblock ({size} blocks at {offset}) does \
+                 not fit its {} blocks past the superblock: not added",
+                r.name,
+                b.num_blocks()
+            );
             return;
         }
         match volume::open_member(&r, name).await {
@@ -244,6 +285,10 @@ async fn assemble(name: &str, sb: Superblock) {
 /// areas and who is expected; members it no longer counts are let go.
 fn adopt(r: &Raid, sb: &Superblock) {
     let mut c = r.ctl();
+    let n = usize::from(sb.num_base_bdevs);
+    while c.slots.len() < n {
+        c.slots.push(Slot::default());
+    }
     for (i, s) in c.slots.iter_mut().enumerate() {
         let m = sb.members.iter().find(|m| usize::from(m.slot) == i);
         let keep = m.is_some_and(|m| m.state == MemberState::Configured && Some(m.uuid) == s.uuid);
@@ -252,7 +297,7 @@ fn adopt(r: &Raid, sb: &Superblock) {
             s.name = None;
         }
         if let Some(m) = m {
-            s.uuid = Some(m.uuid);
+            s.uuid = (m.state == MemberState::Configured).then_some(m.uuid);
             s.data_offset = m.data_offset;
             s.data_size = m.data_size;
             s.operational = m.state == MemberState::Configured;

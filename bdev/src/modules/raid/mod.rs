@@ -210,9 +210,13 @@ pub async fn create(p: CreateParams) -> Result<(), RaidError> {
         .collect();
     let r = Raid::new(&p.name, uuid, p.level, p.strip_size_kb, p.superblock, slots);
     {
+        // Checked again and added under one hold of the list.
         let mut all = raids();
         if all.iter().any(|x| x.name == p.name) {
             return Err(RaidError::Exists(p.name));
+        }
+        if all.iter().any(|x| x.uuid == uuid) {
+            return Err(RaidError::Exists(uuid_text));
         }
         all.push(r.clone());
     }

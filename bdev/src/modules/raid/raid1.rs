@@ -133,6 +133,13 @@ fn fan_out(ch: &RaidChannel, mut io: IoHandle) {
 }
 
 fn fanned_done(parent: IoHandle, res: FanOutResult) {
+    // A member that was out of I/O objects did not get the write: the
+    // whole I/O goes again later (writing the same data twice where it
+    // landed), never a success with a member behind.
+    if (0..res.len()).any(|i| res.status(i) == IoStatus::NoMem) {
+        parent.complete(IoStatus::NoMem);
+        return;
+    }
     let status = res.any();
     let failed = res.failed_mask();
     if failed != 0 && status == IoStatus::Success {
@@ -146,7 +153,7 @@ fn fanned_done(parent: IoHandle, res: FanOutResult) {
                 if used & (1 << slot) == 0 {
                     continue;
                 }
-                if failed & (1 << child) != 0 && res.status(child) != IoStatus::NoMem {
+                if failed & (1 << child) != 0 {
                     member_failed(raid, slot);
                 }
                 child += 1;

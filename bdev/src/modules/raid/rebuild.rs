@@ -25,7 +25,7 @@ pub(crate) fn start(raid: Arc<Raid>, target: usize) {
 }
 
 /// Waits until no rebuild touches the RAID's I/O any more (one cancelled
-/// stops at its window's end).
+/// stops at its window's end). Not under the op lock: windows take it.
 pub(crate) async fn wait_stopped(raid: &Raid) {
     while raid.ctl().process.as_ref().is_some_and(|p| p.running) {
         reactor::sleep(Duration::from_micros(500)).await;
@@ -135,22 +135,30 @@ async fn run(raid: Arc<Raid>, target: usize) {
         "raid {}: rebuilding slot {target}, {size} blocks in windows of {window}",
         raid.name
     );
+    // How it ended: copied every block, cancelled (the target left, the
+    // RAID went), or failed (the target is then taken out, as SPDK does).
     let mut completed = false;
+    let mut failed = false;
     loop {
+        // Each window under the op lock: no member's removal, growth or
+        // the RAID's delete runs while a window is quiesced and copied.
+        let op = raid.op.lock().await;
         let off = {
             let c = raid.ctl();
             match &c.process {
-                Some(p) if !p.cancel && !c.gone => p.offset,
+                Some(p) if !p.cancel && !c.gone && c.bdev.is_some() => p.offset,
                 _ => break,
             }
         };
         if off >= size {
             completed = true;
+            drop(op);
             break;
         }
         let n = window.min(size - off);
         if let Err(e) = quiesce(&bdev, off, n).await {
             log::warn!("raid {}: rebuild stopped: quiesce: {e}", raid.name);
+            failed = true;
             break;
         }
         let r = copy_window(&raid, target, off, n).await;
@@ -161,7 +169,7 @@ async fn run(raid: Arc<Raid>, target: usize) {
             Copy::Done => {}
             Copy::TargetFailed => {
                 log::warn!("raid {}: rebuild: writing the target failed", raid.name);
-                member_failed(&raid, target);
+                failed = true;
                 break;
             }
             Copy::SourceFailed | Copy::NoSource => {
@@ -169,21 +177,26 @@ async fn run(raid: Arc<Raid>, target: usize) {
                     "raid {}: rebuild stopped: no member could be read at block {off}",
                     raid.name
                 );
+                failed = true;
                 break;
             }
         }
         if let Some(p) = &mut raid.ctl().process {
             p.offset = off + n;
         }
+        drop(op);
         if max_mbps > 0 {
             // Paced: this window's bytes at the set rate.
-            let ns = n * bs * 1000 / u64::from(max_mbps);
-            reactor::sleep(Duration::from_micros(ns / 1000)).await;
+            let us = n * bs / u64::from(max_mbps);
+            reactor::sleep(Duration::from_micros(us)).await;
         }
     }
     stopped(&raid);
     if !completed {
         raid.ctl().process = None;
+        if failed {
+            member_failed(&raid, target);
+        }
         return;
     }
     let _op = raid.op.lock().await;
@@ -195,6 +208,13 @@ async fn run(raid: Arc<Raid>, target: usize) {
         raid.ctl().process = None;
         return;
     }
+    // In sync: channels made from now on read from it, then every
+    // existing one is told.
+    {
+        let mut c = raid.ctl();
+        c.slots[target].rebuilding = false;
+        c.process = None;
+    }
     let r = bdev
         .for_each_channel::<std::rc::Rc<RaidChannel>>(move |_, ch| {
             if let Some(ch) = ch {
@@ -202,11 +222,6 @@ async fn run(raid: Arc<Raid>, target: usize) {
             }
         })
         .await;
-    {
-        let mut c = raid.ctl();
-        c.slots[target].rebuilding = false;
-        c.process = None;
-    }
     if let Err(e) = r {
         log::warn!("raid {}: rebuild end: {e}", raid.name);
     }

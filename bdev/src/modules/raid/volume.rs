@@ -225,6 +225,9 @@ fn member_event(raid: &str, member: &str, ev: BdevEvent) {
         super::spawn(async move {
             if let Some(r) = super::find(&raid) {
                 let _op = r.op.lock().await;
+                if r.ctl().gone {
+                    return;
+                }
                 if let Err(e) = resize(&r).await {
                     log::warn!("raid {raid}: following a member's resize: {e}");
                 }
@@ -236,6 +239,9 @@ fn member_event(raid: &str, member: &str, ev: BdevEvent) {
         super::spawn(async move {
             if let Some(r) = super::find(&raid) {
                 let _op = r.op.lock().await;
+                if r.ctl().gone {
+                    return;
+                }
                 if let Err(e) = remove_member(&r, &member, MemberState::Missing).await {
                     log::warn!("raid {raid}: removing member {member}: {e}");
                 }
@@ -521,6 +527,9 @@ pub(crate) fn member_failed(raid: &Arc<Raid>, slot: usize) {
     let raid = raid.clone();
     super::spawn(async move {
         let _op = raid.op.lock().await;
+        if raid.ctl().gone {
+            return;
+        }
         let name = raid
             .ctl()
             .slots
@@ -541,8 +550,8 @@ pub(crate) fn member_failed(raid: &Arc<Raid>, slot: usize) {
 /// Takes member `member` out (called under the op lock): removed
 /// (`Missing`) or failed (`Failed`). A raid1 with a member left stays
 /// online (degraded) and records it in its superblock; a RAID that cannot
-/// serve without it goes offline (its bdev unregistered); a RAID left with
-/// no member at all, unless online, is freed.
+/// serve without it goes offline (its bdev unregistered); an offline RAID
+/// left with no member at all is freed (a configuring one waits on).
 pub(crate) async fn remove_member(
     raid: &Arc<Raid>,
     member: &str,
@@ -570,10 +579,20 @@ pub(crate) async fn remove_member(
     if online && keeps_serving {
         // Degraded: no new I/O reaches the member once every core's
         // channel has dropped it; quiesced meanwhile so nothing is in
-        // flight to it.
-        let bdev = raid.ctl().bdev.clone();
+        // flight to it. Its descriptor leaves the slot first (a channel
+        // made meanwhile does not reach it), and is closed last. Whatever
+        // fails here, the member is let go: its own unregister may be
+        // waiting for this RAID to close it.
+        let (bdev, desc) = {
+            let mut c = raid.ctl();
+            let d = c.slots[slot].desc.take();
+            (c.bdev.clone(), d)
+        };
         if let Some(b) = &bdev {
-            b.quiesce(MODULE).await?;
+            let quiesced = b.quiesce(MODULE).await;
+            if let Err(e) = &quiesced {
+                log::warn!("raid {}: quiescing to drop {member}: {e}", raid.name);
+            }
             let r = b
                 .for_each_channel::<std::rc::Rc<RaidChannel>>(move |_, ch| {
                     if let Some(ch) = ch {
@@ -581,8 +600,14 @@ pub(crate) async fn remove_member(
                     }
                 })
                 .await;
-            b.unquiesce(MODULE).await?;
-            r?;
+            if quiesced.is_ok()
+                && let Err(e) = b.unquiesce(MODULE).await
+            {
+                log::warn!("raid {}: unquiescing: {e}", raid.name);
+            }
+            if let Err(e) = r {
+                log::warn!("raid {}: dropping {member}'s channels: {e}", raid.name);
+            }
         }
         let raid_size = {
             let mut c = raid.ctl();
@@ -592,7 +617,6 @@ pub(crate) async fn remove_member(
                 p.cancel = true;
             }
             let s = &mut c.slots[slot];
-            s.desc = None;
             s.operational = false;
             s.rebuilding = false;
             s.failed = why == MemberState::Failed;
@@ -601,6 +625,7 @@ pub(crate) async fn remove_member(
             s.data_offset = 0;
             c.geometry.as_ref().map_or(0, |g| g.num_blocks)
         };
+        drop(desc);
         if raid.superblock {
             write_superblock(raid, RaidState::Online, raid_size).await?;
         }
@@ -608,17 +633,15 @@ pub(crate) async fn remove_member(
         return Ok(());
     }
     if online {
+        // As SPDK: the member leaves the operational count, which drops
+        // below what the level needs.
+        raid.ctl().slots[slot].operational = false;
         go_offline(raid).await;
     }
     let free = {
         let mut c = raid.ctl();
-        let s = &mut c.slots[slot];
-        s.desc = None;
-        if c.state == RaidState::Offline {
-            let s = &mut c.slots[slot];
-            s.operational = false;
-        }
-        c.slots.iter().all(|s| !s.configured())
+        c.slots[slot].desc = None;
+        c.state == RaidState::Offline && c.slots.iter().all(|s| !s.configured())
     };
     if free && !raid.ctl().gone {
         log::info!("raid {}: no member left, freed", raid.name);
@@ -678,10 +701,14 @@ pub(crate) async fn delete(raid: &Arc<Raid>, clear_sb: bool) -> Result<(), RaidE
         }
         c.bdev.take()
     };
-    if let Some(b) = bdev {
-        crate::unregister(b.name()).await?;
+    if let Some(b) = bdev
+        && let Err(e) = crate::unregister(b.name()).await
+    {
+        // Unregistered by someone else meanwhile: the RAID goes anyway.
+        log::warn!("raid {}: unregistering its bdev: {e}", raid.name);
     }
-    rebuild::wait_stopped(raid).await;
+    // A rebuild copies only under the op lock, held here: it sees the
+    // cancel at its next window and stops without touching a member.
     if clear_sb && raid.superblock {
         let (len, members) = {
             let c = raid.ctl();
@@ -718,18 +745,33 @@ pub(crate) async fn delete(raid: &Arc<Raid>, clear_sb: bool) -> Result<(), RaidE
 /// started).
 pub(crate) async fn add_member(raid: &Arc<Raid>, bdev: &str) -> Result<(), RaidError> {
     let _op = raid.op.lock().await;
+    if raid.ctl().gone {
+        return Err(RaidError::NotFound(raid.name.clone()));
+    }
     let state = raid.ctl().state;
     match state {
         RaidState::Configuring => {
             let slot = {
                 let c = raid.ctl();
+                let uuid = crate::get(bdev).and_then(|b| parse_uuid(b.uuid()));
+                if c.sb.is_some() {
+                    // Assembled from superblocks: only a member they name
+                    // (examine takes it with its recorded data area).
+                    return Err(RaidError::Invalid(format!(
+                        "RAID {} waits for the members its superblock names; {bdev} is not one \
+                         it is missing",
+                        raid.name
+                    )));
+                }
                 c.slots
                     .iter()
                     .position(|s| !s.configured() && s.name.as_deref() == Some(bdev))
                     .or_else(|| {
-                        c.slots
-                            .iter()
-                            .position(|s| !s.configured() && s.name.is_none())
+                        c.slots.iter().position(|s| {
+                            !s.configured()
+                                && s.name.is_none()
+                                && (s.uuid.is_none() || s.uuid == uuid)
+                        })
                     })
                     .ok_or_else(|| RaidError::NoSlot(raid.name.clone()))?
             };
@@ -771,6 +813,9 @@ pub(crate) async fn grow_member(raid: &Arc<Raid>, bdev: &str) -> Result<(), Raid
     let _op = raid.op.lock().await;
     {
         let c = raid.ctl();
+        if c.gone {
+            return Err(RaidError::NotFound(raid.name.clone()));
+        }
         if c.slots
             .iter()
             .any(|s| s.configured() && s.name.as_deref() == Some(bdev))
@@ -873,6 +918,12 @@ pub(crate) async fn rebuild_onto(
 ) -> Result<(), RaidError> {
     let (bdev, need) = {
         let mut c = raid.ctl();
+        if c.gone || c.bdev.is_none() {
+            return Err(RaidError::State(format!(
+                "RAID {} is not online",
+                raid.name
+            )));
+        }
         let (offset, size) = place_member(raid, &mut c, &desc)?;
         let need = c.geometry.as_ref().map_or(0, |g| g.member_blocks);
         if size < need {
