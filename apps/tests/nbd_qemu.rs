@@ -12,28 +12,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Appliance, TempDir, tool};
+use common::{Appliance, TempDir, qemu_io, tool};
 use serde_json::json;
-
-fn qemu_io(uri: &str, cmds: &[&str]) -> String {
-    let mut c = Command::new(tool("qemu-io", "QEMU_IO"));
-    c.args(["-f", "raw", uri]);
-    for x in cmds {
-        c.args(["-c", x]);
-    }
-    let o = c.output().expect("run qemu-io");
-    let out = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "qemu-io {cmds:?} failed: {out}");
-    // qemu-io exits 0 even when a command fails: look at what it says.
-    for bad in ["Pattern verification failed", "failed:", "error", "Error"] {
-        assert!(!out.contains(bad), "qemu-io {cmds:?}: {out}");
-    }
-    out
-}
 
 fn qemu_img(args: &[&str]) -> String {
     let o = Command::new(tool("qemu-img", "QEMU_IMG"))

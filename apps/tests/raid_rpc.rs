@@ -9,41 +9,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Appliance, TempDir, tool};
+use common::{Appliance, TempDir, expect_error, qemu_io};
 use serde_json::{Value, json};
-
-fn qemu_io(uri: &str, cmds: &[&str]) -> String {
-    let mut c = Command::new(tool("qemu-io", "QEMU_IO"));
-    c.args(["-f", "raw", uri]);
-    for x in cmds {
-        c.args(["-c", x]);
-    }
-    let o = c.output().expect("run qemu-io");
-    let out = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "qemu-io {cmds:?} failed: {out}");
-    for bad in ["Pattern verification failed", "failed:", "error", "Error"] {
-        assert!(!out.contains(bad), "qemu-io {cmds:?}: {out}");
-    }
-    out
-}
-
-fn expect_error(a: &Appliance, args: &[&str], code: i64, message: &str) {
-    let o = a.spdk_rpc(args);
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(!o.status.success(), "{args:?} should fail: {out}");
-    assert!(
-        out.contains(&format!("\"code\": {code}"))
-            && out.contains(&format!("\"message\": \"{message}\"")),
-        "{args:?}: expected {code} {message:?}, got:\n{out}"
-    );
-}
 
 fn raid(a: &Appliance, name: &str) -> Value {
     a.json(&["bdev_raid_get_bdevs", "all"])

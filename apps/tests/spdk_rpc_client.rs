@@ -12,7 +12,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{Appliance, TempDir};
+use common::{Appliance, TempDir, expect_error};
 use serde_json::{Value, json};
 
 fn by_name(list: &Value) -> BTreeMap<String, Value> {
@@ -51,17 +51,6 @@ const KEY_K0: [&str; 9] = [
     "-n",
     "k0",
 ];
-
-fn expect_error(a: &Appliance, args: &[&str], code: i64, message: &str) {
-    let o = a.spdk_rpc(args);
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(!o.status.success(), "{args:?} should fail: {out}");
-    assert!(
-        out.contains(&format!("\"code\": {code}"))
-            && out.contains(&format!("\"message\": \"{message}\"")),
-        "{args:?}: expected {code} {message:?}, got:\n{out}"
-    );
-}
 
 #[test]
 fn spdk_rpc_drives_the_appliance() {

@@ -496,3 +496,37 @@ pub fn kernel_round_trip(dev: &str, offset: u64, data: &[u8]) {
     f.read_exact(&mut got).unwrap();
     assert!(got == data, "{dev}: read back differs at offset {offset}");
 }
+
+/// Runs `qemu-io -f raw URI -c CMD...`, failing on any error it reports;
+/// its output.
+pub fn qemu_io(uri: &str, cmds: &[&str]) -> String {
+    let mut c = Command::new(tool("qemu-io", "QEMU_IO"));
+    c.args(["-f", "raw", uri]);
+    for x in cmds {
+        c.args(["-c", x]);
+    }
+    let o = c.output().expect("run qemu-io");
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "qemu-io {cmds:?} failed: {out}");
+    // qemu-io exits 0 even when a command fails: look at what it says.
+    for bad in ["Pattern verification failed", "failed:", "error", "Error"] {
+        assert!(!out.contains(bad), "qemu-io {cmds:?}: {out}");
+    }
+    out
+}
+
+/// `spdk-rpc ARGS` that must fail with `code` and `message`.
+pub fn expect_error(a: &Appliance, args: &[&str], code: i64, message: &str) {
+    let o = a.spdk_rpc(args);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(!o.status.success(), "{args:?} should fail: {out}");
+    assert!(
+        out.contains(&format!("\"code\": {code}"))
+            && out.contains(&format!("\"message\": \"{message}\"")),
+        "{args:?}: expected {code} {message:?}, got:\n{out}"
+    );
+}

@@ -33,11 +33,7 @@ pub(crate) async fn examine(name: String) {
             log::error!("raid {}: member {name} refused: {e}", r.name);
             return;
         }
-        if volume::ready(&r)
-            && let Err(e) = volume::configure(&r).await
-        {
-            log::error!("raid {}: going online failed: {e}", r.name);
-        }
+        volume::configure_if_ready(&r).await;
         return;
     }
     let Some(b) = crate::get(&name) else {
@@ -246,11 +242,7 @@ async fn assemble(name: &str, sb: Superblock) {
                 return;
             }
         }
-        if volume::ready(&r)
-            && let Err(e) = volume::configure(&r).await
-        {
-            log::error!("raid {}: going online failed: {e}", r.name);
-        }
+        volume::configure_if_ready(&r).await;
         return;
     }
     // Out of the RAID while it moved on: a raid1 that serves takes it back

@@ -504,12 +504,7 @@ pub(crate) async fn write_superblock(
             num_base_bdevs: c.slots.len() as u8,
             members,
         };
-        let targets: Vec<(String, BdevChannel)> = c
-            .slots
-            .iter()
-            .filter_map(|s| s.desc.as_ref())
-            .map(|d| Ok((d.bdev().name().to_owned(), d.get_io_channel()?)))
-            .collect::<Result<_, RaidError>>()?;
+        let targets = attached_channels(&c)?;
         c.sb = Some(sb.clone());
         (sb, targets)
     };
@@ -653,15 +648,8 @@ pub(crate) async fn remove_member(
 /// Unregisters the RAID bdev and marks the RAID offline (members stay
 /// attached until they go or the RAID is deleted).
 async fn go_offline(raid: &Arc<Raid>) {
-    let bdev = {
-        let mut c = raid.ctl();
-        c.state = RaidState::Offline;
-        c.unregistering = true;
-        if let Some(p) = &mut c.process {
-            p.cancel = true;
-        }
-        c.bdev.take()
-    };
+    raid.ctl().state = RaidState::Offline;
+    let bdev = take_bdev(raid);
     if let Some(b) = bdev
         && let Err(e) = crate::unregister(b.name()).await
     {
@@ -671,6 +659,36 @@ async fn go_offline(raid: &Arc<Raid>) {
     c.unregistering = false;
     c.geometry = None;
     log::warn!("raid {}: offline", raid.name);
+}
+
+/// The RAID's bdev, taken to be unregistered by this module (its destruct
+/// then leaves the members alone), a rebuild told to stop.
+fn take_bdev(raid: &Raid) -> Option<Bdev> {
+    let mut c = raid.ctl();
+    c.unregistering = true;
+    if let Some(p) = &mut c.process {
+        p.cancel = true;
+    }
+    c.bdev.take()
+}
+
+/// This core's channel to every attached member, with its name.
+fn attached_channels(c: &Ctl) -> Result<Vec<(String, BdevChannel)>, RaidError> {
+    c.slots
+        .iter()
+        .filter_map(|s| s.desc.as_ref())
+        .map(|d| Ok((d.bdev().name().to_owned(), d.get_io_channel()?)))
+        .collect()
+}
+
+/// Brings the RAID online if every member it expects is there (a failure
+/// is logged: it stays configuring).
+pub(crate) async fn configure_if_ready(raid: &Arc<Raid>) {
+    if ready(raid)
+        && let Err(e) = configure(raid).await
+    {
+        log::error!("raid {}: going online failed: {e}", raid.name);
+    }
 }
 
 /// Drops the RAID from the registry and closes every member.
@@ -693,14 +711,7 @@ pub(crate) async fn delete(raid: &Arc<Raid>, clear_sb: bool) -> Result<(), RaidE
     if raid.ctl().gone {
         return Err(RaidError::NotFound(raid.name.clone()));
     }
-    let bdev = {
-        let mut c = raid.ctl();
-        c.unregistering = true;
-        if let Some(p) = &mut c.process {
-            p.cancel = true;
-        }
-        c.bdev.take()
-    };
+    let bdev = take_bdev(raid);
     if let Some(b) = bdev
         && let Err(e) = crate::unregister(b.name()).await
     {
@@ -715,13 +726,14 @@ pub(crate) async fn delete(raid: &Arc<Raid>, clear_sb: bool) -> Result<(), RaidE
             let len =
                 c.sb.as_ref()
                     .map_or(super::superblock::HEADER_LEN, |s| s.len());
-            let members: Vec<(String, BdevChannel)> = c
-                .slots
-                .iter()
-                .filter_map(|s| s.desc.as_ref())
-                .filter_map(|d| Some((d.bdev().name().to_owned(), d.get_io_channel().ok()?)))
-                .collect();
-            (len, members)
+            (len, attached_channels(&c))
+        };
+        let members = match members {
+            Ok(m) => m,
+            Err(e) => {
+                log::error!("raid {}: clearing the superblocks: {e}", raid.name);
+                Vec::new()
+            }
         };
         for (name, ch) in members {
             if let Err(source) = sb_io::wipe(&ch, len).await {
