@@ -68,9 +68,11 @@
 //!   ([`BdevIo::module_ctx`]), bounce buffers come from the core's DMA cache.
 
 mod bdev;
+pub mod blob;
 mod channel;
 mod child;
 mod claim;
+pub mod crc32c;
 mod desc;
 mod emulate;
 mod env;

@@ -311,29 +311,7 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 /// CRC32C as SPDK's superblocks use it: reflected Castagnoli polynomial,
 /// initial value 0, no final inversion.
 pub fn crc32c(data: &[u8]) -> u32 {
-    const fn table() -> [u32; 256] {
-        let mut t = [0u32; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut c = i as u32;
-            let mut k = 0;
-            while k < 8 {
-                c = if c & 1 != 0 {
-                    (c >> 1) ^ 0x82F6_3B78
-                } else {
-                    c >> 1
-                };
-                k += 1;
-            }
-            t[i] = c;
-            i += 1;
-        }
-        t
-    }
-    static TABLE: [u32; 256] = table();
-    data.iter().fold(0u32, |crc, &b| {
-        TABLE[((crc ^ u32::from(b)) & 0xff) as usize] ^ (crc >> 8)
-    })
+    crate::crc32c::update(0, data)
 }
 
 impl Superblock {
