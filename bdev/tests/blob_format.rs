@@ -13,9 +13,10 @@ use std::path::Path;
 use std::process::Command;
 
 use bdev::blob::mask::{Mask, MaskType};
-use bdev::blob::md_page::{Descriptor, MdPage, NO_PAGE};
+use bdev::blob::md_page::MdPage;
+use bdev::blob::metadata::{BlobMd, Metadata};
 use bdev::blob::super_block::SuperBlock;
-use bdev::blob::{FormatError, PAGE_SIZE, blobid_to_page, page_to_blobid};
+use bdev::blob::{FormatError, PAGE_SIZE, blobid_to_page};
 use serde_json::Value;
 
 const DIR: &str = "tests/fixtures/blob/spdk-v24.09-lvs0";
@@ -43,17 +44,6 @@ fn page(img: &[u8], p: u64) -> &[u8] {
     &img[p as usize * PAGE_SIZE..(p as usize + 1) * PAGE_SIZE]
 }
 
-/// A blob as its metadata chain says.
-#[derive(Debug, Default)]
-struct Blob {
-    xattrs: BTreeMap<String, Vec<u8>>,
-    internal: BTreeMap<String, Vec<u8>>,
-    invalid_flags: u64,
-    num_clusters: u64,
-    /// Device cluster per blob cluster (0: unallocated).
-    clusters: Vec<u32>,
-}
-
 /// An xattr's text: up to its first NUL (lvol names are stored in a
 /// 64-byte NUL-padded field).
 fn text(v: &[u8]) -> String {
@@ -61,76 +51,13 @@ fn text(v: &[u8]) -> String {
     String::from_utf8_lossy(&v[..end]).into_owned()
 }
 
-fn load_blob(img: &[u8], sb: &SuperBlock, first: u32) -> Blob {
-    let md = |p: u32| MdPage::parse(p, page(img, u64::from(sb.md.start) + u64::from(p))).unwrap();
-    let mut b = Blob::default();
-    let mut p = first;
-    let mut seq = 0;
-    let mut extent_pages = Vec::new();
-    while p != NO_PAGE {
-        let pg = md(p);
-        assert_eq!(pg.id, page_to_blobid(first), "page {p} of blob {first}");
-        assert_eq!(pg.sequence_num, seq, "page {p}");
-        for d in pg.descriptors {
-            match d {
-                Descriptor::Xattr {
-                    internal: false,
-                    name,
-                    value,
-                } => {
-                    b.xattrs.insert(text(&name), value);
-                }
-                Descriptor::Xattr {
-                    internal: true,
-                    name,
-                    value,
-                } => {
-                    b.internal.insert(text(&name), value);
-                }
-                Descriptor::Flags { invalid, .. } => b.invalid_flags = invalid,
-                Descriptor::ExtentTable {
-                    num_clusters,
-                    pages,
-                } => {
-                    b.num_clusters = num_clusters;
-                    for (pg, n) in pages {
-                        extent_pages.extend(std::iter::repeat_n(pg, n as usize));
-                    }
-                }
-                Descriptor::ExtentRle(runs) => {
-                    for (c, n) in runs {
-                        b.clusters
-                            .extend((0..n).map(|i| if c == 0 { 0 } else { c + i }));
-                    }
-                    b.num_clusters = b.clusters.len() as u64;
-                }
-                other => panic!("blob {first}: {other:?} in its chain"),
-            }
-        }
-        p = pg.next;
-        seq += 1;
-    }
-    if !extent_pages.is_empty() || b.clusters.is_empty() {
-        b.clusters = vec![0; b.num_clusters as usize];
-        for ep in extent_pages.into_iter().filter(|&p| p != 0) {
-            // (An extent page keeps the id of the blob that wrote it: a
-            // snapshot takes over the original's extent pages as they
-            // are, so its id need not be this blob's.)
-            let pg = md(ep);
-            for d in pg.descriptors {
-                if let Descriptor::ExtentPage {
-                    start_cluster,
-                    clusters,
-                } = d
-                {
-                    for (i, c) in clusters.into_iter().enumerate() {
-                        b.clusters[start_cluster as usize + i] = c;
-                    }
-                }
-            }
-        }
-    }
-    b
+/// A reader of the image's metadata pages.
+fn reader<'a>(
+    img: &'a [u8],
+    sb: &SuperBlock,
+) -> impl FnMut(u32) -> Result<Vec<u8>, FormatError> + 'a {
+    let start = u64::from(sb.md.start);
+    move |p| Ok(page(img, start + u64::from(p)).to_vec())
 }
 
 /// The pattern spdk_dd wrote: byte i is (i*13+seed) mod 256, each block
@@ -187,47 +114,46 @@ fn an_spdk_lvstore_parses_and_is_written_back_byte_for_byte() {
         assert_eq!(pg.encode().unwrap(), bytes, "metadata page {p}");
     }
     // The blobs: the lvstore's super blob and the four lvols.
-    let blobs: BTreeMap<u64, Blob> = masks[2]
-        .set()
-        .map(|p| (page_to_blobid(p as u32), load_blob(&img, &sb, p as u32)))
-        .collect();
+    let md = Metadata::read(
+        &sb,
+        masks[2].set().map(|p| p as u32),
+        &mut reader(&img, &sb),
+    )
+    .unwrap();
+    assert_eq!(
+        md.check(&sb, Some([&masks[0].bits, &masks[1].bits, &masks[2].bits])),
+        Vec::<String>::new(),
+        "fsck"
+    );
+    // As a dirty load finds it: every page scanned, the same blobs.
+    let (scanned, unreadable) = Metadata::scan(&sb, &mut reader(&img, &sb)).unwrap();
+    assert_eq!(scanned, md);
+    assert_eq!(unreadable, 0);
+    let blobs = &md.blobs;
     assert_eq!(blobid_to_page(sb.super_blob), 0);
     let lvs_blob = &blobs[&sb.super_blob];
-    assert_eq!(text(&lvs_blob.xattrs["name"]), "lvs0");
+    assert_eq!(text(lvs_blob.xattr("name").unwrap()), "lvs0");
     assert_eq!(
-        text(&lvs_blob.xattrs["uuid"]),
+        text(lvs_blob.xattr("uuid").unwrap()),
         lvs["uuid"].as_str().unwrap()
     );
-    let by_name: BTreeMap<String, (u64, &Blob)> = blobs
+    let by_name: BTreeMap<String, (u64, &BlobMd)> = blobs
         .iter()
         .filter(|(id, _)| **id != sb.super_blob)
-        .map(|(id, b)| (text(&b.xattrs["name"]), (*id, b)))
+        .map(|(id, b)| (text(b.xattr("name").unwrap()), (*id, b)))
         .collect();
     let lvols = json("bdev_lvol_get_lvols.json");
     assert_eq!(by_name.len(), lvols.as_array().unwrap().len());
     for l in lvols.as_array().unwrap() {
         let (_, b) = by_name[l["name"].as_str().unwrap()];
-        assert_eq!(text(&b.xattrs["uuid"]), l["uuid"].as_str().unwrap());
-        assert_eq!(
-            b.invalid_flags & 1 != 0,
-            l["is_thin_provisioned"] == true,
-            "{l}"
-        );
-        assert_eq!(
-            b.internal.contains_key("SNAP"),
-            l["is_clone"] == true,
-            "{l}"
-        );
+        assert_eq!(text(b.xattr("uuid").unwrap()), l["uuid"].as_str().unwrap());
+        assert_eq!(b.is_thin(), l["is_thin_provisioned"] == true, "{l}");
+        assert_eq!(b.parent().is_some(), l["is_clone"] == true, "{l}");
     }
     // thick and clone stand on snap.
     let snap_id = by_name["snap"].0;
     for n in ["thick", "clone"] {
-        let parent = &by_name[n].1.internal["SNAP"];
-        assert_eq!(
-            u64::from_le_bytes(parent[..8].try_into().unwrap()),
-            snap_id,
-            "{n}"
-        );
+        assert_eq!(by_name[n].1.parent(), Some(snap_id), "{n}");
     }
     // Every used cluster has one owner; the mask says the same (cluster 0
     // holds the metadata).
@@ -255,8 +181,8 @@ fn an_spdk_lvstore_parses_and_is_written_back_byte_for_byte() {
                     chunk.copy_from_slice(&img[c * cs..(c + 1) * cs]);
                     break;
                 }
-                match cur.internal.get("SNAP") {
-                    Some(p) => cur = &blobs[&u64::from_le_bytes(p[..8].try_into().unwrap())],
+                match cur.parent() {
+                    Some(p) => cur = &blobs[&p],
                     None => break,
                 }
             }
@@ -338,4 +264,49 @@ fn damaged_metadata_is_an_error_naming_the_page() {
         let _ = SuperBlock::parse(&p);
         let _ = Mask::parse(MaskType::UsedPages, &p);
     }
+}
+
+#[test]
+fn broken_chains_and_double_owned_clusters_are_named() {
+    let img = image();
+    let sb = SuperBlock::parse(&img).unwrap();
+    let mdp = |p: u32| page(&img, u64::from(sb.md.start) + u64::from(p)).to_vec();
+    // Blob 0's first page made to point at itself: a loop.
+    let mut looped = MdPage::parse(0, &mdp(0)).unwrap();
+    looped.next = 0;
+    let bytes = looped.encode().unwrap();
+    let mut read = |p: u32| Ok(if p == 0 { bytes.clone() } else { mdp(p) });
+    let e = bdev::blob::metadata::read_blob(&sb, 0, &mut read).unwrap_err();
+    assert!(e.to_string().contains("loops"), "{e}");
+    // A chain continuing into another blob's page.
+    let mut stray = MdPage::parse(0, &mdp(0)).unwrap();
+    stray.next = 1;
+    let bytes = stray.encode().unwrap();
+    let mut read = |p: u32| Ok(if p == 0 { bytes.clone() } else { mdp(p) });
+    let e = bdev::blob::metadata::read_blob(&sb, 0, &mut read).unwrap_err();
+    assert!(e.to_string().contains("metadata page 1"), "{e}");
+    assert!(e.to_string().contains("belongs to blob"), "{e}");
+    // fsck: a cluster mapped twice, a lost parent.
+    let (mut md, _) = Metadata::scan(&sb, &mut reader(&img, &sb)).unwrap();
+    let ids: Vec<u64> = md.blobs.keys().copied().collect();
+    let taken = md.blobs[&ids[1]]
+        .clusters
+        .iter()
+        .copied()
+        .find(|&c| c != 0)
+        .unwrap();
+    md.blobs.get_mut(&ids[2]).unwrap().clusters.push(taken);
+    let snap = md.blobs.values().find_map(|b| b.parent()).unwrap();
+    md.blobs.remove(&snap);
+    let problems = md.check(&sb, None);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains(&format!("cluster {taken} owned by blobs"))),
+        "{problems:?}"
+    );
+    assert!(
+        problems.iter().any(|p| p.contains("is not in the store")),
+        "{problems:?}"
+    );
 }

@@ -2,10 +2,13 @@
 //! itself, read and written byte for byte and checked against a store SPDK
 //! v24.09 made (`tests/fixtures/blob/`): the super block
 //! ([`super_block`]), metadata pages and their descriptors ([`md_page`]),
-//! the used-page, used-cluster and used-blobid masks ([`mask`]). Parsing
+//! the used-page, used-cluster and used-blobid masks ([`mask`]), and the
+//! metadata as a whole ([`metadata`]: blobs read from their chains, a
+//! dirty store found by scanning every page, SPDK's invariants checked).
+//! Parsing
 //! trusts nothing: a bad field is a [`FormatError`] naming the page and
-//! the field, never a panic. The store itself (load, recovery, blobs, I/O,
-//! snapshots) is not built yet.
+//! the field, never a panic. The store itself (on a bdev: load and unload, blobs'
+//! I/O, allocation, snapshots) is not built yet.
 //!
 //! ```text
 //!  page 0        super block ("SPDKBLOB", version 3, CRC32C)
@@ -19,6 +22,7 @@
 
 pub mod mask;
 pub mod md_page;
+pub mod metadata;
 pub mod super_block;
 
 /// SPDK's page: the unit of metadata and of the format's offsets.
