@@ -20,6 +20,7 @@
 //!                  first ones hold the above)
 //! ```
 
+pub mod load;
 pub mod mask;
 pub mod md_page;
 pub mod metadata;
