@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
         if let proto::Plan::Io {
             offset_blocks,
             num_blocks,
-        } = proto::plan(&r, 1 << 30, 512, true)
+        } = proto::plan(&r, 1 << 30, 512, true, false)
         {
             assert!((offset_blocks + num_blocks) * 512 <= 1 << 30);
         }
