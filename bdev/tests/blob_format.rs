@@ -90,6 +90,10 @@ fn an_spdk_lvstore_parses_and_is_written_back_byte_for_byte() {
         lvs["block_size"].as_u64().unwrap()
     );
     assert_eq!(sb.size, 32 << 20);
+    // Laid out as this code lays a new store out.
+    let mut laid = SuperBlock::layout(32 << 20, 512, 1 << 20, Some(32), "LVOLSTORE").unwrap();
+    laid.super_blob = sb.super_blob;
+    assert_eq!(laid, sb);
     let region = |r: bdev::blob::super_block::Region| {
         &img[r.start as usize * PAGE_SIZE..r.end() as usize * PAGE_SIZE]
     };
