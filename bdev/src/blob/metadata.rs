@@ -321,9 +321,7 @@ impl Metadata {
         let mut clusters = vec![false; sb.total_clusters() as usize];
         // Clusters up to the end of the metadata region hold the store's
         // own structures.
-        let pages_per_cluster = u64::from(sb.cluster_size) / super::PAGE_SIZE as u64;
-        let md_clusters = sb.md.end().div_ceil(pages_per_cluster.max(1));
-        for c in clusters.iter_mut().take(md_clusters as usize) {
+        for c in clusters.iter_mut().take(sb.md_clusters() as usize) {
             *c = true;
         }
         for b in self.blobs.values() {
@@ -345,8 +343,7 @@ impl Metadata {
     pub fn check(&self, sb: &SuperBlock, on_disk: Option<[&[bool]; 3]>) -> Vec<String> {
         let mut problems = Vec::new();
         let (pages, clusters, ids) = self.masks(sb);
-        let pages_per_cluster = u64::from(sb.cluster_size) / super::PAGE_SIZE as u64;
-        let md_clusters = sb.md.end().div_ceil(pages_per_cluster.max(1));
+        let md_clusters = sb.md_clusters();
         let mut owner: BTreeMap<u32, u64> = BTreeMap::new();
         for b in self.blobs.values() {
             for &c in b.clusters.iter().filter(|&&c| c != 0) {

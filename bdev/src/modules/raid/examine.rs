@@ -13,7 +13,7 @@ use crate::BdevEvent;
 
 use super::superblock::{Level, MemberState, RaidState, Superblock};
 use super::volume::{self, Raid, Slot};
-use super::{MODULE, parse_uuid, raids, sb_io};
+use super::{parse_uuid, raids, sb_io};
 
 fn nop(_: &str, _: BdevEvent) {}
 
@@ -39,7 +39,7 @@ pub(crate) async fn examine(name: String) {
     let Some(b) = crate::get(&name) else {
         return;
     };
-    if b.claimed_by().is_some() || b.module() == MODULE && b.num_blocks() == 0 {
+    if b.claimed_by().is_some() {
         return;
     }
     let sb = {

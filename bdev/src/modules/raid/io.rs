@@ -232,7 +232,7 @@ impl crate::BdevOps for RaidBdev {
 
     fn submit(&self, ch: &Rc<RaidChannel>, io: IoHandle) {
         match self.geometry.level {
-            Level::Raid1 => raid1::submit(&self.raid, ch, io),
+            Level::Raid1 => raid1::submit(ch, io),
             _ => submit_striped(&self.geometry, ch, io),
         }
     }

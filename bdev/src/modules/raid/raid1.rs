@@ -7,22 +7,20 @@
 //! of the RAID (degraded; the superblock records it).
 
 use std::rc::Rc;
-use std::sync::Arc;
 
 use crate::{
     BdevIo, Child, ChildData, FanChild, FanData, FanOutResult, IoHandle, IoStatus, IoType,
 };
 
 use super::io::RaidChannel;
-use super::volume::{Raid, member_failed};
+use super::volume::member_failed;
 
 /// Words of the I/O's module context raid1 uses.
 const CTX_SLOT: usize = 0;
 const CTX_TRIED: usize = 1;
 const CTX_FANNED: usize = 2;
 
-pub(crate) fn submit(raid: &Arc<Raid>, ch: &RaidChannel, mut io: IoHandle) {
-    let _ = raid;
+pub(crate) fn submit(ch: &RaidChannel, mut io: IoHandle) {
     match io.io().io_type() {
         IoType::Read => {
             io.io_mut().module_ctx[CTX_TRIED] = 0;

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{Bdev, BdevChannel, BdevError, IoStatus, IoType};
+use crate::{BdevChannel, IoStatus, IoType};
 
 use super::io::RaidChannel;
 use super::superblock::RaidState;
@@ -29,23 +29,6 @@ pub(crate) fn start(raid: Arc<Raid>, target: usize) {
 pub(crate) async fn wait_stopped(raid: &Raid) {
     while raid.ctl().process.as_ref().is_some_and(|p| p.running) {
         reactor::sleep(Duration::from_micros(500)).await;
-    }
-}
-
-/// Quiesces `n` blocks from `off` on `bdev`, waiting while another range
-/// overlapping it is quiesced (a member's removal quiesces it all).
-pub(crate) async fn quiesce(bdev: &Bdev, off: u64, n: u64) -> Result<(), BdevError> {
-    let mut waited = Duration::ZERO;
-    loop {
-        match bdev.quiesce_range(MODULE, off, n).await {
-            Err(BdevError::Invalid { ref reason, .. })
-                if reason.contains("overlap") && waited < Duration::from_secs(30) =>
-            {
-                reactor::sleep(Duration::from_millis(1)).await;
-                waited += Duration::from_millis(1);
-            }
-            r => return r,
-        }
     }
 }
 
@@ -156,7 +139,9 @@ async fn run(raid: Arc<Raid>, target: usize) {
             break;
         }
         let n = window.min(size - off);
-        if let Err(e) = quiesce(&bdev, off, n).await {
+        // (Nothing else quiesces the RAID meanwhile: every other
+        // operation that does holds the op lock.)
+        if let Err(e) = bdev.quiesce_range(MODULE, off, n).await {
             log::warn!("raid {}: rebuild stopped: quiesce: {e}", raid.name);
             failed = true;
             break;

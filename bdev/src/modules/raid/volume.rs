@@ -928,7 +928,7 @@ pub(crate) async fn rebuild_onto(
     slot: usize,
     desc: Desc,
 ) -> Result<(), RaidError> {
-    let (bdev, need) = {
+    let bdev = {
         let mut c = raid.ctl();
         if c.gone || c.bdev.is_none() {
             return Err(RaidError::State(format!(
@@ -960,7 +960,7 @@ pub(crate) async fn rebuild_onto(
             cancel: false,
             running: true,
         });
-        (c.bdev.clone(), need)
+        c.bdev.clone()
     };
     let Some(b) = bdev else {
         return Err(RaidError::State(format!(
@@ -968,7 +968,6 @@ pub(crate) async fn rebuild_onto(
             raid.name
         )));
     };
-    let _ = need;
     let r2 = raid.clone();
     let r = b
         .for_each_channel::<std::rc::Rc<RaidChannel>>(move |_, ch| {
