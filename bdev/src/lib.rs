@@ -84,6 +84,7 @@ mod io;
 mod medium;
 mod module;
 pub mod modules;
+mod oplock;
 mod ops;
 mod props;
 mod qos;

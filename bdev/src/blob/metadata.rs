@@ -41,6 +41,9 @@ pub struct BlobMd {
     pub pages: Vec<u32>,
     /// The metadata pages holding its extent pages.
     pub extent_pages: Vec<u32>,
+    /// Its extent table: the metadata page of each extent page slot (512
+    /// clusters each; 0: none). Empty for a blob stored as runs.
+    pub extent_table: Vec<u32>,
     /// Public xattrs, in the order stored.
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
     /// Internal xattrs, in the order stored.
@@ -215,7 +218,8 @@ pub fn read_blob(
                 ));
             }
             b.clusters = vec![0; b.num_clusters as usize];
-            for ep in table.unwrap_or_default().into_iter().filter(|&e| e != 0) {
+            b.extent_table = table.unwrap_or_default();
+            for ep in b.extent_table.clone().into_iter().filter(|&e| e != 0) {
                 if ep >= sb.md.len {
                     return Err(bad(what(ep), "an extent page past the metadata".into()));
                 }

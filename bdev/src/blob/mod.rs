@@ -20,11 +20,21 @@
 //!                  first ones hold the above)
 //! ```
 
+pub mod error;
+pub mod handle;
+pub mod io;
 pub mod load;
 pub mod mask;
 pub mod md_page;
 pub mod metadata;
+pub mod serialize;
+pub mod snapshot;
+pub mod store;
 pub mod super_block;
+
+pub use error::BlobError;
+pub use handle::Blob;
+pub use store::{BlobOptions, Blobstore, BusyGuard, CheckReport, ClearMethod, StoreOptions};
 
 /// SPDK's page: the unit of metadata and of the format's offsets.
 pub const PAGE_SIZE: usize = 4096;

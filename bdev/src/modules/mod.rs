@@ -14,6 +14,7 @@ pub mod malloc;
 pub mod null;
 pub mod nvme;
 pub mod passthru;
+pub mod powercut;
 pub mod raid;
 
 /// Every module's JSON-RPC methods: one line per module.

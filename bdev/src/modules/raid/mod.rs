@@ -29,7 +29,6 @@ pub mod concat;
 mod error;
 mod examine;
 mod io;
-mod oplock;
 pub mod raid0;
 mod raid1;
 mod rebuild;

@@ -15,9 +15,9 @@ use crate::{Bdev, BdevChannel, BdevEvent, BdevProps, ClaimType, Desc, IoType};
 
 use super::error::RaidError;
 use super::io::{Geometry, RaidBdev, RaidChannel, SlotChannel};
-use super::oplock::OpLock;
 use super::superblock::{Level, Member, MemberState, RaidState, Superblock, data_offset_blocks};
 use super::{MODULE, parse_uuid, raids, rebuild, sb_io};
+use crate::oplock::OpLock;
 use crate::registry::format_uuid;
 
 /// One member slot.

@@ -1,9 +1,10 @@
-//! One control operation at a time on a RAID (create, examine's assembly,
-//! a member's removal or failure, each rebuild window, delete): an
-//! asynchronous lock handed over in arrival order, so an operation that
-//! awaits I/O (superblock writes, quiesce) never interleaves with another,
-//! and a rebuild taking it window after window cannot starve the others.
-//! The I/O path never takes it.
+//! One control operation at a time on an object — a RAID (create,
+//! examine's assembly, a member's removal or failure, each rebuild window,
+//! delete), a blob (metadata changes, cluster allocation): an asynchronous
+//! lock handed over in arrival order, so an operation that awaits I/O
+//! (superblock or metadata writes, quiesce) never interleaves with
+//! another, and one taking it again and again (a rebuild, window after
+//! window) cannot starve the others. Usable from any core.
 
 use std::collections::VecDeque;
 use std::future::Future;

@@ -1,0 +1,171 @@
+//! Snapshots, clones, and the deletion of a snapshot into its one clone,
+//! each crash safe:
+//!
+//! - Snapshot of blob X: X's I/O frozen; a new read-only blob S written
+//!   with X's clusters and `SNAPTMP` = X (durable); X rewritten as a thin
+//!   clone of S with no clusters (durable); `SNAPTMP` dropped from S. A
+//!   crash between the first two writes leaves S unfinished (X does not
+//!   read from it): the load erases S; between the last two, S is
+//!   finished by the load.
+//! - Clone of a read-only blob: one new thin blob naming it as parent.
+//! - Deleting snapshot S with one clone C: `SNAPRM` = C on S (durable); C
+//!   takes S's clusters where it has none and S's parent as its own
+//!   (durable); S erased. A crash before C's write undoes the deletion at
+//!   load, after it completes it.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::error::BlobError;
+use super::handle::{BlobState, Frozen, put_xattr};
+use super::metadata::{BlobMd, FLAG_EXTENT_TABLE, FLAG_THIN_PROV};
+use super::store::{
+    Blobstore, XATTR_SNAPSHOT_PENDING, XATTR_SNAPSHOT_REMOVING, mark_read_only, set_parent_xattr,
+};
+
+impl Blobstore {
+    /// Takes a snapshot of blob `id` with public `xattrs`; returns the
+    /// snapshot's id. The blob becomes a thin clone of it; its I/O waits
+    /// meanwhile.
+    ///
+    /// # Errors
+    /// [`BlobError::Invalid`] for a read-only blob; [`BlobError::NoSpace`]
+    /// for no free metadata page; device errors (the blob is unchanged).
+    pub async fn create_snapshot(
+        &self,
+        id: u64,
+        xattrs: &[(String, Vec<u8>)],
+    ) -> Result<u64, BlobError> {
+        let x = self.blob(id)?;
+        if x.read_only.load(Ordering::Acquire) {
+            return Err(BlobError::invalid(
+                format!("blob {id:#x}"),
+                "read-only: a snapshot of it would be a copy",
+            ));
+        }
+        x.gate.freeze().await;
+        let _frozen = Frozen(&x.gate);
+        let _l = x.lock.lock().await;
+        let xm = x.md().clone();
+        let mut sm = BlobMd {
+            num_clusters: xm.num_clusters,
+            clusters: xm.clusters.clone(),
+            invalid_flags: (xm.invalid_flags & FLAG_THIN_PROV) | FLAG_EXTENT_TABLE,
+            ..BlobMd::default()
+        };
+        mark_read_only(&mut sm);
+        for (n, v) in xattrs {
+            put_xattr(&mut sm.xattrs, n, v);
+        }
+        set_parent_xattr(&mut sm, xm.parent());
+        put_xattr(
+            &mut sm.internal_xattrs,
+            XATTR_SNAPSHOT_PENDING,
+            &id.to_le_bytes(),
+        );
+        super::handle::fix_internal_flag(&mut sm);
+        if sm.clusters.is_empty() {
+            sm.clusters = vec![0; sm.num_clusters as usize];
+            sm.invalid_flags |= FLAG_THIN_PROV;
+        }
+        let sid = self.create_with(sm, x.parent()).await?;
+        let s = self.blob(sid)?;
+        let mut nm = xm.clone();
+        nm.clusters = vec![0; xm.num_clusters as usize];
+        nm.invalid_flags |= FLAG_THIN_PROV;
+        set_parent_xattr(&mut nm, Some(sid));
+        if let Err(e) = self.persist(&x, nm.clone(), true).await {
+            // X is as it was; S never finished: gone again.
+            let _ = self.erase(&s).await;
+            return Err(e);
+        }
+        x.map.replace(&nm.clusters);
+        x.thin.store(true, Ordering::Release);
+        x.set_parent(Some(s.clone()));
+        // A failure here leaves SNAPTMP, which the next load clears.
+        self.drop_internal(&s, XATTR_SNAPSHOT_PENDING).await?;
+        Ok(sid)
+    }
+
+    /// Makes a thin clone of read-only blob `id` with public `xattrs`;
+    /// returns the clone's id.
+    ///
+    /// # Errors
+    /// [`BlobError::Invalid`] when the blob is not read-only;
+    /// [`BlobError::NoSpace`]; device errors.
+    pub async fn create_clone(
+        &self,
+        id: u64,
+        xattrs: &[(String, Vec<u8>)],
+    ) -> Result<u64, BlobError> {
+        let s = self.blob(id)?;
+        if !s.read_only.load(Ordering::Acquire) {
+            return Err(BlobError::invalid(
+                format!("blob {id:#x}"),
+                "not read-only: only a snapshot can be cloned",
+            ));
+        }
+        let _l = s.lock.lock().await;
+        let n = s.num_clusters.load(Ordering::Acquire);
+        let mut md = BlobMd {
+            num_clusters: n,
+            clusters: vec![0; n as usize],
+            invalid_flags: FLAG_THIN_PROV | FLAG_EXTENT_TABLE,
+            ..BlobMd::default()
+        };
+        for (k, v) in xattrs {
+            put_xattr(&mut md.xattrs, k, v);
+        }
+        set_parent_xattr(&mut md, Some(id));
+        self.create_with(md, Some(s.clone())).await
+    }
+}
+
+/// Deletes snapshot `s` whose one clone is `clone_id` (see the module).
+pub(crate) async fn delete_into_clone(
+    store: &Blobstore,
+    s: &Arc<BlobState>,
+    clone_id: u64,
+) -> Result<(), BlobError> {
+    let c = store.blob(clone_id)?;
+    store.check_deletable(s, 1)?;
+    c.gate.freeze().await;
+    let _frozen = Frozen(&c.gate);
+    let (_a, _b) = if s.id < c.id {
+        let a = s.lock.lock().await;
+        (a, c.lock.lock().await)
+    } else {
+        let b = c.lock.lock().await;
+        (s.lock.lock().await, b)
+    };
+    store.check_deletable(s, store.clones(s.id).len())?;
+    if c.parent().map(|p| p.id) != Some(s.id) {
+        return Err(BlobError::Busy {
+            id: s.id,
+            why: "its clones changed meanwhile".into(),
+        });
+    }
+    let mut sm = s.md().clone();
+    put_xattr(
+        &mut sm.internal_xattrs,
+        XATTR_SNAPSHOT_REMOVING,
+        &clone_id.to_le_bytes(),
+    );
+    super::handle::fix_internal_flag(&mut sm);
+    store.persist(s, sm.clone(), true).await?;
+    let mut cm = c.md().clone();
+    for (i, e) in cm.clusters.iter_mut().enumerate() {
+        if *e == 0 {
+            *e = sm.clusters.get(i).copied().unwrap_or(0);
+        }
+    }
+    let grand = s.parent();
+    set_parent_xattr(&mut cm, grand.as_ref().map(|g| g.id));
+    if let Err(e) = store.persist(&c, cm.clone(), true).await {
+        let _ = store.drop_internal(s, XATTR_SNAPSHOT_REMOVING).await;
+        return Err(e);
+    }
+    c.map.replace(&cm.clusters);
+    c.set_parent(grand);
+    store.erase(s).await
+}
