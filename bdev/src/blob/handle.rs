@@ -168,9 +168,10 @@ impl Drop for Frozen<'_> {
 /// A blob in memory.
 pub(crate) struct BlobState {
     pub id: u64,
-    /// Metadata: as written at `pages`/`extent_table`, plus unsynced
-    /// xattr changes.
+    /// Metadata: as written, plus xattr changes not yet synced.
     pub md: Mutex<BlobMd>,
+    /// Metadata as on disk (what the next write is compared with).
+    pub written: Mutex<BlobMd>,
     /// Xattrs or flags changed since the last write.
     pub dirty: AtomicBool,
     pub map: ClusterMap,
@@ -196,6 +197,7 @@ impl BlobState {
             num_clusters: AtomicU64::new(md.num_clusters),
             read_only: AtomicBool::new(md.data_ro_flags & FLAG_READ_ONLY != 0),
             thin: AtomicBool::new(md.invalid_flags & FLAG_THIN_PROV != 0),
+            written: Mutex::new(md.clone()),
             md: Mutex::new(md),
             dirty: AtomicBool::new(false),
             parent: Mutex::new(None),
@@ -208,6 +210,10 @@ impl BlobState {
 
     pub fn md(&self) -> MutexGuard<'_, BlobMd> {
         self.md.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn written(&self) -> MutexGuard<'_, BlobMd> {
+        self.written.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn parent(&self) -> Option<Arc<BlobState>> {
@@ -413,13 +419,17 @@ impl Blob {
     /// Device errors; no free metadata page.
     pub async fn sync_md(&self) -> Result<(), BlobError> {
         let _l = self.st.lock.lock().await;
-        if !self.st.dirty.load(Ordering::Acquire) {
+        // Cleared first: a change made while this write is under way sets
+        // it again, for the next sync.
+        if !self.st.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
         let md = self.st.md().clone();
-        self.store.persist(&self.st, md, true).await?;
-        self.st.dirty.store(false, Ordering::Release);
-        Ok(())
+        let r = self.store.persist(&self.st, md, true).await;
+        if r.is_err() {
+            self.st.dirty.store(true, Ordering::Release);
+        }
+        r
     }
 
     /// Makes the blob read-only (data and metadata), durably.
@@ -432,7 +442,6 @@ impl Blob {
         md.data_ro_flags |= FLAG_READ_ONLY;
         self.store.persist(&self.st, md, true).await?;
         self.st.read_only.store(true, Ordering::Release);
-        self.st.dirty.store(false, Ordering::Release);
         Ok(())
     }
 

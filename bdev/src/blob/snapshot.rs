@@ -154,14 +154,70 @@ pub(crate) async fn delete_into_clone(
     super::handle::fix_internal_flag(&mut sm);
     store.persist(s, sm.clone(), true).await?;
     let mut cm = c.md().clone();
+    let grand = s.parent();
+    // Past the snapshot's end the clone read zeros; where the grandparent
+    // has data there, the clone gets zeroed clusters of its own, so the
+    // deletion changes nothing it reads.
+    let exposed: Vec<usize> = (sm.clusters.len()..cm.clusters.len())
+        .filter(|&i| cm.clusters[i] == 0)
+        .filter(|&i| {
+            grand
+                .as_ref()
+                .is_some_and(|g| g.resolve(i as u64).is_some())
+        })
+        .collect();
+    let claimed: Result<Vec<u32>, BlobError> = {
+        let mut st = store.state();
+        let mut fresh = Vec::new();
+        let mut err = None;
+        for _ in &exposed {
+            match st.claim_cluster() {
+                Ok(k) => fresh.push(k),
+                Err(e) => {
+                    err = Some(e);
+                    break;
+                }
+            }
+        }
+        match err {
+            Some(e) => {
+                for k in fresh {
+                    st.release_cluster(k);
+                }
+                Err(e)
+            }
+            None => Ok(fresh),
+        }
+    };
+    let fresh = match claimed {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = store.drop_internal(s, XATTR_SNAPSHOT_REMOVING).await;
+            return Err(e);
+        }
+    };
+    for (&i, &k) in exposed.iter().zip(&fresh) {
+        cm.clusters[i] = k;
+    }
     for (i, e) in cm.clusters.iter_mut().enumerate() {
         if *e == 0 {
             *e = sm.clusters.get(i).copied().unwrap_or(0);
         }
     }
-    let grand = s.parent();
     set_parent_xattr(&mut cm, grand.as_ref().map(|g| g.id));
-    if let Err(e) = store.persist(&c, cm.clone(), true).await {
+    let res = async {
+        let ch = store.channel()?;
+        store.zero_clusters(&ch, &fresh).await?;
+        store.persist(&c, cm.clone(), true).await
+    }
+    .await;
+    if let Err(e) = res {
+        {
+            let mut st = store.state();
+            for k in fresh {
+                st.release_cluster(k);
+            }
+        }
         let _ = store.drop_internal(s, XATTR_SNAPSHOT_REMOVING).await;
         return Err(e);
     }

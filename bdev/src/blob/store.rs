@@ -105,11 +105,16 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// A free metadata page for a chain's continuation or an extent page:
+    /// never page 0, which an extent table's 0 cannot name (it means "no
+    /// page"); page 0 is only ever a blob's first page.
     fn claim_page(&mut self) -> Result<u32, BlobError> {
         let p = self
             .pages
             .iter()
+            .skip(1)
             .position(|u| !u)
+            .map(|p| p + 1)
             .ok_or_else(|| BlobError::NoSpace("every metadata page is used".into()))?;
         self.pages[p] = true;
         Ok(p as u32)
@@ -557,7 +562,11 @@ impl Blobstore {
     }
 
     /// Zeroes clusters `cs` of the device, then flushes.
-    async fn zero_clusters(&self, ch: &BdevChannel, cs: &[u32]) -> Result<(), BlobError> {
+    pub(crate) async fn zero_clusters(
+        &self,
+        ch: &BdevChannel,
+        cs: &[u32],
+    ) -> Result<(), BlobError> {
         let upc = self.units_per_cluster();
         let mut sorted = cs.to_vec();
         sorted.sort_unstable();
@@ -671,7 +680,7 @@ impl Blobstore {
             s.ids[page as usize] = false;
             return Err(e);
         }
-        let st = Arc::new(BlobState::new(st.md().clone()));
+        let st = Arc::new(BlobState::new(st.written().clone()));
         st.set_parent(parent);
         self.state().blobs.insert(id, st);
         Ok(id)
@@ -689,7 +698,7 @@ impl Blobstore {
         durable: bool,
     ) -> Result<(), BlobError> {
         let ch = self.channel()?;
-        let old = st.md().clone();
+        let old = st.written().clone();
         new.id = st.id;
         let first = blobid_to_page(st.id);
         let nslots = serialize::slots(new.num_clusters);
@@ -816,7 +825,22 @@ impl Blobstore {
                 s.release_page(p);
             }
         }
-        *st.md() = new;
+        *st.written() = new.clone();
+        // Xattrs changed in memory while this was written (neither what
+        // was on disk nor what was written) stay, for the next sync.
+        let mut cur = st.md();
+        let keep_x = cur.xattrs != old.xattrs && cur.xattrs != new.xattrs;
+        let keep_i = cur.internal_xattrs != old.internal_xattrs
+            && cur.internal_xattrs != new.internal_xattrs;
+        let (x, i) = (cur.xattrs.clone(), cur.internal_xattrs.clone());
+        *cur = new;
+        if keep_x {
+            cur.xattrs = x;
+        }
+        if keep_i {
+            cur.internal_xattrs = i;
+            fix_internal_flag(&mut cur);
+        }
         Ok(())
     }
 
@@ -927,7 +951,7 @@ impl Blobstore {
         let md_start = u64::from(self.inner.md_start);
         write_dev_pages(&ch, &[(md_start + u64::from(first), vec![0u8; PAGE_SIZE])]).await?;
         flush_dev(&ch, self.dev_blocks()).await?;
-        let md = st.md().clone();
+        let md = st.written().clone();
         let mut s = self.state();
         s.blobs.remove(&st.id);
         // What other blobs still use (a repair erases a snapshot that
@@ -935,7 +959,7 @@ impl Blobstore {
         let mut used_pages = std::collections::BTreeSet::new();
         let mut used_clusters = std::collections::BTreeSet::new();
         for b in s.blobs.values() {
-            let m = b.md();
+            let m = b.written();
             used_pages.extend(m.pages.iter().chain(&m.extent_pages).copied());
             used_clusters.extend(m.clusters.iter().copied().filter(|&c| c != 0));
         }
