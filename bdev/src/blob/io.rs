@@ -194,13 +194,13 @@ impl Blob {
         }
         self.check_range(offset, n)?;
         let _in = self.st.gate.enter().await;
-        let pieces: Vec<(u64, u64, u64)> = self.pieces(offset, n).collect();
-        if pieces.len() == 1 {
-            let (c, within, k) = pieces[0];
-            return self.piece(ch, ty, c, within, k, buf).await;
+        let upc = self.store.units_per_cluster();
+        if offset % upc + n <= upc {
+            // One cluster: the caller's buffer, no allocation.
+            return self.piece(ch, ty, offset / upc, offset % upc, n, buf).await;
         }
         let mut done = 0usize;
-        for (c, within, k) in pieces {
+        for (c, within, k) in self.pieces(offset, n) {
             let len = (k * unit) as usize;
             let mut part = ch
                 .alloc_buf(len)
