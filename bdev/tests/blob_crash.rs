@@ -2,7 +2,7 @@
 //! a random device write in the middle of a random workload (creates of
 //! thick and thin blobs, writes that allocate thin clusters, flushes,
 //! resizes, snapshots, clones, deletions including a snapshot's merge into
-//! its clone, xattr changes), on the power-cut bdev with 4 KiB and
+//! its clone, inflations and decouplings, xattr changes), on the power-cut bdev with 4 KiB and
 //! 512-byte blocks (a 4 KiB atomic unit). After each cut the store must
 //! load, with:
 //! - every blob an acknowledged operation left, none it removed, and the
@@ -319,6 +319,41 @@ impl Case {
                     }
                     Err(e) if is_cut(&e) => Outcome::Cut(m.clone(), after),
                     Err(e) => panic!("delete: {e}"),
+                }
+            }
+            94..=96 if !writable.is_empty() => {
+                // Inflate or decouple: the blob reads the same, without
+                // a parent.
+                let id = pick(&mut self.rng, &writable);
+                let mut after = m.clone();
+                let n = m[&id].blocks.len();
+                let x = after.get_mut(&id).unwrap();
+                for i in 0..n {
+                    if x.blocks[i].is_none() {
+                        x.blocks[i] = Some(resolve(m, id, i));
+                    }
+                }
+                x.parent = None;
+                let r = if op == 94 {
+                    s.inflate(id).await
+                } else {
+                    s.decouple_parent(id).await
+                };
+                match r {
+                    Ok(()) => Outcome::Done(after),
+                    Err(BlobError::NoSpace(_) | BlobError::Invalid { .. }) => {
+                        // No space midway: clusters allocated so far stay
+                        // (the blob reads the same), the parent too.
+                        let mut kept = m.clone();
+                        kept.get_mut(&id).unwrap().blocks = after[&id].blocks.clone();
+                        Outcome::Done(kept)
+                    }
+                    Err(e) if is_cut(&e) => {
+                        let mut kept = m.clone();
+                        kept.get_mut(&id).unwrap().blocks = after[&id].blocks.clone();
+                        Outcome::Cut(kept, after)
+                    }
+                    Err(e) => panic!("inflate/decouple: {e}"),
                 }
             }
             _ if !writable.is_empty() => {

@@ -471,3 +471,161 @@ fn snapshot_chains_and_clones_read_through_their_parents() {
     });
     remove(name);
 }
+
+#[test]
+fn inflate_decouple_and_set_parent_keep_what_the_blob_reads() {
+    let name = "bs_inflate";
+    device(name, 16, 4096);
+    on(0, move || async move {
+        let s = Blobstore::init(bdev::open(name, true, nop).unwrap(), &opts())
+            .await
+            .unwrap();
+        let ch = s.io_channel().unwrap();
+        let upc = u64::from(CLUSTER / 4096);
+        let id = s
+            .create_blob(&BlobOptions {
+                num_clusters: 8,
+                thin: true,
+                xattrs: vec![],
+            })
+            .await
+            .unwrap();
+        let b = s.open_blob(id).unwrap();
+        let mut rng = Rng(3);
+        let d0 = rng.bytes(4096);
+        wr(&b, &ch, 0, &d0).await;
+        wr(&b, &ch, 3 * upc, &rng.bytes(4096)).await;
+        drop(b);
+        let s1 = s.create_snapshot(id, &[]).await.unwrap();
+        let b = s.open_blob(id).unwrap();
+        wr(&b, &ch, 5 * upc, &rng.bytes(4096)).await;
+        let s2 = s.create_snapshot(id, &[]).await.unwrap();
+        let c = s.create_clone(s2, &[]).await.unwrap();
+        let want = all(&b, &ch).await;
+        // Decouple: the clusters its ancestors have (0, 3, 5) are copied.
+        s.decouple_parent(id).await.unwrap();
+        assert_eq!(b.parent(), None);
+        assert!(b.is_thin());
+        assert_eq!(b.allocated_clusters(), 3);
+        assert!(all(&b, &ch).await == want);
+        assert!(matches!(
+            s.decouple_parent(id).await,
+            Err(BlobError::Invalid { .. })
+        ));
+        // Inflate the clone: every cluster, no parent, thick.
+        let h = s.open_blob(c).unwrap();
+        let cw = all(&h, &ch).await;
+        assert!(cw == want);
+        s.inflate(c).await.unwrap();
+        assert_eq!(h.allocated_clusters(), 8);
+        assert!(!h.is_thin() && h.parent().is_none());
+        assert!(all(&h, &ch).await == cw);
+        // Set parent: a thin blob with nothing of its own takes s1 as its
+        // parent and reads it.
+        let t = s
+            .create_blob(&BlobOptions {
+                num_clusters: 8,
+                thin: true,
+                xattrs: vec![],
+            })
+            .await
+            .unwrap();
+        s.set_parent(t, s1).await.unwrap();
+        let th = s.open_blob(t).unwrap();
+        assert_eq!(th.parent(), Some(s1));
+        assert_eq!(rd(&th, &ch, 0, 4096).await, d0);
+        assert!(matches!(
+            s.set_parent(c, s1).await,
+            Err(BlobError::Invalid { .. })
+        ));
+        assert!(matches!(
+            s.set_parent(t, id).await,
+            Err(BlobError::Invalid { .. })
+        ));
+        drop((b, h, th));
+        assert_clean(&s).await;
+        s.unload().await.unwrap();
+        drop(s);
+        let s = load(name).await;
+        let ch = s.io_channel().unwrap();
+        let th = s.open_blob(t).unwrap();
+        assert_eq!(th.parent(), Some(s1));
+        assert_eq!(rd(&th, &ch, 0, 4096).await, d0);
+        let h = s.open_blob(c).unwrap();
+        assert!(all(&h, &ch).await == cw);
+        assert!(!h.is_thin());
+        drop((th, h));
+        assert_clean(&s).await;
+        s.unload().await.unwrap();
+    });
+    remove(name);
+}
+
+#[test]
+fn both_cores_write_one_thin_blob_at_once() {
+    let name = "bs_cores";
+    device(name, 32, 4096);
+    let s = on(0, move || async move {
+        Blobstore::init(bdev::open(name, true, nop).unwrap(), &opts())
+            .await
+            .unwrap()
+    });
+    let s2 = s.clone();
+    let id = on(0, move || async move {
+        s2.create_blob(&BlobOptions {
+            num_clusters: 64,
+            thin: true,
+            xattrs: vec![],
+        })
+        .await
+        .unwrap()
+    });
+    // Each core writes every other block of every cluster, many at once,
+    // so both allocate the same clusters concurrently.
+    let upc = u64::from(CLUSTER / 4096);
+    let handles: Vec<_> = (0..2u64)
+        .map(|core| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                on(core as u32, move || async move {
+                    let b = std::rc::Rc::new(s.open_blob(id).unwrap());
+                    let ch = std::rc::Rc::new(s.io_channel().unwrap());
+                    let tasks: Vec<_> = (0..16u64)
+                        .map(|t| {
+                            let (b, ch) = (b.clone(), ch.clone());
+                            reactor::spawn(async move {
+                                for c in (t..64).step_by(16) {
+                                    for k in (core..upc).step_by(2) {
+                                        let v = [(c * upc + k) as u8 ^ 0x77; 4096];
+                                        wr(&b, &ch, c * upc + k, &v).await;
+                                    }
+                                }
+                            })
+                        })
+                        .collect();
+                    for t in tasks {
+                        t.await.unwrap();
+                    }
+                })
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    on(0, move || async move {
+        let b = s.open_blob(id).unwrap();
+        let ch = s.io_channel().unwrap();
+        assert_eq!(b.allocated_clusters(), 64);
+        let got = all(&b, &ch).await;
+        for blk in 0..64 * upc {
+            let v = got[blk as usize * 4096];
+            assert_eq!(v, blk as u8 ^ 0x77, "block {blk}");
+        }
+        drop(b);
+        assert_clean(&s).await;
+        assert_eq!(s.free_clusters(), s.total_data_clusters() - 64);
+        s.unload().await.unwrap();
+    });
+    remove(name);
+}

@@ -49,6 +49,17 @@ async fn dev_io(
 }
 
 impl Blobstore {
+    /// Allocates blob cluster `i` of `st` if it has none (see
+    /// [`Blobstore::cluster_for_write`]).
+    pub(crate) async fn allocate_cluster(
+        &self,
+        ch: &BdevChannel,
+        st: &Arc<BlobState>,
+        i: u64,
+    ) -> Result<u32, BlobError> {
+        self.cluster_for_write(ch, st, i).await
+    }
+
     /// The device cluster blob cluster `i` of `st` writes to: allocated
     /// (zeroed or copied from the parent, flushed, recorded) if it has
     /// none.
@@ -66,6 +77,12 @@ impl Blobstore {
         let c = st.map.get(i);
         if c != 0 {
             return Ok(c);
+        }
+        if i >= st.num_clusters.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(BlobError::invalid(
+                format!("blob {:#x} cluster {i}", st.id),
+                "past the blob's end (it shrank)",
+            ));
         }
         let c = self.state().claim_cluster()?;
         let res = async {

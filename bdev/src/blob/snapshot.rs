@@ -225,3 +225,101 @@ pub(crate) async fn delete_into_clone(
     c.set_parent(grand);
     store.erase(s).await
 }
+
+impl Blobstore {
+    /// Inflates blob `id`: every cluster it does not have is allocated
+    /// (filled from its ancestors, or zeros), then it forgets its parent
+    /// and is no longer thin. It reads the same throughout; I/O goes on
+    /// meanwhile, and it is busy (not deletable) until done.
+    ///
+    /// # Errors
+    /// [`BlobError::NoSpace`] (the clusters allocated so far stay, the
+    /// parent too); [`BlobError::ReadOnly`] for a snapshot; device errors.
+    pub async fn inflate(&self, id: u64) -> Result<(), BlobError> {
+        self.detach(id, true).await
+    }
+
+    /// Decouples blob `id` from its parent: the clusters its ancestors
+    /// have are copied into it, then it forgets its parent (it stays
+    /// thin). As [`Blobstore::inflate`] otherwise.
+    ///
+    /// # Errors
+    /// As [`Blobstore::inflate`]; [`BlobError::Invalid`] without a parent.
+    pub async fn decouple_parent(&self, id: u64) -> Result<(), BlobError> {
+        if self.blob(id)?.parent().is_none() {
+            return Err(BlobError::invalid(
+                format!("blob {id:#x}"),
+                "has no parent to decouple from",
+            ));
+        }
+        self.detach(id, false).await
+    }
+
+    async fn detach(&self, id: u64, all: bool) -> Result<(), BlobError> {
+        let st = self.blob(id)?;
+        if st.read_only.load(Ordering::Acquire) {
+            return Err(BlobError::ReadOnly(id));
+        }
+        let _busy = self.hold(id)?;
+        let ch = self.channel()?;
+        let n = st.num_clusters.load(Ordering::Acquire);
+        for i in 0..n {
+            if st.map.get(i) == 0 && (all || st.resolve(i).is_some()) {
+                self.allocate_cluster(&ch, &st, i).await?;
+            }
+        }
+        let _l = st.lock.lock().await;
+        let mut md = st.md().clone();
+        set_parent_xattr(&mut md, None);
+        if all {
+            md.invalid_flags &= !FLAG_THIN_PROV;
+        }
+        // Clusters allocated by writes meanwhile are in `md` already; a
+        // shrink meanwhile left fewer.
+        self.persist(&st, md, true).await?;
+        st.set_parent(None);
+        if all {
+            st.thin.store(false, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Makes snapshot `parent` the parent of thin blob `id` (its
+    /// unallocated clusters read from `parent` from now on: the caller
+    /// knows they hold what the blob should show, as after a shallow
+    /// copy). `parent` must be read-only and not `id` or a descendant of
+    /// it.
+    ///
+    /// # Errors
+    /// [`BlobError::Invalid`] for a blob that is not thin, a parent that is
+    /// not a snapshot, the same parent, or a loop; device errors.
+    pub async fn set_parent(&self, id: u64, parent: u64) -> Result<(), BlobError> {
+        let st = self.blob(id)?;
+        let p = self.blob(parent)?;
+        let bad = |why: &str| Err(BlobError::invalid(format!("blob {id:#x}"), why));
+        if !st.thin.load(Ordering::Acquire) {
+            return bad("not thin provisioned");
+        }
+        if !p.read_only.load(Ordering::Acquire) {
+            return bad("the new parent is not a snapshot");
+        }
+        if st.parent().is_some_and(|q| q.id == parent) {
+            return bad("it is the parent already");
+        }
+        let mut a = Some(p.clone());
+        while let Some(b) = a {
+            if b.id == id {
+                return bad("the new parent descends from it");
+            }
+            a = b.parent();
+        }
+        st.gate.freeze().await;
+        let _frozen = Frozen(&st.gate);
+        let _l = st.lock.lock().await;
+        let mut md = st.md().clone();
+        set_parent_xattr(&mut md, Some(parent));
+        self.persist(&st, md, true).await?;
+        st.set_parent(Some(p));
+        Ok(())
+    }
+}
