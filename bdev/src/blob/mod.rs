@@ -1,14 +1,18 @@
-//! The blob store (issue 15), in SPDK's on-disk format. So far the format
-//! itself, read and written byte for byte and checked against a store SPDK
-//! v24.09 made (`tests/fixtures/blob/`): the super block
-//! ([`super_block`]), metadata pages and their descriptors ([`md_page`]),
-//! the used-page, used-cluster and used-blobid masks ([`mask`]), and the
-//! metadata as a whole ([`metadata`]: blobs read from their chains, a
-//! dirty store found by scanning every page, SPDK's invariants checked).
-//! Parsing
-//! trusts nothing: a bad field is a [`FormatError`] naming the page and
-//! the field, never a panic. The store itself (on a bdev: load and unload, blobs'
-//! I/O, allocation, snapshots) is not built yet.
+//! The blob store (issue 15), in SPDK's on-disk format: the format itself,
+//! read and written byte for byte and checked against stores SPDK v24.09
+//! made (`tests/fixtures/blob/`) — the super block ([`super_block`]),
+//! metadata pages and their descriptors ([`md_page`], [`serialize`]), the
+//! used-page, used-cluster and used-blobid masks ([`mask`]), the metadata
+//! as a whole ([`metadata`]: blobs read from their chains, a dirty store
+//! found by scanning every page, SPDK's invariants checked), loading it
+//! from a bdev ([`load`]) — and the store on a bdev ([`store`]: init,
+//! load with recovery, unload, grow, check; blobs created, resized,
+//! deleted atomically), open blobs ([`handle`]: xattrs, read-only, sync),
+//! their I/O ([`io`]: cut at clusters, thin clusters zeroed or copied
+//! before use, FLUSH to the device) and snapshots ([`snapshot`]:
+//! snapshot, clone, deletion into a clone, inflate, decouple, set parent).
+//! Parsing trusts nothing: a bad field is a [`FormatError`] naming the
+//! page and the field, never a panic. Crash safety: see [`store`].
 //!
 //! ```text
 //!  page 0        super block ("SPDKBLOB", version 3, CRC32C)
