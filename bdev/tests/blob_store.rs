@@ -629,3 +629,84 @@ fn both_cores_write_one_thin_blob_at_once() {
     });
     remove(name);
 }
+
+#[test]
+fn external_snapshot_clones_read_another_bdev_and_degrade_while_it_is_gone() {
+    let name = "bs_esnap";
+    device(name, 32, 4096);
+    on(0, move || async move {
+        // The external snapshot: a 4 MiB malloc bdev of 512-byte blocks
+        // with a pattern.
+        let golden_uuid = "e5e50000-0000-4000-8000-000000000001";
+        let gold = Rng(44).bytes(4 << 20);
+        let fill_golden = |data: Vec<u8>| async move {
+            bdev::modules::malloc::create("golden", 8192, 512, Some(golden_uuid)).unwrap();
+            let d = bdev::open("golden", true, nop).unwrap();
+            let ch = d.get_io_channel().unwrap();
+            let mut b = ch.alloc_buf(data.len()).unwrap();
+            b.write_at(0, &data);
+            let (st, b) = ch.io(IoType::Write, Some(b), 0, 8192, false).await.unwrap();
+            assert_eq!(st, bdev::IoStatus::Success);
+            ch.free_buf(b.unwrap());
+        };
+        fill_golden(gold.clone()).await;
+        let s = Blobstore::init(bdev::open(name, true, nop).unwrap(), &opts())
+            .await
+            .unwrap();
+        let ch = s.io_channel().unwrap();
+        let upc = u64::from(CLUSTER / 4096);
+        // 66 clusters of 64 KiB: 2 past the golden image's end (zeros).
+        let mut id_bytes = golden_uuid.as_bytes().to_vec();
+        id_bytes.push(0);
+        let c = s.create_external_clone(&id_bytes, 66, &[]).await.unwrap();
+        let mut want = gold.clone();
+        want.resize(66 * CLUSTER as usize, 0);
+        let b = s.open_blob(c).unwrap();
+        assert_eq!(b.external_parent().as_deref(), Some(golden_uuid));
+        assert!(b.is_thin() && !b.is_degraded());
+        assert!(all(&b, &ch).await == want);
+        // A write copies the rest of its cluster from the golden image.
+        wr(&b, &ch, 3 * upc + 1, &[9u8; 4096]).await;
+        want[(3 * upc as usize + 1) * 4096..(3 * upc as usize + 2) * 4096].fill(9);
+        assert_eq!(b.allocated_clusters(), 1);
+        assert!(all(&b, &ch).await == want);
+        drop(b);
+        // A snapshot of it takes the external parent along.
+        let snap = s.create_snapshot(c, &[]).await.unwrap();
+        let sn = s.open_blob(snap).unwrap();
+        let b = s.open_blob(c).unwrap();
+        assert_eq!(sn.external_parent().as_deref(), Some(golden_uuid));
+        assert_eq!(b.external_parent(), None);
+        assert_eq!(b.parent(), Some(snap));
+        assert!(all(&b, &ch).await == want);
+        drop((b, sn));
+        s.unload().await.unwrap();
+        drop(s);
+        let s = load(name).await;
+        let ch = s.io_channel().unwrap();
+        let b = s.open_blob(c).unwrap();
+        assert!(all(&b, &ch).await == want, "after a reload");
+        // The golden bdev goes: degraded; its own cluster still reads.
+        bdev::modules::malloc::delete("golden").await.unwrap();
+        assert!(b.is_degraded());
+        assert_eq!(rd(&b, &ch, 3 * upc + 1, 4096).await, vec![9u8; 4096]);
+        let buf = ch.alloc_buf(4096).unwrap();
+        let e = b.read(&ch, 0, 1, buf).await.unwrap_err();
+        assert!(e.to_string().contains("missing"), "{e}");
+        // Back (same UUID): it reads again.
+        fill_golden(gold.clone()).await;
+        assert_eq!(s.refresh_external_snapshots(), 0);
+        assert!(!b.is_degraded());
+        assert!(all(&b, &ch).await == want);
+        // Inflated, it needs the golden image no more.
+        s.inflate(c).await.unwrap();
+        assert!(b.parent().is_none() && b.external_parent().is_none() && !b.is_thin());
+        bdev::modules::malloc::delete("golden").await.unwrap();
+        assert!(!b.is_degraded());
+        assert!(all(&b, &ch).await == want);
+        drop(b);
+        assert_clean(&s).await;
+        s.unload().await.unwrap();
+    });
+    remove(name);
+}

@@ -187,6 +187,8 @@ pub(crate) struct BlobState {
     pub opens: AtomicUsize,
     /// Operations holding it (a copy, a checksum, a merge...).
     pub busy: AtomicUsize,
+    /// Its external snapshot, if it is an external-snapshot clone.
+    pub esnap: Mutex<Option<Esnap>>,
 }
 
 impl BlobState {
@@ -205,6 +207,7 @@ impl BlobState {
             gate: IoGate::default(),
             opens: AtomicUsize::new(0),
             busy: AtomicUsize::new(0),
+            esnap: Mutex::new(None),
         }
     }
 
@@ -228,25 +231,142 @@ impl BlobState {
     }
 
     /// Where blob cluster `i` reads from: its own cluster, else the first
-    /// ancestor's that has it (None: zeros).
-    pub fn resolve(&self, i: u64) -> Option<u32> {
+    /// ancestor's that has it, else the external snapshot at the chain's
+    /// end, else zeros.
+    pub fn resolve(&self, i: u64) -> Src {
         let c = self.map.get(i);
         if c != 0 {
-            return Some(c);
+            return Src::Dev(c);
+        }
+        if let Some(s) = self.esnap_src() {
+            return s;
         }
         let mut p = self.parent();
         while let Some(b) = p {
             if i >= b.num_clusters.load(Ordering::Acquire) {
-                return None;
+                return Src::Zeros;
             }
             let c = b.map.get(i);
             if c != 0 {
-                return Some(c);
+                return Src::Dev(c);
+            }
+            if let Some(s) = b.esnap_src() {
+                return s;
             }
             p = b.parent();
         }
-        None
+        Src::Zeros
     }
+
+    fn esnap_src(&self) -> Option<Src> {
+        let e = self.esnap.lock().unwrap_or_else(|e| e.into_inner());
+        e.as_ref().map(|e| match &e.dev {
+            Some(d) => Src::Esnap(d.clone()),
+            None => Src::Missing(e.name()),
+        })
+    }
+
+    /// The external snapshot at the end of its chain is missing.
+    pub fn degraded(&self) -> bool {
+        let missing = |b: &BlobState| matches!(b.esnap_src(), Some(Src::Missing(_)));
+        if missing(self) {
+            return true;
+        }
+        let mut p = self.parent();
+        while let Some(b) = p {
+            if missing(&b) {
+                return true;
+            }
+            p = b.parent();
+        }
+        false
+    }
+}
+
+/// Where a blob cluster's data is.
+pub(crate) enum Src {
+    /// A device cluster of the store.
+    Dev(u32),
+    /// The external snapshot (its bytes at the cluster's offset; zeros
+    /// past its end).
+    Esnap(Arc<EsnapDev>),
+    /// The external snapshot, missing (its name): the blob is degraded.
+    Missing(String),
+    /// Nowhere: zeros.
+    Zeros,
+}
+
+/// SPDK's internal xattr naming a blob's external snapshot (the lvol
+/// layer stores the bdev's UUID, NUL-terminated).
+pub const XATTR_EXTERNAL_SNAPSHOT: &str = "EXTSNAP";
+
+/// An external snapshot: another bdev a blob reads its unallocated
+/// clusters from.
+pub(crate) struct Esnap {
+    /// Its id as stored.
+    pub id: Vec<u8>,
+    /// The bdev, open read-only; None while missing.
+    pub dev: Option<Arc<EsnapDev>>,
+}
+
+impl Esnap {
+    /// Its id as text (up to the first NUL).
+    pub fn name(&self) -> String {
+        let end = self
+            .id
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.id.len());
+        String::from_utf8_lossy(&self.id[..end]).into_owned()
+    }
+}
+
+/// An open external snapshot.
+pub(crate) struct EsnapDev {
+    pub desc: crate::Desc,
+    pub block_size: u32,
+    pub bytes: u64,
+}
+
+/// Opens the external snapshot named `id` (a bdev's UUID or name) for
+/// blob `st`, read-only; its removal makes the blob degraded. None when
+/// there is no such bdev or its blocks do not divide `unit`.
+pub(crate) fn open_esnap(st: &Arc<BlobState>, id: &[u8], unit: u32) -> Option<Arc<EsnapDev>> {
+    let end = id.iter().position(|&b| b == 0).unwrap_or(id.len());
+    let name = std::str::from_utf8(&id[..end]).ok()?;
+    let bdev = crate::get(name).or_else(|| crate::list().into_iter().find(|b| b.uuid() == name))?;
+    let bs = bdev.block_size();
+    if bs == 0 || bs > unit || !unit.is_multiple_of(bs) {
+        log::warn!(
+            "blob {:#x}: external snapshot {name} has {bs}-byte blocks; the store's unit is {unit}",
+            st.id
+        );
+        return None;
+    }
+    let weak = Arc::downgrade(st);
+    let desc = crate::open(bdev.name(), false, move |_, ev| {
+        if let crate::BdevEvent::Remove = ev
+            && let Some(st) = weak.upgrade()
+        {
+            // Degraded from now on; the descriptor closes when the I/O
+            // that holds it is done.
+            let dev = st
+                .esnap
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_mut()
+                .and_then(|e| e.dev.take());
+            if reactor::current_core().is_some() {
+                drop(reactor::spawn(async move { drop(dev) }));
+            }
+        }
+    })
+    .ok()?;
+    Some(Arc::new(EsnapDev {
+        block_size: bs,
+        bytes: bdev.num_blocks() * u64::from(bs),
+        desc,
+    }))
 }
 
 /// Sets or replaces xattr `name` in `list`.
@@ -325,6 +445,24 @@ impl Blob {
     /// The snapshot it reads unallocated clusters from.
     pub fn parent(&self) -> Option<u64> {
         self.st.parent().map(|p| p.id)
+    }
+
+    /// The external snapshot it reads unallocated clusters from (its id
+    /// as stored, up to the NUL), if it is an external-snapshot clone.
+    pub fn external_parent(&self) -> Option<String> {
+        self.st
+            .esnap
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(Esnap::name)
+    }
+
+    /// An external snapshot at the end of its chain is missing: reads of
+    /// clusters that would come from it fail until it is back
+    /// ([`crate::blob::Blobstore::refresh_external_snapshots`]).
+    pub fn is_degraded(&self) -> bool {
+        self.st.degraded()
     }
 
     /// Whether blob cluster `i` is allocated to it.

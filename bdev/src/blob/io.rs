@@ -3,7 +3,8 @@
 //! blob's map names, without a lock on the way.
 //!
 //! - Read: an unallocated cluster reads from the first ancestor that has
-//!   it, else zeros.
+//!   it, else from the external snapshot at the chain's end (zeros past
+//!   its end; an error while it is missing), else zeros.
 //! - Write (and write-zeroes over a cluster an ancestor has): the first
 //!   write to an unallocated cluster of a thin blob allocates one, fills
 //!   it with zeros or with the parent's data, flushes, and records it in
@@ -25,7 +26,7 @@ use std::sync::Arc;
 use dma::DmaBuf;
 
 use super::error::BlobError;
-use super::handle::{Blob, BlobState};
+use super::handle::{Blob, BlobState, EsnapDev, Src};
 use super::store::{BlobChannel, Blobstore};
 use crate::{BdevChannel, IoStatus, IoType};
 
@@ -45,6 +46,68 @@ async fn dev_io(
     if st != IoStatus::Success {
         return Err(BlobError::io(what(), format!("{st:?}")));
     }
+    Ok(buf)
+}
+
+fn missing(id: u64, i: u64, name: &str) -> BlobError {
+    BlobError::io(
+        format!("blob {id:#x} cluster {i}"),
+        format!("its external snapshot {name} is missing (the blob is degraded)"),
+    )
+}
+
+/// Reads `len` bytes at byte `from` of external snapshot `d` into `buf`:
+/// zeros past its end.
+async fn read_esnap(
+    d: &EsnapDev,
+    from: u64,
+    len: usize,
+    mut buf: DmaBuf,
+) -> Result<DmaBuf, BlobError> {
+    let what = || format!("reading external snapshot {}", d.desc.bdev().name());
+    let inside = d.bytes.saturating_sub(from).min(len as u64) as usize;
+    if inside < len {
+        buf.fill(0);
+    }
+    if inside == 0 {
+        return Ok(buf);
+    }
+    let ch = d
+        .desc
+        .get_io_channel()
+        .map_err(|e| BlobError::io(what(), e))?;
+    let bs = u64::from(d.block_size);
+    if inside == len {
+        let (st, b) = ch
+            .io(IoType::Read, Some(buf), from / bs, len as u64 / bs, false)
+            .await
+            .map_err(|e| BlobError::io(what(), e))?;
+        if st != IoStatus::Success {
+            return Err(BlobError::io(what(), format!("{st:?}")));
+        }
+        return b.ok_or_else(|| BlobError::io(what(), "the buffer did not come back"));
+    }
+    // Its last blocks: through a buffer of their own.
+    let tmp = ch.alloc_buf(inside).map_err(|e| BlobError::io(what(), e))?;
+    let (st, tmp) = ch
+        .io(
+            IoType::Read,
+            Some(tmp),
+            from / bs,
+            inside as u64 / bs,
+            false,
+        )
+        .await
+        .map_err(|e| BlobError::io(what(), e))?;
+    let tmp = tmp.ok_or_else(|| BlobError::io(what(), "the buffer did not come back"))?;
+    if st != IoStatus::Success {
+        ch.free_buf(tmp);
+        return Err(BlobError::io(what(), format!("{st:?}")));
+    }
+    let mut v = vec![0u8; inside];
+    tmp.read_at(0, &mut v);
+    ch.free_buf(tmp);
+    buf.write_at(0, &v);
     Ok(buf)
 }
 
@@ -89,8 +152,10 @@ impl Blobstore {
             let upc = self.units_per_cluster();
             let lba = u64::from(c) * upc;
             match st.resolve(i) {
-                Some(src) => self.copy_cluster(ch, src, c).await?,
-                None => {
+                Src::Dev(src) => self.copy_cluster(ch, src, c).await?,
+                Src::Esnap(d) => self.copy_from_esnap(ch, &d, i, c).await?,
+                Src::Missing(name) => return Err(missing(st.id, i, &name)),
+                Src::Zeros => {
                     dev_io(ch, IoType::WriteZeroes, None, lba, upc, st.id).await?;
                 }
             }
@@ -108,6 +173,43 @@ impl Blobstore {
         }
         st.map.set(i, c);
         Ok(c)
+    }
+
+    /// Copies blob cluster `i`'s bytes of external snapshot `d` into
+    /// device cluster `dst` (zeros past its end).
+    async fn copy_from_esnap(
+        &self,
+        ch: &BdevChannel,
+        d: &EsnapDev,
+        i: u64,
+        dst: u32,
+    ) -> Result<(), BlobError> {
+        let upc = self.units_per_cluster();
+        let unit = u64::from(self.io_unit_size());
+        let step = ((128 << 10) / unit).clamp(1, upc);
+        let mut at = 0;
+        while at < upc {
+            let n = step.min(upc - at);
+            let buf = ch
+                .alloc_buf((n * unit) as usize)
+                .map_err(|e| BlobError::io("a copy buffer", e))?;
+            let from = i * u64::from(self.cluster_size()) + at * unit;
+            let buf = read_esnap(d, from, (n * unit) as usize, buf).await?;
+            let buf = dev_io(
+                ch,
+                IoType::Write,
+                Some(buf),
+                u64::from(dst) * upc + at,
+                n,
+                0,
+            )
+            .await?;
+            if let Some(b) = buf {
+                ch.free_buf(b);
+            }
+            at += n;
+        }
+        Ok(())
     }
 
     /// Copies device cluster `src` to `dst`.
@@ -249,13 +351,21 @@ impl Blob {
         mut buf: DmaBuf,
     ) -> Result<DmaBuf, BlobError> {
         let upc = self.store.units_per_cluster();
+        let unit = u64::from(self.store.io_unit_size());
         let dev = match ty {
-            IoType::Write => Some(self.store.cluster_for_write(ch, &self.st, c).await?),
-            _ => self.st.resolve(c),
-        };
-        let Some(dev) = dev else {
-            buf.fill(0);
-            return Ok(buf);
+            IoType::Write => self.store.cluster_for_write(ch, &self.st, c).await?,
+            _ => match self.st.resolve(c) {
+                Src::Dev(d) => d,
+                Src::Zeros => {
+                    buf.fill(0);
+                    return Ok(buf);
+                }
+                Src::Esnap(d) => {
+                    let from = c * u64::from(self.store.cluster_size()) + within * unit;
+                    return read_esnap(&d, from, (k * unit) as usize, buf).await;
+                }
+                Src::Missing(name) => return Err(missing(self.id(), c, &name)),
+            },
         };
         let lba = u64::from(dev) * upc + within;
         let id = self.id();
@@ -295,7 +405,7 @@ impl Blob {
         let upc = self.store.units_per_cluster();
         for (c, within, k) in self.pieces(offset, n) {
             let dev = match self.st.map.get(c) {
-                0 if self.st.resolve(c).is_none() => continue,
+                0 if matches!(self.st.resolve(c), Src::Zeros) => continue,
                 0 => self.store.cluster_for_write(ch, &self.st, c).await?,
                 d => d,
             };

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::error::BlobError;
-use super::handle::{BlobState, Frozen, put_xattr};
-use super::metadata::{BlobMd, FLAG_EXTENT_TABLE, FLAG_THIN_PROV};
+use super::handle::{BlobState, Frozen, Src, XATTR_EXTERNAL_SNAPSHOT, drop_xattr, put_xattr};
+use super::metadata::{BlobMd, FLAG_EXTENT_TABLE, FLAG_EXTERNAL_SNAPSHOT, FLAG_THIN_PROV};
 use super::store::{
     Blobstore, XATTR_SNAPSHOT_PENDING, XATTR_SNAPSHOT_REMOVING, mark_read_only, set_parent_xattr,
 };
@@ -58,6 +58,15 @@ impl Blobstore {
             put_xattr(&mut sm.xattrs, n, v);
         }
         set_parent_xattr(&mut sm, xm.parent());
+        // An external-snapshot clone's snapshot takes its external
+        // snapshot with it.
+        let ext = xm
+            .internal_xattr(XATTR_EXTERNAL_SNAPSHOT)
+            .map(<[u8]>::to_vec);
+        if let Some(e) = &ext {
+            put_xattr(&mut sm.internal_xattrs, XATTR_EXTERNAL_SNAPSHOT, e);
+            sm.invalid_flags |= FLAG_EXTERNAL_SNAPSHOT | FLAG_THIN_PROV;
+        }
         put_xattr(
             &mut sm.internal_xattrs,
             XATTR_SNAPSHOT_PENDING,
@@ -73,6 +82,8 @@ impl Blobstore {
         let mut nm = xm.clone();
         nm.clusters = vec![0; xm.num_clusters as usize];
         nm.invalid_flags |= FLAG_THIN_PROV;
+        nm.invalid_flags &= !FLAG_EXTERNAL_SNAPSHOT;
+        drop_xattr(&mut nm.internal_xattrs, XATTR_EXTERNAL_SNAPSHOT);
         set_parent_xattr(&mut nm, Some(sid));
         if let Err(e) = self.persist(&x, nm.clone(), true).await {
             // X is as it was; S never finished: gone again.
@@ -81,6 +92,8 @@ impl Blobstore {
         }
         x.map.replace(&nm.clusters);
         x.thin.store(true, Ordering::Release);
+        let e = x.esnap.lock().unwrap_or_else(|e| e.into_inner()).take();
+        *s.esnap.lock().unwrap_or_else(|e| e.into_inner()) = e;
         x.set_parent(Some(s.clone()));
         // A failure here leaves SNAPTMP, which the next load clears.
         self.drop_internal(&s, XATTR_SNAPSHOT_PENDING).await?;
@@ -163,7 +176,8 @@ pub(crate) async fn delete_into_clone(
         .filter(|&i| {
             grand
                 .as_ref()
-                .is_some_and(|g| g.resolve(i as u64).is_some())
+                .is_some_and(|g| !matches!(g.resolve(i as u64), Src::Zeros))
+                || s.esnap.lock().unwrap_or_else(|e| e.into_inner()).is_some()
         })
         .collect();
     let claimed: Result<Vec<u32>, BlobError> = {
@@ -205,6 +219,10 @@ pub(crate) async fn delete_into_clone(
         }
     }
     set_parent_xattr(&mut cm, grand.as_ref().map(|g| g.id));
+    if let Some(e) = sm.internal_xattr(XATTR_EXTERNAL_SNAPSHOT) {
+        put_xattr(&mut cm.internal_xattrs, XATTR_EXTERNAL_SNAPSHOT, e);
+        cm.invalid_flags |= FLAG_EXTERNAL_SNAPSHOT;
+    }
     let res = async {
         let ch = store.channel()?;
         store.zero_clusters(&ch, &fresh).await?;
@@ -223,6 +241,10 @@ pub(crate) async fn delete_into_clone(
     }
     c.map.replace(&cm.clusters);
     c.set_parent(grand);
+    let e = s.esnap.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if e.is_some() {
+        *c.esnap.lock().unwrap_or_else(|e| e.into_inner()) = e;
+    }
     store.erase(s).await
 }
 
@@ -246,7 +268,9 @@ impl Blobstore {
     /// # Errors
     /// As [`Blobstore::inflate`]; [`BlobError::Invalid`] without a parent.
     pub async fn decouple_parent(&self, id: u64) -> Result<(), BlobError> {
-        if self.blob(id)?.parent().is_none() {
+        let st = self.blob(id)?;
+        let ext = st.esnap.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+        if st.parent().is_none() && !ext {
             return Err(BlobError::invalid(
                 format!("blob {id:#x}"),
                 "has no parent to decouple from",
@@ -264,13 +288,16 @@ impl Blobstore {
         let ch = self.channel()?;
         let n = st.num_clusters.load(Ordering::Acquire);
         for i in 0..n {
-            if st.map.get(i) == 0 && (all || st.resolve(i).is_some()) {
+            if st.map.get(i) == 0 && (all || !matches!(st.resolve(i), Src::Zeros)) {
                 self.allocate_cluster(&ch, &st, i).await?;
             }
         }
         let _l = st.lock.lock().await;
         let mut md = st.md().clone();
         set_parent_xattr(&mut md, None);
+        drop_xattr(&mut md.internal_xattrs, XATTR_EXTERNAL_SNAPSHOT);
+        md.invalid_flags &= !FLAG_EXTERNAL_SNAPSHOT;
+        super::handle::fix_internal_flag(&mut md);
         if all {
             md.invalid_flags &= !FLAG_THIN_PROV;
         }
@@ -278,6 +305,7 @@ impl Blobstore {
         // shrink meanwhile left fewer.
         self.persist(&st, md, true).await?;
         st.set_parent(None);
+        *st.esnap.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if all {
             st.thin.store(false, Ordering::Release);
         }
@@ -318,8 +346,127 @@ impl Blobstore {
         let _l = st.lock.lock().await;
         let mut md = st.md().clone();
         set_parent_xattr(&mut md, Some(parent));
+        drop_xattr(&mut md.internal_xattrs, XATTR_EXTERNAL_SNAPSHOT);
+        md.invalid_flags &= !FLAG_EXTERNAL_SNAPSHOT;
+        super::handle::fix_internal_flag(&mut md);
         self.persist(&st, md, true).await?;
         st.set_parent(Some(p));
+        *st.esnap.lock().unwrap_or_else(|e| e.into_inner()) = None;
         Ok(())
+    }
+
+    /// Creates a thin clone of an external snapshot: bdev `esnap_id` (its
+    /// UUID or name, stored as given, as SPDK's lvol stores the bdev's
+    /// UUID with its NUL), `num_clusters` big; returns its id. Its
+    /// unallocated clusters read from that bdev (zeros past its end).
+    ///
+    /// # Errors
+    /// [`BlobError::Invalid`] when no such bdev is there or its blocks do
+    /// not divide the store's I/O unit; [`BlobError::NoSpace`]; device
+    /// errors.
+    pub async fn create_external_clone(
+        &self,
+        esnap_id: &[u8],
+        num_clusters: u64,
+        xattrs: &[(String, Vec<u8>)],
+    ) -> Result<u64, BlobError> {
+        let mut md = BlobMd {
+            num_clusters,
+            clusters: vec![0; num_clusters as usize],
+            invalid_flags: FLAG_THIN_PROV | FLAG_EXTENT_TABLE | FLAG_EXTERNAL_SNAPSHOT,
+            ..BlobMd::default()
+        };
+        for (k, v) in xattrs {
+            put_xattr(&mut md.xattrs, k, v);
+        }
+        put_xattr(&mut md.internal_xattrs, XATTR_EXTERNAL_SNAPSHOT, esnap_id);
+        super::handle::fix_internal_flag(&mut md);
+        let probe = std::sync::Arc::new(BlobState::new(BlobMd::default()));
+        if super::handle::open_esnap(&probe, esnap_id, self.io_unit_size()).is_none() {
+            return Err(BlobError::invalid(
+                "external snapshot",
+                format!(
+                    "{}: no such bdev, or its blocks do not divide {}",
+                    String::from_utf8_lossy(esnap_id).trim_end_matches('\0'),
+                    self.io_unit_size()
+                ),
+            ));
+        }
+        let id = self.create_with(md, None).await?;
+        let st = self.blob(id)?;
+        let dev = super::handle::open_esnap(&st, esnap_id, self.io_unit_size());
+        *st.esnap.lock().unwrap_or_else(|e| e.into_inner()) = Some(super::handle::Esnap {
+            id: esnap_id.to_vec(),
+            dev,
+        });
+        Ok(id)
+    }
+
+    /// Makes bdev `esnap_id` the external parent of thin blob `id` (as
+    /// [`Blobstore::set_parent`], for an external snapshot).
+    ///
+    /// # Errors
+    /// [`BlobError::Invalid`] for a blob that is not thin or a bdev that
+    /// is not there; device errors.
+    pub async fn set_external_parent(&self, id: u64, esnap_id: &[u8]) -> Result<(), BlobError> {
+        let st = self.blob(id)?;
+        if !st.thin.load(Ordering::Acquire) {
+            return Err(BlobError::invalid(
+                format!("blob {id:#x}"),
+                "not thin provisioned",
+            ));
+        }
+        let dev =
+            super::handle::open_esnap(&st, esnap_id, self.io_unit_size()).ok_or_else(|| {
+                BlobError::invalid(
+                    "external snapshot",
+                    format!(
+                        "{}: no such bdev, or its blocks do not divide {}",
+                        String::from_utf8_lossy(esnap_id).trim_end_matches('\0'),
+                        self.io_unit_size()
+                    ),
+                )
+            })?;
+        st.gate.freeze().await;
+        let _frozen = Frozen(&st.gate);
+        let _l = st.lock.lock().await;
+        let mut md = st.md().clone();
+        set_parent_xattr(&mut md, None);
+        put_xattr(&mut md.internal_xattrs, XATTR_EXTERNAL_SNAPSHOT, esnap_id);
+        md.invalid_flags |= FLAG_EXTERNAL_SNAPSHOT;
+        super::handle::fix_internal_flag(&mut md);
+        self.persist(&st, md, true).await?;
+        st.set_parent(None);
+        *st.esnap.lock().unwrap_or_else(|e| e.into_inner()) = Some(super::handle::Esnap {
+            id: esnap_id.to_vec(),
+            dev: Some(dev),
+        });
+        Ok(())
+    }
+
+    /// Opens the external snapshots that are missing, where their bdevs
+    /// are now there (the volume layer calls it when bdevs appear);
+    /// returns how many blobs are still degraded.
+    pub fn refresh_external_snapshots(&self) -> usize {
+        let blobs: Vec<std::sync::Arc<BlobState>> = self.state().blobs.values().cloned().collect();
+        let unit = self.io_unit_size();
+        let mut still = 0;
+        for b in blobs {
+            let id = {
+                let e = b.esnap.lock().unwrap_or_else(|e| e.into_inner());
+                match e.as_ref() {
+                    Some(e) if e.dev.is_none() => e.id.clone(),
+                    _ => continue,
+                }
+            };
+            let dev = super::handle::open_esnap(&b, &id, unit);
+            if dev.is_none() {
+                still += 1;
+            }
+            if let Some(e) = b.esnap.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                e.dev = dev;
+            }
+        }
+        still
     }
 }

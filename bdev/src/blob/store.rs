@@ -29,11 +29,14 @@ use dma::DmaBuf;
 
 use super::error::BlobError;
 use super::handle::{
-    Blob, BlobState, FLAG_READ_ONLY, Frozen, drop_xattr, fix_internal_flag, put_xattr,
+    Blob, BlobState, Esnap, FLAG_READ_ONLY, Frozen, XATTR_EXTERNAL_SNAPSHOT, drop_xattr,
+    fix_internal_flag, open_esnap, put_xattr,
 };
 use super::load::{LoadError, Loaded};
 use super::mask::{Mask, MaskType};
-use super::metadata::{BlobMd, FLAG_EXTENT_TABLE, FLAG_THIN_PROV, Metadata, XATTR_SNAPSHOT};
+use super::metadata::{
+    BlobMd, FLAG_EXTENT_TABLE, FLAG_EXTERNAL_SNAPSHOT, FLAG_THIN_PROV, Metadata, XATTR_SNAPSHOT,
+};
 use super::serialize::{self, EXTENTS_PER_PAGE};
 use super::super_block::SuperBlock;
 use super::{PAGE_SIZE, blobid_to_page, page_to_blobid};
@@ -271,6 +274,20 @@ impl Blobstore {
             let p = b.md().parent();
             if let Some(p) = p.and_then(|p| blobs.get(&p)) {
                 b.set_parent(Some(p.clone()));
+            }
+            let ext = {
+                let m = b.md();
+                (m.invalid_flags & FLAG_EXTERNAL_SNAPSHOT != 0)
+                    .then(|| {
+                        m.internal_xattr(XATTR_EXTERNAL_SNAPSHOT)
+                            .map(<[u8]>::to_vec)
+                    })
+                    .flatten()
+            };
+            if let Some(id) = ext {
+                // Missing now: degraded until it appears.
+                let dev = open_esnap(b, &id, sb.io_unit_size);
+                *b.esnap.lock().unwrap_or_else(|e| e.into_inner()) = Some(Esnap { id, dev });
             }
         }
         Blobstore {
