@@ -717,6 +717,9 @@ impl Blobstore {
         let ch = self.channel()?;
         let old = st.written().clone();
         new.id = st.id;
+        // Always written with an extent table (a blob SPDK stored as runs
+        // is converted), so the flag that tells readers so goes with it.
+        new.invalid_flags |= FLAG_EXTENT_TABLE;
         let first = blobid_to_page(st.id);
         let nslots = serialize::slots(new.num_clusters);
         let mut table = vec![0u32; nslots];
