@@ -31,6 +31,7 @@ pub mod load;
 pub mod mask;
 pub mod md_page;
 pub mod metadata;
+pub mod rpc;
 pub mod serialize;
 pub mod snapshot;
 pub mod store;

@@ -28,6 +28,7 @@ pub fn rpc_methods() -> Vec<Method> {
         nvme::rpc::methods(),
         crypto::rpc::methods(),
         raid::rpc::methods(),
+        crate::blob::rpc::methods(),
     ]
     .concat()
 }
