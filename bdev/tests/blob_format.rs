@@ -9,6 +9,8 @@
 //! name the page. Through the store itself (`Blobstore::load`), the clean
 //! lvstore opens with every pattern and xattr and the killed one recovers.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
@@ -61,18 +63,7 @@ fn reader<'a>(
     move |p| Ok(page(img, start + u64::from(p)).to_vec())
 }
 
-/// The pattern spdk_dd wrote: byte i is (i*13+seed) mod 256, each block
-/// stamped with (seed, block index).
-fn pattern(seed: u32, kib: usize) -> Vec<u8> {
-    let mut b: Vec<u8> = (0..kib * 1024)
-        .map(|i| ((i * 13 + seed as usize) & 0xff) as u8)
-        .collect();
-    for blk in 0..b.len() / 512 {
-        b[blk * 512..blk * 512 + 4].copy_from_slice(&seed.to_le_bytes());
-        b[blk * 512 + 4..blk * 512 + 8].copy_from_slice(&(blk as u32).to_le_bytes());
-    }
-    b
-}
+use common::spdk_pattern as pattern;
 
 #[test]
 fn an_spdk_lvstore_parses_and_is_written_back_byte_for_byte() {
@@ -316,8 +307,6 @@ fn broken_chains_and_double_owned_clusters_are_named() {
     );
 }
 
-mod common;
-
 /// Loads `img` from a malloc bdev of `bs`-byte blocks named `name`.
 fn load_from_bdev(
     name: &str,
@@ -325,24 +314,10 @@ fn load_from_bdev(
     bs: u32,
 ) -> Result<bdev::blob::load::Loaded, bdev::blob::load::LoadError> {
     common::runtime();
-    bdev::modules::malloc::create(name, img.len() as u64 / u64::from(bs), bs, None).unwrap();
     let name = name.to_owned();
     common::on(0, move || async move {
+        image_onto_bdev(&name, &img, bs).await;
         let d = bdev::open(&name, true, common::nop).unwrap();
-        let ch = d.get_io_channel().unwrap();
-        for (i, chunk) in img.chunks(1 << 20).enumerate() {
-            let mut b = ch.alloc_buf(chunk.len()).unwrap();
-            b.write_at(0, chunk);
-            let lba = ((i << 20) / bs as usize) as u64;
-            let n = (chunk.len() / bs as usize) as u64;
-            let (st, b) = ch
-                .io(bdev::IoType::Write, Some(b), lba, n, false)
-                .await
-                .unwrap();
-            assert_eq!(st, bdev::IoStatus::Success);
-            ch.free_buf(b.unwrap());
-        }
-        drop(ch);
         let r = bdev::blob::load::load(&d).await;
         drop(d);
         bdev::unregister(&name).await.unwrap();

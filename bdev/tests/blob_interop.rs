@@ -20,18 +20,7 @@ use common::{nop, on};
 
 const MIB: usize = 1 << 20;
 
-/// The pattern of a write with seed S (as the SPDK fixtures'): byte i is
-/// (i*13+S) mod 256, each 512-byte block stamped with (S, block index).
-fn pattern(seed: u32, kib: usize) -> Vec<u8> {
-    let mut b: Vec<u8> = (0..kib * 1024)
-        .map(|i| ((i * 13 + seed as usize) & 0xff) as u8)
-        .collect();
-    for blk in 0..b.len() / 512 {
-        b[blk * 512..blk * 512 + 4].copy_from_slice(&seed.to_le_bytes());
-        b[blk * 512 + 4..blk * 512 + 8].copy_from_slice(&(blk as u32).to_le_bytes());
-    }
-    b
-}
+use common::spdk_pattern as pattern;
 
 fn dir() -> PathBuf {
     PathBuf::from(std::env::var("BLOB_INTEROP_DIR").expect("BLOB_INTEROP_DIR"))

@@ -61,6 +61,16 @@ async fn all(b: &bdev::blob::Blob, ch: &BlobChannel) -> Vec<u8> {
     rd(b, ch, 0, b.num_io_units() as usize * bs).await
 }
 
+async fn new_blob(s: &Blobstore, num_clusters: u64, thin: bool) -> u64 {
+    s.create_blob(&BlobOptions {
+        num_clusters,
+        thin,
+        xattrs: vec![],
+    })
+    .await
+    .unwrap()
+}
+
 async fn load(name: &str) -> Blobstore {
     Blobstore::load(bdev::open(name, true, nop).unwrap())
         .await
@@ -93,14 +103,7 @@ fn store_round_trip_thick_thin_xattrs_resize() {
                 })
                 .await
                 .unwrap();
-            let thin = s
-                .create_blob(&BlobOptions {
-                    num_clusters: 600,
-                    thin: true,
-                    xattrs: vec![],
-                })
-                .await
-                .unwrap();
+            let thin = new_blob(&s, 600, true).await;
             assert_eq!(s.free_clusters(), total - 4);
             s.set_super_blob(thick).await.unwrap();
             let ch = s.io_channel().unwrap();
@@ -202,14 +205,7 @@ fn thin_clusters_read_zeros_after_close_reload_and_snapshot() {
         };
         let s = Blobstore::init(desc, &o).await.unwrap();
         let ch = s.io_channel().unwrap();
-        let id = s
-            .create_blob(&BlobOptions {
-                num_clusters: 32,
-                thin: true,
-                xattrs: vec![],
-            })
-            .await
-            .unwrap();
+        let id = new_blob(&s, 32, true).await;
         let b = s.open_blob(id).unwrap();
         // A "file" with zero blocks, written skipping them (as a copy tool
         // with sparse detection does).
@@ -269,14 +265,7 @@ fn flush_reaches_the_device_and_survives_a_power_cut() {
         let s = Blobstore::init(bdev::open(name, true, nop).unwrap(), &opts())
             .await
             .unwrap();
-        let id = s
-            .create_blob(&BlobOptions {
-                num_clusters: 16,
-                thin: true,
-                xattrs: vec![],
-            })
-            .await
-            .unwrap();
+        let id = new_blob(&s, 16, true).await;
         let ch = s.io_channel().unwrap();
         let b = s.open_blob(id).unwrap();
         let mut rng = Rng(5);
@@ -384,14 +373,7 @@ fn snapshot_chains_and_clones_read_through_their_parents() {
             .unwrap();
         let ch = s.io_channel().unwrap();
         let upc = u64::from(CLUSTER / 512);
-        let id = s
-            .create_blob(&BlobOptions {
-                num_clusters: 6,
-                thin: true,
-                xattrs: vec![],
-            })
-            .await
-            .unwrap();
+        let id = new_blob(&s, 6, true).await;
         let mut model = vec![0u8; 6 * CLUSTER as usize];
         let mut rng = Rng(31);
         let mut snaps = Vec::new();
@@ -482,14 +464,7 @@ fn inflate_decouple_and_set_parent_keep_what_the_blob_reads() {
             .unwrap();
         let ch = s.io_channel().unwrap();
         let upc = u64::from(CLUSTER / 4096);
-        let id = s
-            .create_blob(&BlobOptions {
-                num_clusters: 8,
-                thin: true,
-                xattrs: vec![],
-            })
-            .await
-            .unwrap();
+        let id = new_blob(&s, 8, true).await;
         let b = s.open_blob(id).unwrap();
         let mut rng = Rng(3);
         let d0 = rng.bytes(4096);
@@ -522,14 +497,7 @@ fn inflate_decouple_and_set_parent_keep_what_the_blob_reads() {
         assert!(all(&h, &ch).await == cw);
         // Set parent: a thin blob with nothing of its own takes s1 as its
         // parent and reads it.
-        let t = s
-            .create_blob(&BlobOptions {
-                num_clusters: 8,
-                thin: true,
-                xattrs: vec![],
-            })
-            .await
-            .unwrap();
+        let t = new_blob(&s, 8, true).await;
         s.set_parent(t, s1).await.unwrap();
         let th = s.open_blob(t).unwrap();
         assert_eq!(th.parent(), Some(s1));
@@ -571,15 +539,7 @@ fn both_cores_write_one_thin_blob_at_once() {
             .unwrap()
     });
     let s2 = s.clone();
-    let id = on(0, move || async move {
-        s2.create_blob(&BlobOptions {
-            num_clusters: 64,
-            thin: true,
-            xattrs: vec![],
-        })
-        .await
-        .unwrap()
-    });
+    let id = on(0, move || async move { new_blob(&s2, 64, true).await });
     // Each core writes every other block of every cluster, many at once,
     // so both allocate the same clusters concurrently.
     let upc = u64::from(CLUSTER / 4096);

@@ -152,8 +152,8 @@ impl Blobstore {
             let upc = self.units_per_cluster();
             let lba = u64::from(c) * upc;
             match st.resolve(i) {
-                Src::Dev(src) => self.copy_cluster(ch, src, c).await?,
-                Src::Esnap(d) => self.copy_from_esnap(ch, &d, i, c).await?,
+                Src::Dev(src) => self.copy_into(ch, CopySrc::Dev(src), i, c).await?,
+                Src::Esnap(d) => self.copy_into(ch, CopySrc::Esnap(&d), i, c).await?,
                 Src::Missing(name) => return Err(missing(st.id, i, &name)),
                 Src::Zeros => {
                     dev_io(ch, IoType::WriteZeroes, None, lba, upc, st.id).await?;
@@ -175,12 +175,12 @@ impl Blobstore {
         Ok(c)
     }
 
-    /// Copies blob cluster `i`'s bytes of external snapshot `d` into
-    /// device cluster `dst` (zeros past its end).
-    async fn copy_from_esnap(
+    /// Fills device cluster `dst` from `src` (a device cluster or an
+    /// external snapshot's bytes for blob cluster `i`), 128 KiB at a time.
+    async fn copy_into(
         &self,
         ch: &BdevChannel,
-        d: &EsnapDev,
+        src: CopySrc<'_>,
         i: u64,
         dst: u32,
     ) -> Result<(), BlobError> {
@@ -193,45 +193,31 @@ impl Blobstore {
             let buf = ch
                 .alloc_buf((n * unit) as usize)
                 .map_err(|e| BlobError::io("a copy buffer", e))?;
-            let from = i * u64::from(self.cluster_size()) + at * unit;
-            let buf = read_esnap(d, from, (n * unit) as usize, buf).await?;
-            let buf = dev_io(
-                ch,
-                IoType::Write,
-                Some(buf),
-                u64::from(dst) * upc + at,
-                n,
-                0,
-            )
-            .await?;
-            if let Some(b) = buf {
+            let buf = match src {
+                CopySrc::Dev(c) => {
+                    let lba = u64::from(c) * upc + at;
+                    dev_io(ch, IoType::Read, Some(buf), lba, n, 0).await?
+                }
+                CopySrc::Esnap(d) => {
+                    let from = i * u64::from(self.cluster_size()) + at * unit;
+                    Some(read_esnap(d, from, (n * unit) as usize, buf).await?)
+                }
+            };
+            let lba = u64::from(dst) * upc + at;
+            if let Some(b) = dev_io(ch, IoType::Write, buf, lba, n, 0).await? {
                 ch.free_buf(b);
             }
             at += n;
         }
         Ok(())
     }
+}
 
-    /// Copies device cluster `src` to `dst`.
-    async fn copy_cluster(&self, ch: &BdevChannel, src: u32, dst: u32) -> Result<(), BlobError> {
-        let upc = self.units_per_cluster();
-        let unit = u64::from(self.io_unit_size());
-        let step = ((128 << 10) / unit).clamp(1, upc);
-        let mut at = 0;
-        while at < upc {
-            let n = step.min(upc - at);
-            let buf = ch
-                .alloc_buf((n * unit) as usize)
-                .map_err(|e| BlobError::io("a copy buffer", e))?;
-            let buf = dev_io(ch, IoType::Read, Some(buf), u64::from(src) * upc + at, n, 0).await?;
-            let buf = dev_io(ch, IoType::Write, buf, u64::from(dst) * upc + at, n, 0).await?;
-            if let Some(b) = buf {
-                ch.free_buf(b);
-            }
-            at += n;
-        }
-        Ok(())
-    }
+/// Where a cluster copy reads from.
+#[derive(Clone, Copy)]
+enum CopySrc<'a> {
+    Dev(u32),
+    Esnap(&'a EsnapDev),
 }
 
 impl Blob {

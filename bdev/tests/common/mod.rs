@@ -191,3 +191,17 @@ async fn submit_and_wait(
         reactor::yield_now().await;
     }
 }
+
+/// The pattern of a write with seed S in the blob store fixtures' manifest
+/// (spdk_dd wrote them): byte i is (i*13+S) mod 256, each 512-byte block
+/// stamped with (S, block index) as u32 little-endian.
+pub fn spdk_pattern(seed: u32, kib: usize) -> Vec<u8> {
+    let mut b: Vec<u8> = (0..kib * 1024)
+        .map(|i| ((i * 13 + seed as usize) & 0xff) as u8)
+        .collect();
+    for blk in 0..b.len() / 512 {
+        b[blk * 512..blk * 512 + 4].copy_from_slice(&seed.to_le_bytes());
+        b[blk * 512 + 4..blk * 512 + 8].copy_from_slice(&(blk as u32).to_le_bytes());
+    }
+    b
+}
