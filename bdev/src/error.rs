@@ -87,6 +87,15 @@ pub enum BdevError {
     /// why).
     #[error("{0}")]
     NotPermitted(String),
+    /// A system call failed (opening a file, an ioctl): its errno, which
+    /// is the answer's code.
+    #[error("{what}: {}", std::io::Error::from_raw_os_error(*errno))]
+    Os {
+        /// What was being done.
+        what: String,
+        /// The positive errno.
+        errno: i32,
+    },
 }
 
 impl BdevError {
@@ -104,6 +113,7 @@ impl BdevError {
             BdevError::NoMem(_) | BdevError::NoBuffer { .. } => -libc_errno::ENOMEM,
             BdevError::NotOnReactor(_) => -libc_errno::EINVAL,
             BdevError::Module { .. } => -libc_errno::EIO,
+            BdevError::Os { errno, .. } => -errno.abs(),
         }
     }
 

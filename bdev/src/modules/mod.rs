@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use crate::rpc::Method;
 
+pub mod aio;
 pub mod crypto;
 pub mod delay;
 pub mod error;
@@ -21,6 +22,7 @@ pub mod raid;
 pub fn rpc_methods() -> Vec<Method> {
     [
         malloc::rpc::methods(),
+        aio::rpc::methods(),
         null::rpc::methods(),
         delay::rpc::methods(),
         error::rpc::methods(),

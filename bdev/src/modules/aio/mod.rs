@@ -1,0 +1,520 @@
+//! The AIO bdev: a file or a block device through Linux native AIO, as
+//! SPDK's `bdev_aio`. Opened with `O_DIRECT` where the file system allows
+//! it (else through the page cache, said in `bdev_get_bdevs`); one AIO
+//! context per core, submitted from the reactor and reaped by its poller
+//! from the context's ring in user space (no thread, no system call per
+//! poll). FLUSH is an `fdatasync` through AIO (`IOCB_CMD_FDSYNC`; where
+//! the kernel refuses it, `fdatasync` itself); a write with FUA carries
+//! `RWF_DSYNC`. On a file, unmap punches a hole and write-zeroes zeroes a
+//! range (`fallocate`; both read back zeros), each announced only where
+//! the file system does it; on a block device they are `BLKDISCARD` (what
+//! reads after it is the device's) and `BLKZEROOUT`. These and the
+//! fallback `fdatasync` are system calls made on the reactor, short on
+//! the devices this serves. `rescan` follows the file's new size.
+
+pub mod rpc;
+mod sys;
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use serde_json::json;
+
+use crate::{Bdev, BdevError, BdevOps, BdevProps, IoHandle, IoStatus, IoType};
+use reactor::{PollStatus, Poller};
+use sys::{CMD_FDSYNC, CMD_PREADV, CMD_PWRITEV, Context, IoEvent, Iocb, RWF_DSYNC};
+
+/// I/Os in flight per core.
+const DEPTH: u32 = 128;
+/// Completions reaped per poll.
+const REAP: usize = 32;
+
+/// What an AIO bdev was made from (for `save_config`, `rescan`).
+#[derive(Clone, Debug)]
+struct Spec {
+    name: String,
+    filename: String,
+    block_size: u32,
+    readonly: bool,
+    uuid: String,
+    /// The block size was given rather than detected.
+    block_size_override: bool,
+}
+
+struct File {
+    fd: OwnedFd,
+    direct: bool,
+    block_device: bool,
+    punch: bool,
+    zero_range: bool,
+}
+
+struct Aio {
+    spec: Spec,
+    file: Arc<File>,
+}
+
+/// A core's AIO context and its poller.
+pub struct AioChannel {
+    ctx: std::rc::Rc<Context>,
+    poller: Poller,
+    /// FDSYNC through AIO was refused: flush with fdatasync.
+    sync_fallback: Cell<bool>,
+}
+
+impl Drop for AioChannel {
+    fn drop(&mut self) {
+        self.poller.unregister();
+    }
+}
+
+fn registry() -> &'static Mutex<HashMap<String, Spec>> {
+    static R: OnceLock<Mutex<HashMap<String, Spec>>> = OnceLock::new();
+    R.get_or_init(Default::default)
+}
+
+fn io_err(what: &str, e: std::io::Error) -> BdevError {
+    BdevError::Os {
+        what: what.to_owned(),
+        errno: e.raw_os_error().unwrap_or(libc::EIO),
+    }
+}
+
+/// The size and logical block size of `fd` (a block device's, or a
+/// regular file's size and no block size).
+fn geometry(fd: &OwnedFd) -> Result<(u64, Option<u32>, bool), BdevError> {
+    // SAFETY: fstat fills `st`, which lives across the call.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above, on an open descriptor.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(io_err("fstat", std::io::Error::last_os_error()));
+    }
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG => Ok((st.st_size as u64, None, false)),
+        libc::S_IFBLK => {
+            let mut bytes: u64 = 0;
+            let mut bs: libc::c_int = 0;
+            // SAFETY: BLKGETSIZE64 writes a u64, BLKSSZGET an int, into
+            // locals that live across the calls.
+            let ok = unsafe {
+                libc::ioctl(fd.as_raw_fd(), BLKGETSIZE64, &mut bytes as *mut u64) == 0
+                    && libc::ioctl(fd.as_raw_fd(), BLKSSZGET, &mut bs as *mut libc::c_int) == 0
+            };
+            if !ok {
+                return Err(io_err(
+                    "block device ioctl",
+                    std::io::Error::last_os_error(),
+                ));
+            }
+            Ok((bytes, Some(bs as u32), true))
+        }
+        _ => Err(BdevError::invalid(
+            "filename",
+            "neither a regular file nor a block device",
+        )),
+    }
+}
+
+// From linux/fs.h.
+const BLKSSZGET: libc::c_ulong = 0x1268;
+const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+const BLKDISCARD: libc::c_ulong = 0x1277;
+const BLKZEROOUT: libc::c_ulong = 0x127f;
+
+fn open_file(path: &str, readonly: bool) -> Result<(OwnedFd, bool), BdevError> {
+    let c = CString::new(path).map_err(|_| BdevError::invalid("filename", "contains a NUL"))?;
+    let mode = if readonly {
+        libc::O_RDONLY
+    } else {
+        libc::O_RDWR
+    };
+    for direct in [true, false] {
+        let flags = mode | libc::O_CLOEXEC | if direct { libc::O_DIRECT } else { 0 };
+        // SAFETY: `c` is a NUL-terminated path that lives across the call.
+        let fd = unsafe { libc::open(c.as_ptr(), flags) };
+        if fd >= 0 {
+            // SAFETY: `fd` was just opened and is owned by nothing else.
+            return Ok((unsafe { OwnedFd::from_raw_fd(fd) }, direct));
+        }
+        let e = std::io::Error::last_os_error();
+        if !(direct && e.raw_os_error() == Some(libc::EINVAL)) {
+            return Err(io_err(&format!("open {path}"), e));
+        }
+    }
+    unreachable!("the second try does not ask for O_DIRECT")
+}
+
+/// Whether `fallocate(mode)` works on the file (tried past its end, where
+/// it changes nothing).
+fn fallocate_works(fd: &OwnedFd, size: u64, mode: libc::c_int) -> bool {
+    // SAFETY: fallocate on an open descriptor; KEEP_SIZE past the end
+    // changes no data.
+    unsafe {
+        libc::fallocate(
+            fd.as_raw_fd(),
+            mode | libc::FALLOC_FL_KEEP_SIZE,
+            size as libc::off_t,
+            4096,
+        ) == 0
+    }
+}
+
+impl Aio {
+    fn run_sync(&self, ty: IoType, off: u64, len: u64) -> IoStatus {
+        let fd = self.file.fd.as_raw_fd();
+        let r = if self.file.block_device {
+            let range = [off, len];
+            let req = if ty == IoType::Unmap {
+                BLKDISCARD
+            } else {
+                BLKZEROOUT
+            };
+            // SAFETY: the ioctls read two u64s from `range`.
+            unsafe { libc::ioctl(fd, req, range.as_ptr()) }
+        } else {
+            let mode = if ty == IoType::Unmap {
+                libc::FALLOC_FL_PUNCH_HOLE
+            } else {
+                libc::FALLOC_FL_ZERO_RANGE
+            };
+            // SAFETY: fallocate on the open descriptor within the file.
+            unsafe {
+                libc::fallocate(
+                    fd,
+                    mode | libc::FALLOC_FL_KEEP_SIZE,
+                    off as libc::off_t,
+                    len as libc::off_t,
+                )
+            }
+        };
+        if r == 0 {
+            IoStatus::Success
+        } else {
+            log::warn!(
+                "aio {}: {ty:?} at byte {off}: {}",
+                self.spec.name,
+                std::io::Error::last_os_error()
+            );
+            IoStatus::Failed
+        }
+    }
+}
+
+/// What a completed request is: the handle and the bytes it expects.
+fn finish(ev: &IoEvent) {
+    // SAFETY: `data` is the raw handle `submit` gave the kernel, handed
+    // back exactly once by its completion.
+    let h = IoHandle::new(unsafe {
+        std::ptr::NonNull::new_unchecked(ev.data as *mut crate::io::BdevIo)
+    });
+    let io = h.io();
+    let want = match io.io_type() {
+        IoType::Read | IoType::Write => io.data_len() as i64,
+        _ => 0,
+    };
+    let status = if ev.res == want || (want == 0 && ev.res >= 0) {
+        IoStatus::Success
+    } else {
+        if ev.res < 0 {
+            log::warn!(
+                "aio: {:?} at block {}: {}",
+                io.io_type(),
+                io.offset_blocks(),
+                std::io::Error::from_raw_os_error(-ev.res as i32)
+            );
+        } else {
+            log::warn!(
+                "aio: {:?} at block {}: {} of {want} bytes",
+                io.io_type(),
+                io.offset_blocks(),
+                ev.res
+            );
+        }
+        IoStatus::Failed
+    };
+    h.complete(status);
+}
+
+impl BdevOps for Aio {
+    type Channel = AioChannel;
+
+    fn create_channel(&self, core: reactor::CoreId) -> Result<AioChannel, String> {
+        let ctx = std::rc::Rc::new(
+            Context::new(DEPTH)
+                .map_err(|e| format!("io_setup: {}", std::io::Error::from_raw_os_error(e)))?,
+        );
+        let c = std::rc::Rc::downgrade(&ctx);
+        let mut events = [IoEvent::default(); REAP];
+        let poller =
+            reactor::register_poller(format!("aio_{}_core{core}", self.spec.name), move || {
+                let Some(ctx) = c.upgrade() else {
+                    return PollStatus::Idle;
+                };
+                let n = ctx.reap(&mut events);
+                drop(ctx);
+                for ev in &events[..n] {
+                    finish(ev);
+                }
+                if n > 0 {
+                    PollStatus::Busy
+                } else {
+                    PollStatus::Idle
+                }
+            });
+        Ok(AioChannel {
+            ctx,
+            poller,
+            sync_fallback: Cell::new(false),
+        })
+    }
+
+    fn submit(&self, ch: &AioChannel, io: IoHandle) {
+        let r = io.io();
+        let bs = u64::from(self.spec.block_size);
+        let (ty, off, len) = (r.io_type(), r.offset_blocks() * bs, r.num_blocks() * bs);
+        let mut cb = Iocb {
+            fildes: self.file.fd.as_raw_fd() as u32,
+            ..Iocb::default()
+        };
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; crate::io::MAX_IOV];
+        match ty {
+            IoType::Read | IoType::Write => {
+                let n = r.iovs().len();
+                for (d, s) in iov.iter_mut().zip(r.iovs()) {
+                    d.iov_base = s.ptr.cast();
+                    d.iov_len = s.len;
+                }
+                cb.lio_opcode = if ty == IoType::Read {
+                    CMD_PREADV
+                } else {
+                    CMD_PWRITEV
+                };
+                cb.buf = iov.as_ptr() as u64;
+                cb.nbytes = n as u64;
+                cb.offset = off as i64;
+                if ty == IoType::Write && r.fua() {
+                    cb.rw_flags = RWF_DSYNC;
+                }
+            }
+            IoType::Flush if ch.sync_fallback.get() => {
+                // SAFETY: fdatasync on the open descriptor.
+                let ok = unsafe { libc::fdatasync(self.file.fd.as_raw_fd()) } == 0;
+                return io.complete(if ok {
+                    IoStatus::Success
+                } else {
+                    IoStatus::Failed
+                });
+            }
+            IoType::Flush => cb.lio_opcode = CMD_FDSYNC,
+            IoType::Unmap | IoType::WriteZeroes => {
+                let st = self.run_sync(ty, off, len);
+                return io.complete(st);
+            }
+            IoType::Reset => return io.complete(IoStatus::Success),
+            _ => return io.complete(IoStatus::NotSupported),
+        }
+        cb.data = io.into_raw() as u64;
+        if let Err(e) = ch.ctx.submit(&mut cb) {
+            // SAFETY: the kernel refused the request: the handle is ours
+            // again, rebuilt once from the raw pointer just made.
+            let h = IoHandle::new(unsafe {
+                std::ptr::NonNull::new_unchecked(cb.data as *mut crate::io::BdevIo)
+            });
+            match e {
+                libc::EAGAIN => h.complete(IoStatus::NoMem),
+                libc::EINVAL if ty == IoType::Flush => {
+                    ch.sync_fallback.set(true);
+                    // SAFETY: fdatasync on the open descriptor.
+                    let ok = unsafe { libc::fdatasync(self.file.fd.as_raw_fd()) } == 0;
+                    h.complete(if ok {
+                        IoStatus::Success
+                    } else {
+                        IoStatus::Failed
+                    });
+                }
+                e => {
+                    log::warn!(
+                        "aio {}: io_submit {ty:?}: {}",
+                        self.spec.name,
+                        std::io::Error::from_raw_os_error(e)
+                    );
+                    h.complete(IoStatus::Failed);
+                }
+            }
+        }
+    }
+
+    fn io_type_supported(&self, ty: IoType) -> bool {
+        let rw = !self.spec.readonly;
+        match ty {
+            IoType::Read | IoType::Reset => true,
+            IoType::Write | IoType::Flush => rw,
+            IoType::Unmap => rw && (self.file.block_device || self.file.punch),
+            IoType::WriteZeroes => rw && (self.file.block_device || self.file.zero_range),
+            _ => false,
+        }
+    }
+
+    fn dump_info_json(&self) -> serde_json::Value {
+        json!({ "aio": {
+            "filename": self.spec.filename,
+            "block_size_override": self.spec.block_size_override,
+            "readonly": self.spec.readonly,
+            "fallocate": self.file.punch || self.file.zero_range,
+            "direct_io": self.file.direct,
+        } })
+    }
+
+    fn write_config_json(&self) -> Option<serde_json::Value> {
+        Some(json!({
+            "method": "bdev_aio_create",
+            "params": {
+                "name": self.spec.name,
+                "filename": self.spec.filename,
+                "block_size": self.spec.block_size,
+                "readonly": self.spec.readonly,
+                "uuid": self.spec.uuid,
+            }
+        }))
+    }
+
+    fn destruct(&self) {
+        registry()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.spec.name);
+    }
+}
+
+/// Creates AIO bdev `name` over `filename` (a regular file or a block
+/// device) with `block_size`-byte blocks: given, or the block device's
+/// logical block size (a regular file needs it given, as SPDK).
+///
+/// # Errors
+/// [`BdevError::Exists`]; [`BdevError::Invalid`] for a block size that is
+/// missing, not a power of two from 512, smaller than the device's, or a
+/// file smaller than one block; [`BdevError::Module`] when the file does
+/// not open (the OS's reason).
+pub fn create(
+    name: &str,
+    filename: &str,
+    block_size: Option<u32>,
+    readonly: bool,
+    uuid: Option<&str>,
+) -> Result<Bdev, BdevError> {
+    if crate::get(name).is_some() {
+        return Err(BdevError::Exists(name.to_owned()));
+    }
+    let (fd, direct) = open_file(filename, readonly)?;
+    let (bytes, detected, block_device) = geometry(&fd)?;
+    let bs = match (block_size.filter(|&b| b != 0), detected) {
+        (Some(b), Some(d)) if b < d => {
+            return Err(BdevError::invalid(
+                "block_size",
+                format!("{b}: smaller than the device's {d}"),
+            ));
+        }
+        (Some(b), _) => b,
+        (None, Some(d)) => d,
+        (None, None) => {
+            return Err(BdevError::invalid(
+                "block_size",
+                "could not be detected for a regular file: give it",
+            ));
+        }
+    };
+    if bs < 512 || !bs.is_power_of_two() {
+        return Err(BdevError::invalid(
+            "block_size",
+            format!("{bs}: a power of two from 512"),
+        ));
+    }
+    let num_blocks = bytes / u64::from(bs);
+    if num_blocks == 0 {
+        return Err(BdevError::invalid(
+            "filename",
+            format!("{filename}: {bytes} bytes, less than one {bs}-byte block"),
+        ));
+    }
+    let uuid = match uuid {
+        Some(u) => super::check_uuid(u)?,
+        None => crate::new_uuid(),
+    };
+    let punch =
+        !readonly && !block_device && fallocate_works(&fd, bytes, libc::FALLOC_FL_PUNCH_HOLE);
+    let zero_range =
+        !readonly && !block_device && fallocate_works(&fd, bytes, libc::FALLOC_FL_ZERO_RANGE);
+    let mut props = BdevProps::new(name, "AIO disk", bs, num_blocks);
+    props.uuid = Some(uuid.clone());
+    if direct {
+        props.required_alignment = bs as usize;
+    }
+    props.write_cache = true;
+    let spec = Spec {
+        name: name.to_owned(),
+        filename: filename.to_owned(),
+        block_size: bs,
+        readonly,
+        uuid,
+        block_size_override: block_size.is_some_and(|b| b != 0),
+    };
+    let file = Arc::new(File {
+        fd,
+        direct,
+        block_device,
+        punch,
+        zero_range,
+    });
+    let bdev = crate::register(
+        "aio",
+        props,
+        Aio {
+            spec: spec.clone(),
+            file,
+        },
+    )?;
+    registry()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(name.to_owned(), spec);
+    Ok(bdev)
+}
+
+/// Re-reads the size of AIO bdev `name`'s file; a new size is the bdev's
+/// (its openers get a resize event).
+///
+/// # Errors
+/// [`BdevError::NotFound`]; the file no longer opening.
+pub fn rescan(name: &str) -> Result<u64, BdevError> {
+    let bdev = crate::get(name)
+        .filter(|b| b.module() == "aio")
+        .ok_or_else(|| BdevError::NotFound(name.to_owned()))?;
+    let spec = registry()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(name)
+        .cloned()
+        .ok_or_else(|| BdevError::NotFound(name.to_owned()))?;
+    let (fd, _) = open_file(&spec.filename, true)?;
+    let (bytes, _, _) = geometry(&fd)?;
+    let blocks = bytes / u64::from(spec.block_size);
+    bdev.notify_blockcnt_change(blocks);
+    Ok(blocks)
+}
+
+/// Deletes AIO bdev `name`.
+///
+/// # Errors
+/// [`BdevError::NotFound`] when there is no AIO bdev of that name.
+pub async fn delete(name: &str) -> Result<(), BdevError> {
+    crate::get(name)
+        .filter(|b| b.module() == "aio")
+        .ok_or_else(|| BdevError::NotFound(name.to_owned()))?;
+    crate::unregister(name).await
+}
