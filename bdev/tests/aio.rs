@@ -1,6 +1,7 @@
-//! The AIO bdev over files: the data test every storing bdev passes (both
-//! reactors, misaligned and oversized transfers, write zeroes, unmap,
-//! flush) with 512- and 4096-byte blocks; what is written reaches the file;
+//! The AIO and io_uring bdevs over files: the data test every storing bdev
+//! passes (both reactors, misaligned and oversized transfers, write zeroes,
+//! unmap, flush) with 512- and 4096-byte blocks; what is written reaches
+//! the file;
 //! a larger file is seen after a rescan (with a resize event); read-only
 //! refuses writes; refusals name what is wrong (a missing file is ENOENT,
 //! a regular file needs its block size, a file under one block).
@@ -128,4 +129,51 @@ fn refusals_say_what_is_wrong() {
     assert!(matches!(e, BdevError::Exists(_)), "{e}");
     on(0, || async { aio::delete("AioDup").await.unwrap() });
     std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn uring_bdevs_over_files_store_data() {
+    use bdev::modules::uring;
+    common::runtime();
+    for bs in [512u32, 4096] {
+        let path = file(&format!("uring{bs}"), 64 << 20);
+        let name = format!("Uring{bs}");
+        uring::create(&name, path.to_str().unwrap(), Some(bs), None).unwrap();
+        let b = bdev::get(&name).unwrap();
+        assert_eq!(b.block_size(), bs);
+        assert_eq!(b.product_name(), "URING bdev");
+        println!("{name}: {}", b.dump_info_json());
+        data_test(&name, 0x0a1 + u64::from(bs));
+        // What was written and flushed is in the file.
+        let n = name.clone();
+        let p = path.to_str().unwrap().to_owned();
+        on(0, move || async move {
+            let d = bdev::open(&n, true, nop).unwrap();
+            let ch = d.get_io_channel().unwrap();
+            let mut buf = ch.alloc_buf(4096).unwrap();
+            buf.fill(0x5c);
+            let lba = 4096 / u64::from(bs) * 7;
+            let (st, buf) = ch
+                .io(IoType::Write, Some(buf), lba, 4096 / u64::from(bs), false)
+                .await
+                .unwrap();
+            assert_eq!(st, IoStatus::Success);
+            ch.free_buf(buf.unwrap());
+            let (st, _) = ch.io(IoType::Flush, None, 0, 8, false).await.unwrap();
+            assert_eq!(st, IoStatus::Success);
+            let f = std::fs::read(&p).unwrap();
+            assert!(f[7 * 4096..8 * 4096].iter().all(|&b| b == 0x5c));
+            drop(ch);
+            drop(d);
+            std::fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_len(80 << 20)
+                .unwrap();
+            assert_eq!(uring::rescan(&n).unwrap(), (80 << 20) / u64::from(bs));
+            uring::delete(&n).await.unwrap();
+        });
+        std::fs::remove_file(&path).unwrap();
+    }
 }

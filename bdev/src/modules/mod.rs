@@ -17,12 +17,14 @@ pub mod nvme;
 pub mod passthru;
 pub mod powercut;
 pub mod raid;
+pub mod uring;
 
 /// Every module's JSON-RPC methods: one line per module.
 pub fn rpc_methods() -> Vec<Method> {
     [
         malloc::rpc::methods(),
         aio::rpc::methods(),
+        uring::rpc::methods(),
         null::rpc::methods(),
         delay::rpc::methods(),
         error::rpc::methods(),
