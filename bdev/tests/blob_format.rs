@@ -38,6 +38,19 @@ fn image() -> Vec<u8> {
     o.stdout
 }
 
+/// The store SPDK was killed in the middle of writing.
+fn dirty_image() -> Vec<u8> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/blob/spdk-v24.09-dirty/store.img.gz");
+    let o = Command::new("gzip")
+        .arg("-dc")
+        .arg(&p)
+        .output()
+        .expect("gzip");
+    assert!(o.status.success(), "gzip -dc {}", p.display());
+    o.stdout
+}
+
 fn json(name: &str) -> Value {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(DIR).join(name);
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
@@ -359,15 +372,7 @@ fn loaded_from_a_bdev_clean_and_dirty() {
 
 #[test]
 fn an_spdk_store_killed_mid_write_recovers_consistent() {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/blob/spdk-v24.09-dirty/store.img.gz");
-    let o = Command::new("gzip")
-        .arg("-dc")
-        .arg(&p)
-        .output()
-        .expect("gzip");
-    assert!(o.status.success());
-    let img = o.stdout;
+    let img = dirty_image();
     let sb = SuperBlock::parse(&img).unwrap();
     assert!(!sb.clean, "the fixture is dirty");
     let l = load_from_bdev("blob_killed", img.clone(), 512).unwrap();
@@ -522,15 +527,7 @@ fn an_spdk_lvstore_opens_as_a_store_with_every_pattern_and_xattr() {
 #[test]
 fn an_spdk_store_killed_mid_write_opens_as_a_store() {
     common::runtime();
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/blob/spdk-v24.09-dirty/store.img.gz");
-    let o = Command::new("gzip")
-        .arg("-dc")
-        .arg(&p)
-        .output()
-        .expect("gzip");
-    assert!(o.status.success());
-    let img = o.stdout;
+    let img = dirty_image();
     common::on(0, move || async move {
         image_onto_bdev("blob_open_dirty", &img, 512).await;
         let s =

@@ -237,3 +237,44 @@ pub(crate) fn info(spec: &Spec, file: &File) -> serde_json::Value {
         "direct_io": file.direct,
     })
 }
+
+/// Registers file-backed bdev `ops` (module `module`) and records its spec.
+///
+/// # Errors
+/// The layer's refusal.
+pub(crate) fn register<O: crate::BdevOps>(
+    module: &str,
+    spec: Spec,
+    props: crate::BdevProps,
+    ops: O,
+) -> Result<crate::Bdev, BdevError> {
+    let bdev = crate::register(module, props, ops)?;
+    registry()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(spec.name.clone(), spec);
+    Ok(bdev)
+}
+
+/// Forgets bdev `name`'s spec (its destruct).
+pub(crate) fn forget(name: &str) {
+    registry()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(name);
+}
+
+/// The I/O types a file-backed bdev does: reads always; writes and FLUSH
+/// unless read-only; unmap and write-zeroes where the file or device does
+/// them.
+pub(crate) fn supported(spec: &Spec, file: &File, ty: crate::IoType) -> bool {
+    use crate::IoType;
+    let rw = !spec.readonly;
+    match ty {
+        IoType::Read | IoType::Reset => true,
+        IoType::Write | IoType::Flush => rw,
+        IoType::Unmap => rw && (file.block_device || file.punch),
+        IoType::WriteZeroes => rw && (file.block_device || file.zero_range),
+        _ => false,
+    }
+}

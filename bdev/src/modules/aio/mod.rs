@@ -23,7 +23,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::{Bdev, BdevError, BdevOps, IoHandle, IoStatus, IoType};
-use file::{BLKDISCARD, BLKZEROOUT, File, Spec, registry};
+use file::{BLKDISCARD, BLKZEROOUT, File, Spec};
 use reactor::{PollStatus, Poller};
 use sys::{CMD_FDSYNC, CMD_PREADV, CMD_PWRITEV, Context, IoEvent, Iocb, RWF_DSYNC};
 
@@ -240,14 +240,7 @@ impl BdevOps for Aio {
     }
 
     fn io_type_supported(&self, ty: IoType) -> bool {
-        let rw = !self.spec.readonly;
-        match ty {
-            IoType::Read | IoType::Reset => true,
-            IoType::Write | IoType::Flush => rw,
-            IoType::Unmap => rw && (self.file.block_device || self.file.punch),
-            IoType::WriteZeroes => rw && (self.file.block_device || self.file.zero_range),
-            _ => false,
-        }
+        file::supported(&self.spec, &self.file, ty)
     }
 
     fn dump_info_json(&self) -> serde_json::Value {
@@ -268,10 +261,7 @@ impl BdevOps for Aio {
     }
 
     fn destruct(&self) {
-        registry()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.spec.name);
+        file::forget(&self.spec.name);
     }
 }
 
@@ -290,19 +280,11 @@ pub fn create(
 ) -> Result<Bdev, BdevError> {
     let (spec, file, props) =
         file::prepare(name, filename, block_size, readonly, uuid, "AIO disk")?;
-    let bdev = crate::register(
-        "aio",
-        props,
-        Aio {
-            spec: spec.clone(),
-            file: Arc::new(file),
-        },
-    )?;
-    registry()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(name.to_owned(), spec);
-    Ok(bdev)
+    let ops = Aio {
+        spec: spec.clone(),
+        file: Arc::new(file),
+    };
+    file::register("aio", spec, props, ops)
 }
 
 /// Re-reads the size of AIO bdev `name`'s file; a new size is the bdev's

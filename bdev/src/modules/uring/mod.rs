@@ -19,7 +19,7 @@ use std::sync::Arc;
 use io_uring::{IoUring, opcode, types};
 use serde_json::json;
 
-use super::aio::file::{self, File, Spec, registry};
+use super::aio::file::{self, File, Spec};
 use crate::{Bdev, BdevError, BdevOps, IoHandle, IoStatus, IoType};
 use reactor::{PollStatus, Poller};
 
@@ -229,14 +229,7 @@ impl BdevOps for Uring {
     }
 
     fn io_type_supported(&self, ty: IoType) -> bool {
-        let rw = !self.spec.readonly;
-        match ty {
-            IoType::Read | IoType::Reset => true,
-            IoType::Write | IoType::Flush => rw,
-            IoType::Unmap => rw && (self.file.block_device || self.file.punch),
-            IoType::WriteZeroes => rw && (self.file.block_device || self.file.zero_range),
-            _ => false,
-        }
+        file::supported(&self.spec, &self.file, ty)
     }
 
     fn dump_info_json(&self) -> serde_json::Value {
@@ -256,10 +249,7 @@ impl BdevOps for Uring {
     }
 
     fn destruct(&self) {
-        registry()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.spec.name);
+        file::forget(&self.spec.name);
     }
 }
 
@@ -282,19 +272,11 @@ pub fn create(
         module: "uring".into(),
         reason: format!("io_uring_setup: {e}"),
     })?;
-    let bdev = crate::register(
-        "uring",
-        props,
-        Uring {
-            spec: spec.clone(),
-            file: Arc::new(file),
-        },
-    )?;
-    registry()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(name.to_owned(), spec);
-    Ok(bdev)
+    let ops = Uring {
+        spec: spec.clone(),
+        file: Arc::new(file),
+    };
+    file::register("uring", spec, props, ops)
 }
 
 /// Re-reads the size of io_uring bdev `name`'s file (see the AIO bdev's).
