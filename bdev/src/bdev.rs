@@ -26,6 +26,9 @@ pub(crate) enum State {
 
 pub(crate) struct BdevInner {
     pub props: BdevProps,
+    /// Other names (the registration's, changed by
+    /// [`crate::set_alias`]).
+    pub aliases: Mutex<Vec<String>>,
     pub uuid: String,
     pub module: String,
     pub num_blocks: AtomicU64,
@@ -61,6 +64,7 @@ impl BdevInner {
     ) -> Self {
         BdevInner {
             num_blocks: AtomicU64::new(props.num_blocks),
+            aliases: Mutex::new(props.aliases.clone()),
             props,
             uuid,
             module,
@@ -152,7 +156,11 @@ impl Bdev {
 
     /// Other names.
     pub fn aliases(&self) -> Vec<String> {
-        self.inner.props.aliases.clone()
+        self.inner
+            .aliases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The UUID.

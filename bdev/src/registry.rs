@@ -302,6 +302,38 @@ pub async fn wait_for_examine() {
     }
 }
 
+/// Replaces alias `old` of bdev `name` with `new` (SPDK's
+/// `spdk_bdev_alias_del` then `_add`: a volume renamed); `old` None only
+/// adds.
+///
+/// # Errors
+/// [`BdevError::NotFound`] for no such bdev; [`BdevError::Exists`] when
+/// `new` names another bdev or alias (nothing changed).
+pub fn set_alias(name: &str, old: Option<&str>, new: &str) -> Result<(), BdevError> {
+    with(|r| {
+        let b = r
+            .bdevs
+            .get(name)
+            .cloned()
+            .ok_or_else(|| BdevError::NotFound(name.to_owned()))?;
+        if r.bdevs.contains_key(new) || r.aliases.get(new).is_some_and(|n| n != name) {
+            return Err(BdevError::Exists(new.to_owned()));
+        }
+        let mut al = b.inner.aliases.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(o) = old {
+            al.retain(|a| a != o);
+            if r.aliases.get(o).is_some_and(|n| n == name) {
+                r.aliases.remove(o);
+            }
+        }
+        if !al.iter().any(|a| a == new) {
+            al.push(new.to_owned());
+        }
+        r.aliases.insert(new.to_owned(), name.to_owned());
+        Ok(())
+    })
+}
+
 /// The bdev named `name` (or with that alias).
 pub fn get(name: &str) -> Option<Bdev> {
     with(|r| {

@@ -58,7 +58,7 @@ fn missing(id: u64, i: u64, name: &str) -> BlobError {
 
 /// Reads `len` bytes at byte `from` of external snapshot `d` into `buf`:
 /// zeros past its end.
-async fn read_esnap(
+pub(crate) async fn read_esnap(
     d: &EsnapDev,
     from: u64,
     len: usize,
@@ -382,7 +382,7 @@ impl Blob {
         self.zero(ch, offset, n).await
     }
 
-    async fn zero(&self, ch: &BdevChannel, offset: u64, n: u64) -> Result<(), BlobError> {
+    pub(crate) async fn zero(&self, ch: &BdevChannel, offset: u64, n: u64) -> Result<(), BlobError> {
         if self.is_read_only() {
             return Err(BlobError::ReadOnly(self.id()));
         }

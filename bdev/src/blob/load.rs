@@ -97,10 +97,18 @@ async fn read_pages(ch: &BdevChannel, r: Region, what: &str) -> Result<Vec<u8>, 
 /// another block size than the store's I/O unit, or metadata that is not
 /// SPDK's format (naming the page and the field).
 pub async fn load(desc: &Desc) -> Result<Loaded, LoadError> {
-    let ch = &desc.get_io_channel().map_err(|e| LoadError::Io {
+    let ch = desc.get_io_channel().map_err(|e| LoadError::Io {
         what: "the device".into(),
         why: e.to_string(),
     })?;
+    load_via(&ch).await
+}
+
+/// [`load`] through a channel already had.
+///
+/// # Errors
+/// As [`load`].
+pub async fn load_via(ch: &crate::BdevChannel) -> Result<Loaded, LoadError> {
     let bs = ch.block_size();
     if bs as usize > PAGE_SIZE || !PAGE_SIZE.is_multiple_of(bs as usize) {
         return Err(LoadError::Device(format!(
@@ -115,7 +123,7 @@ pub async fn load(desc: &Desc) -> Result<Loaded, LoadError> {
             sb.io_unit_size
         )));
     }
-    let dev_bytes = desc.bdev().num_blocks() * u64::from(bs);
+    let dev_bytes = ch.num_blocks() * u64::from(bs);
     if sb.size > dev_bytes {
         return Err(LoadError::Device(format!(
             "the store is {} bytes, the device {dev_bytes}",

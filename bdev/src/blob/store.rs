@@ -152,7 +152,9 @@ impl State {
 }
 
 pub(crate) struct Inner {
-    pub desc: Desc,
+    /// The device, open for writing; taken by [`Blobstore::close`].
+    pub desc: Mutex<Option<Desc>>,
+    pub bdev: crate::Bdev,
     pub io_unit: u32,
     pub cluster_size: u32,
     pub md_start: u32,
@@ -169,7 +171,7 @@ pub struct Blobstore {
 impl std::fmt::Debug for Blobstore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Blobstore")
-            .field("bdev", &self.inner.desc.bdev().name())
+            .field("bdev", &self.inner.bdev.name())
             .finish()
     }
 }
@@ -292,6 +294,7 @@ impl Blobstore {
         }
         Blobstore {
             inner: Arc::new(Inner {
+                bdev: desc.bdev().clone(),
                 io_unit: sb.io_unit_size,
                 cluster_size: sb.cluster_size,
                 md_start: sb.md.start,
@@ -304,7 +307,7 @@ impl Blobstore {
                     hint: 0,
                     blobs,
                 }),
-                desc,
+                desc: Mutex::new(Some(desc)),
                 unloaded: AtomicBool::new(false),
             }),
         }
@@ -318,7 +321,8 @@ impl Blobstore {
         if self.inner.unloaded.load(Ordering::Acquire) {
             return Err(BlobError::Unloaded);
         }
-        chan(&self.inner.desc)
+        let d = self.inner.desc.lock().unwrap_or_else(|e| e.into_inner());
+        chan(d.as_ref().ok_or(BlobError::Unloaded)?)
     }
 
     /// This core's I/O channel for blobs of this store.
@@ -464,8 +468,75 @@ impl Blobstore {
         Ok(())
     }
 
+    /// Closes the device without writing anything (after [`Blobstore::unload`],
+    /// or when the device went away): every call fails with
+    /// [`BlobError::Unloaded`] from now on, and the descriptor is closed
+    /// once the channels got from it are gone.
+    pub fn close(&self) {
+        self.inner.unloaded.store(true, Ordering::Release);
+        self.state().blobs.clear();
+        self.inner
+            .desc
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+    }
+
+    /// Destroys the store: its super block is zeroed (durably), so the
+    /// device no longer holds a store, then it is closed.
+    ///
+    /// # Errors
+    /// [`BlobError::Busy`] while a blob is open or held (nothing
+    /// changed); device errors.
+    pub async fn destroy(&self) -> Result<(), BlobError> {
+        let ch = self.channel()?;
+        {
+            let s = self.state();
+            if let Some(b) = s.blobs.values().find(|b| {
+                b.opens.load(Ordering::Acquire) > 0 || b.busy.load(Ordering::Acquire) > 0
+            }) {
+                return Err(BlobError::Busy {
+                    id: b.id,
+                    why: "open or held by an operation".into(),
+                });
+            }
+        }
+        write_dev_pages(&ch, &[(0, vec![0u8; PAGE_SIZE])]).await?;
+        flush_dev(&ch, self.dev_blocks()).await?;
+        drop(ch);
+        self.close();
+        Ok(())
+    }
+
+    /// The bdev the store is on.
+    pub fn bdev(&self) -> &crate::Bdev {
+        &self.inner.bdev
+    }
+
+    /// Whether blob `id` could be deleted now, counting `own` open handles
+    /// of the caller's as closed (a volume's own bdev keeps its blob open):
+    /// not held by an operation, not a snapshot with two or more clones.
+    ///
+    /// # Errors
+    /// [`BlobError::Busy`] naming what holds it; [`BlobError::NotFound`].
+    pub fn check_delete(&self, id: u64, own: usize) -> Result<(), BlobError> {
+        let st = self.blob(id)?;
+        let clones = self.clones(id).len();
+        let busy = |why: String| Err(BlobError::Busy { id, why });
+        if st.opens.load(Ordering::Acquire) > own {
+            return busy("open".into());
+        }
+        if st.busy.load(Ordering::Acquire) > 0 {
+            return busy("an operation holds it".into());
+        }
+        if clones > 1 {
+            return busy(format!("{clones} clones depend on it"));
+        }
+        Ok(())
+    }
+
     pub(crate) fn dev_blocks(&self) -> u64 {
-        self.inner.desc.bdev().num_blocks()
+        self.inner.bdev.num_blocks()
     }
 
     /// The device's block (the store's I/O unit) in bytes.
@@ -1067,7 +1138,8 @@ impl Blobstore {
     /// # Errors
     /// A store that no longer loads (the reason names the page).
     pub async fn check(&self) -> Result<CheckReport, BlobError> {
-        let l = super::load::load(&self.inner.desc)
+        let ch = self.channel()?;
+        let l = super::load::load_via(&ch)
             .await
             .map_err(|e: LoadError| BlobError::Load(e))?;
         let mut problems = l.problems.clone();

@@ -68,6 +68,14 @@ impl BdevChannel {
         self.state().bdev.props.block_size
     }
 
+    /// The bdev's size in blocks now.
+    pub fn num_blocks(&self) -> u64 {
+        self.state()
+            .bdev
+            .num_blocks
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// I/O in flight on this channel.
     pub fn outstanding(&self) -> usize {
         self.state().outstanding.get()
