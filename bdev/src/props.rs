@@ -29,6 +29,9 @@ pub struct BdevProps {
     /// module gets it (SPDK's `reset_io_drain_timeout`): `None` sends it
     /// at once, and the module aborts what it holds.
     pub reset_io_drain_timeout: Option<std::time::Duration>,
+    /// When the device was made (RFC 3339; Longhorn's volumes carry it),
+    /// shown by `bdev_get_bdevs`.
+    pub creation_time: Option<String>,
 }
 
 impl BdevProps {
@@ -51,6 +54,7 @@ impl BdevProps {
             optimal_io_boundary: None,
             write_cache: false,
             reset_io_drain_timeout: None,
+            creation_time: None,
         }
     }
 }

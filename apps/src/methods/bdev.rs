@@ -71,6 +71,9 @@ pub fn bdev_json(b: &Bdev) -> Value {
     if let Some(t) = b.claim_type() {
         v["claim_type"] = json!(t.name());
     }
+    if let Some(t) = &b.props().creation_time {
+        v["creation_time"] = json!(t);
+    }
     v
 }
 

@@ -470,6 +470,12 @@ impl Blob {
         self.st.map.get(i) != 0
     }
 
+    /// Whether blob cluster `i` reads zeros (neither it nor an ancestor
+    /// nor an external snapshot has it).
+    pub fn reads_zeros(&self, i: u64) -> bool {
+        matches!(self.st.resolve(i), Src::Zeros)
+    }
+
     /// Public xattr `name`.
     pub fn xattr(&self, name: &str) -> Option<Vec<u8>> {
         self.st.md().xattr(name).map(<[u8]>::to_vec)
@@ -539,12 +545,31 @@ impl Blob {
     /// Removes public xattr `name` in memory.
     ///
     /// # Errors
-    /// [`BlobError::NotFound`]... as `ENOENT`: no such xattr
-    /// ([`BlobError::Invalid`] naming it); read-only metadata.
+    /// [`BlobError::Invalid`] naming it when it is not set; read-only
+    /// metadata.
     pub fn remove_xattr(&self, name: &str) -> Result<(), BlobError> {
+        self.remove_any_xattr(false, name)
+    }
+
+    /// Removes internal xattr `name` in memory.
+    ///
+    /// # Errors
+    /// As [`Blob::remove_xattr`].
+    pub fn remove_internal_xattr(&self, name: &str) -> Result<(), BlobError> {
+        self.remove_any_xattr(true, name)
+    }
+
+    fn remove_any_xattr(&self, internal: bool, name: &str) -> Result<(), BlobError> {
         self.check_md_writable()?;
         let mut md = self.st.md();
-        if !drop_xattr(&mut md.xattrs, name) {
+        let gone = if internal {
+            let g = drop_xattr(&mut md.internal_xattrs, name);
+            fix_internal_flag(&mut md);
+            g
+        } else {
+            drop_xattr(&mut md.xattrs, name)
+        };
+        if !gone {
             return Err(BlobError::invalid(format!("xattr {name:?}"), "not set"));
         }
         self.st.dirty.store(true, Ordering::Release);

@@ -256,7 +256,7 @@ impl Blobstore {
     ///
     /// # Errors
     /// [`BlobError::NoSpace`] (the clusters allocated so far stay, the
-    /// parent too); [`BlobError::ReadOnly`] for a snapshot; device errors.
+    /// parent too); device errors.
     pub async fn inflate(&self, id: u64) -> Result<(), BlobError> {
         self.detach(id, true).await
     }
@@ -281,9 +281,8 @@ impl Blobstore {
 
     async fn detach(&self, id: u64, all: bool) -> Result<(), BlobError> {
         let st = self.blob(id)?;
-        if st.read_only.load(Ordering::Acquire) {
-            return Err(BlobError::ReadOnly(id));
-        }
+        // A snapshot may be detached too: it reads the same afterwards
+        // (its clusters filled from its ancestors).
         let _busy = self.hold(id)?;
         let ch = self.channel()?;
         let n = st.num_clusters.load(Ordering::Acquire);

@@ -11,6 +11,7 @@ pub mod aio;
 pub mod crypto;
 pub mod delay;
 pub mod error;
+pub mod lvol;
 pub mod malloc;
 pub mod null;
 pub mod nvme;
@@ -32,19 +33,21 @@ pub fn rpc_methods() -> Vec<Method> {
         nvme::rpc::methods(),
         crypto::rpc::methods(),
         raid::rpc::methods(),
+        lvol::rpc::methods(),
         crate::blob::rpc::methods(),
     ]
     .concat()
 }
 
 /// Registers the modules that examine new bdevs (RAID: members and
-/// superblocks) with the layer; an application calls it once at start,
+/// superblocks; lvol: lvstores) with the layer; an application calls it once at start,
 /// after [`crate::set_runtime`].
 ///
 /// # Errors
 /// The layer's refusal.
 pub fn init() -> Result<(), crate::BdevError> {
-    raid::register()
+    raid::register()?;
+    lvol::register()
 }
 
 /// The `save_config` entries modules write themselves for `subsystem`
