@@ -397,11 +397,13 @@ pub(crate) fn fix_internal_flag(md: &mut BlobMd) {
 pub struct Blob {
     pub(crate) store: Blobstore,
     pub(crate) st: Arc<BlobState>,
+    /// Closed already ([`Blob::release`]).
+    pub(crate) released: AtomicBool,
 }
 
 impl Drop for Blob {
     fn drop(&mut self) {
-        self.st.opens.fetch_sub(1, Ordering::AcqRel);
+        self.release();
     }
 }
 
@@ -624,4 +626,13 @@ impl Blob {
 
     /// Closes the handle (the blob stays in the store).
     pub fn close(self) {}
+
+    /// Closes the handle where it is shared (a volume's bdev, whose
+    /// table may outlive its unregistration): it no longer counts as open
+    /// (the blob can be deleted); reading its state stays safe.
+    pub fn release(&self) {
+        if !self.released.swap(true, Ordering::AcqRel) {
+            self.st.opens.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }

@@ -513,6 +513,12 @@ impl Blobstore {
         &self.inner.bdev
     }
 
+    /// Whether an operation holds blob `id` ([`Blobstore::hold`]).
+    pub fn is_held(&self, id: u64) -> bool {
+        self.blob(id)
+            .is_ok_and(|st| st.busy.load(Ordering::Acquire) > 0)
+    }
+
     /// Whether blob `id` could be deleted now, counting `own` open handles
     /// of the caller's as closed (a volume's own bdev keeps its blob open):
     /// not held by an operation, not a snapshot with two or more clones.
@@ -635,6 +641,7 @@ impl Blobstore {
         Ok(Blob {
             store: self.clone(),
             st,
+            released: AtomicBool::new(false),
         })
     }
 

@@ -188,7 +188,7 @@ pub(crate) async fn examine(name: String) {
     let Some(b) = crate::get(&name) else {
         return;
     };
-    if b.claimed_by().is_some() || b.module() == MODULE && b.props().product_name.is_empty() {
+    if b.claimed_by().is_some() {
         return;
     }
     {
@@ -338,10 +338,12 @@ pub(crate) async fn unload_all() {
 /// checksum); device errors.
 pub async fn delete(lvs: &Arc<Lvs>) -> Result<(), LvolError> {
     let _op = lvs.op.lock().await;
-    for l in lvs.lvols() {
-        lvs.store.check_delete(l.blob_id, usize::MAX).map_err(|e| {
-            LvolError::Busy(format!("lvstore {}: volume {}: {e}", lvs.name(), l.name()))
-        })?;
+    if let Some(l) = lvs.lvols().iter().find(|l| lvs.store.is_held(l.blob_id)) {
+        return Err(LvolError::Busy(format!(
+            "lvstore {}: an operation holds volume {}",
+            lvs.name(),
+            l.name()
+        )));
     }
     remove_store(&lvs.uuid);
     unregister_volumes(lvs).await;

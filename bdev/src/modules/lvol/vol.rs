@@ -241,7 +241,11 @@ impl BdevOps for LvolBdev {
         json!({ "lvol": info(&self.lvol, &self.blob) })
     }
 
-    fn destruct(&self) {}
+    fn destruct(&self) {
+        // The table may outlive the bdev (a `Bdev` kept somewhere): the
+        // blob is closed now, so it can be deleted.
+        self.blob.release();
+    }
 }
 
 /// `driver_specific.lvol` of a volume's bdev (SPDK's fields, and
