@@ -322,18 +322,26 @@ impl Case {
                 }
             }
             94..=96 if !writable.is_empty() => {
-                // Inflate or decouple: the blob reads the same, without
-                // a parent.
+                // Inflate or decouple: the blob reads the same.
                 let id = pick(&mut self.rng, &writable);
                 let mut after = m.clone();
                 let n = m[&id].blocks.len();
+                // Inflate: every block, no parent. Decouple: the
+                // parent's blocks, and the parent's parent next.
+                let p = m[&id].parent;
                 let x = after.get_mut(&id).unwrap();
                 for i in 0..n {
-                    if x.blocks[i].is_none() {
+                    let take = op == 94
+                        || p.is_some_and(|p| m[&p].blocks.get(i).is_some_and(Option::is_some));
+                    if x.blocks[i].is_none() && take {
                         x.blocks[i] = Some(resolve(m, id, i));
                     }
                 }
-                x.parent = None;
+                x.parent = if op == 94 {
+                    None
+                } else {
+                    p.and_then(|p| m[&p].parent)
+                };
                 let r = if op == 94 {
                     s.inflate(id).await
                 } else {

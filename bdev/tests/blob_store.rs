@@ -477,7 +477,12 @@ fn inflate_decouple_and_set_parent_keep_what_the_blob_reads() {
         let s2 = s.create_snapshot(id, &[]).await.unwrap();
         let c = s.create_clone(s2, &[]).await.unwrap();
         let want = all(&b, &ch).await;
-        // Decouple: the clusters its ancestors have (0, 3, 5) are copied.
+        // Decouple, one step at a time: s2's cluster 5 is copied and s1
+        // becomes the parent; then s1's (0, 3), and no parent.
+        s.decouple_parent(id).await.unwrap();
+        assert_eq!(b.parent(), Some(s1));
+        assert_eq!(b.allocated_clusters(), 1);
+        assert!(all(&b, &ch).await == want);
         s.decouple_parent(id).await.unwrap();
         assert_eq!(b.parent(), None);
         assert!(b.is_thin());

@@ -34,7 +34,9 @@ fn store(base: &str, name: &str, cluster: u32) -> Arc<lvol::Lvs> {
 
 fn volume(l: &Arc<lvol::Lvs>, name: &str, mib: u64, thin: bool) -> String {
     let (l, n) = (l.clone(), name.to_owned());
-    on(0, move || async move { ops::create(&l, &n, mib * MIB, thin, None).await.unwrap() })
+    on(0, move || async move {
+        ops::create(&l, &n, mib * MIB, thin, None).await.unwrap()
+    })
 }
 
 /// Reads `n` blocks at `lba` of bdev `name`.
@@ -64,7 +66,10 @@ fn write(name: &str, lba: u64, data: Vec<u8>) {
         let n = data.len() as u64 / bs;
         let mut buf = ch.alloc_buf(data.len()).unwrap();
         buf.write_at(0, &data);
-        let (st, buf) = ch.io(IoType::Write, Some(buf), lba, n, false).await.unwrap();
+        let (st, buf) = ch
+            .io(IoType::Write, Some(buf), lba, n, false)
+            .await
+            .unwrap();
         assert_eq!(st, IoStatus::Success);
         if let Some(b) = buf {
             ch.free_buf(b);
@@ -112,7 +117,10 @@ fn volumes_pass_the_data_test() {
 fn thin_volumes_read_zeros_through_snapshots_clones_and_a_restart() {
     init();
     let path = std::env::temp_dir().join(format!("lvol-test-{}.img", std::process::id()));
-    std::fs::File::create(&path).unwrap().set_len(64 * MIB).unwrap();
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(64 * MIB)
+        .unwrap();
     let p = path.to_str().unwrap().to_owned();
     bdev::modules::aio::create("LvAio", &p, Some(512), false, None).unwrap();
     let l = store("LvAio", "lvs_z", MIB as u32);
@@ -122,7 +130,10 @@ fn thin_volumes_read_zeros_through_snapshots_clones_and_a_restart() {
     let pattern: Vec<u8> = (0..64 * 1024).map(|i| (i * 7 + 3) as u8).collect();
     write(&thin, 2048 + 8, pattern.clone());
     let back = read(&thin, 2048, 256);
-    assert!(back[..4096].iter().all(|&b| b == 0), "the cluster's head reads zeros");
+    assert!(
+        back[..4096].iter().all(|&b| b == 0),
+        "the cluster's head reads zeros"
+    );
     assert_eq!(&back[4096..4096 + pattern.len()], &pattern[..]);
     assert!(read(&thin, 0, 2048).iter().all(|&b| b == 0));
     assert_eq!(io(&thin, IoType::Flush, 0, 8 * 2048), IoStatus::Success);
@@ -147,7 +158,9 @@ fn thin_volumes_read_zeros_through_snapshots_clones_and_a_restart() {
     assert_eq!(read(&clone, 2048, 256), want);
     assert_eq!(read(&thin, 2048, 256), back);
     // Restart: the base goes (the store unloads), comes back, is tasted.
-    on(0, || async { bdev::modules::aio::delete("LvAio").await.unwrap() });
+    on(0, || async {
+        bdev::modules::aio::delete("LvAio").await.unwrap()
+    });
     assert!(bdev::get(&thin).is_none());
     assert!(lvol::lvs_by(None, Some("lvs_z")).is_err());
     bdev::modules::aio::create("LvAio", &p, Some(512), false, None).unwrap();
@@ -160,7 +173,9 @@ fn thin_volumes_read_zeros_through_snapshots_clones_and_a_restart() {
         bdev::get("lvs_z/clone").map(|b| b.name().to_owned()),
         Some(clone.clone())
     );
-    on(0, || async { bdev::modules::aio::delete("LvAio").await.unwrap() });
+    on(0, || async {
+        bdev::modules::aio::delete("LvAio").await.unwrap()
+    });
     std::fs::remove_file(&path).unwrap();
 }
 

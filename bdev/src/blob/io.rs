@@ -382,7 +382,12 @@ impl Blob {
         self.zero(ch, offset, n).await
     }
 
-    pub(crate) async fn zero(&self, ch: &BdevChannel, offset: u64, n: u64) -> Result<(), BlobError> {
+    pub(crate) async fn zero(
+        &self,
+        ch: &BdevChannel,
+        offset: u64,
+        n: u64,
+    ) -> Result<(), BlobError> {
         if self.is_read_only() {
             return Err(BlobError::ReadOnly(self.id()));
         }

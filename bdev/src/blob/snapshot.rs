@@ -261,9 +261,10 @@ impl Blobstore {
         self.detach(id, true).await
     }
 
-    /// Decouples blob `id` from its parent: the clusters its ancestors
-    /// have are copied into it, then it forgets its parent (it stays
-    /// thin). As [`Blobstore::inflate`] otherwise.
+    /// Decouples blob `id` from its parent: the clusters its parent has
+    /// are copied into it, then the parent's parent (or external
+    /// snapshot) becomes its parent (it stays thin), as SPDK. As
+    /// [`Blobstore::inflate`] otherwise.
     ///
     /// # Errors
     /// As [`Blobstore::inflate`]; [`BlobError::Invalid`] without a parent.
@@ -286,16 +287,48 @@ impl Blobstore {
         let _busy = self.hold(id)?;
         let ch = self.channel()?;
         let n = st.num_clusters.load(Ordering::Acquire);
+        // Decoupling takes one step up the chain (as SPDK): the clusters
+        // the parent has are copied in, and the parent's parent (or its
+        // external snapshot) becomes the blob's. An external snapshot of
+        // the blob's own is copied whole.
+        let parent = st.parent();
         for i in 0..n {
-            if st.map.get(i) == 0 && (all || !matches!(st.resolve(i), Src::Zeros)) {
+            if st.map.get(i) != 0 {
+                continue;
+            }
+            let take = if all {
+                true
+            } else {
+                match &parent {
+                    Some(p) => i < p.num_clusters.load(Ordering::Acquire) && p.map.get(i) != 0,
+                    None => !matches!(st.resolve(i), Src::Zeros),
+                }
+            };
+            if take {
                 self.allocate_cluster(&ch, &st, i).await?;
             }
         }
+        let (next, next_esnap) = match (&parent, all) {
+            (Some(p), false) => {
+                let e = p
+                    .esnap
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_ref()
+                    .map(|e| (e.id.clone(), e.dev.clone()));
+                (p.parent(), e)
+            }
+            _ => (None, None),
+        };
         let _l = st.lock.lock().await;
         let mut md = st.md().clone();
-        set_parent_xattr(&mut md, None);
+        set_parent_xattr(&mut md, next.as_ref().map(|g| g.id));
         drop_xattr(&mut md.internal_xattrs, XATTR_EXTERNAL_SNAPSHOT);
         md.invalid_flags &= !FLAG_EXTERNAL_SNAPSHOT;
+        if let Some((eid, _)) = &next_esnap {
+            put_xattr(&mut md.internal_xattrs, XATTR_EXTERNAL_SNAPSHOT, eid);
+            md.invalid_flags |= FLAG_EXTERNAL_SNAPSHOT;
+        }
         super::handle::fix_internal_flag(&mut md);
         if all {
             md.invalid_flags &= !FLAG_THIN_PROV;
@@ -303,8 +336,9 @@ impl Blobstore {
         // Clusters allocated by writes meanwhile are in `md` already; a
         // shrink meanwhile left fewer.
         self.persist(&st, md, true).await?;
-        st.set_parent(None);
-        *st.esnap.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        st.set_parent(next);
+        *st.esnap.lock().unwrap_or_else(|e| e.into_inner()) =
+            next_esnap.map(|(id, dev)| super::handle::Esnap { id, dev });
         if all {
             st.thin.store(false, Ordering::Release);
         }

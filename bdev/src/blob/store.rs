@@ -492,9 +492,11 @@ impl Blobstore {
         let ch = self.channel()?;
         {
             let s = self.state();
-            if let Some(b) = s.blobs.values().find(|b| {
-                b.opens.load(Ordering::Acquire) > 0 || b.busy.load(Ordering::Acquire) > 0
-            }) {
+            if let Some(b) = s
+                .blobs
+                .values()
+                .find(|b| b.opens.load(Ordering::Acquire) > 0 || b.busy.load(Ordering::Acquire) > 0)
+            {
                 return Err(BlobError::Busy {
                     id: b.id,
                     why: "open or held by an operation".into(),
@@ -511,6 +513,46 @@ impl Blobstore {
     /// The bdev the store is on.
     pub fn bdev(&self) -> &crate::Bdev {
         &self.inner.bdev
+    }
+
+    /// Clears the device clusters blob `id` owns (unmap, or write
+    /// zeroes), then flushes: before a deletion that should not leave its
+    /// data behind.
+    ///
+    /// # Errors
+    /// [`BlobError::NotFound`]; device errors.
+    pub async fn clear_blob(&self, id: u64, unmap: bool) -> Result<(), BlobError> {
+        let st = self.blob(id)?;
+        let cs: Vec<u32> = st
+            .md()
+            .clusters
+            .iter()
+            .copied()
+            .filter(|&c| c != 0)
+            .collect();
+        if cs.is_empty() {
+            return Ok(());
+        }
+        let ch = self.channel()?;
+        let upc = self.units_per_cluster();
+        let mut sorted = cs;
+        sorted.sort_unstable();
+        let mut i = 0;
+        while i < sorted.len() {
+            let mut j = i + 1;
+            while j < sorted.len() && sorted[j] == sorted[j - 1] + 1 {
+                j += 1;
+            }
+            let lba = u64::from(sorted[i]) * upc;
+            let n = (j - i) as u64 * upc;
+            if unmap && !self.inner.bdev.io_type_supported(IoType::Unmap) {
+                zero_dev(&ch, lba, n, false).await?;
+            } else {
+                zero_dev(&ch, lba, n, unmap).await?;
+            }
+            i = j;
+        }
+        flush_dev(&ch, self.dev_blocks()).await
     }
 
     /// Whether an operation holds blob `id` ([`Blobstore::hold`]).

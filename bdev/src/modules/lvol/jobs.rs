@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use base64::Engine;
 use serde_json::{Value, json};
 
-use super::{LvolError, Lvol, Lvs, lock};
+use super::{Lvol, LvolError, Lvs, lock};
 use crate::blob::Blob;
 use crate::{Desc, IoStatus, IoType};
 
@@ -120,7 +120,8 @@ pub fn start_copy(
             lvol.alias()
         )));
     }
-    let d = crate::get(dst).ok_or_else(|| LvolError::NotFound(format!("bdev {dst} does not exist")))?;
+    let d =
+        crate::get(dst).ok_or_else(|| LvolError::NotFound(format!("bdev {dst} does not exist")))?;
     if d.claimed_by().is_some() {
         return Err(LvolError::Busy(format!("bdev {dst} is claimed")));
     }
@@ -153,8 +154,7 @@ pub fn start_copy(
                     lvol.alias()
                 )));
             }
-            if list.iter().any(|&c| !blob.is_allocated(c)) && !d.io_type_supported(IoType::Unmap)
-            {
+            if list.iter().any(|&c| !blob.is_allocated(c)) && !d.io_type_supported(IoType::Unmap) {
                 return Err(LvolError::Invalid(format!(
                     "bdev {dst} cannot unmap the clusters lvol {} does not own",
                     lvol.alias()
@@ -192,7 +192,13 @@ pub fn start_copy(
 /// Bytes moved per I/O of a copy or checksum.
 const STEP: u64 = 1 << 20;
 
-async fn dev(ch: &crate::BdevChannel, ty: IoType, lba: u64, n: u64, what: &str) -> Result<(), String> {
+async fn dev(
+    ch: &crate::BdevChannel,
+    ty: IoType,
+    lba: u64,
+    n: u64,
+    what: &str,
+) -> Result<(), String> {
     let (st, _) = ch
         .io(ty, None, lba, n, false)
         .await
@@ -246,7 +252,14 @@ async fn copy(
             }
             p.done.fetch_add(1, Ordering::AcqRel);
         } else if matches!(kind, CopyKind::Range(_)) {
-            dev(&out, IoType::Unmap, c * upc, upc, "unmapping the destination").await?;
+            dev(
+                &out,
+                IoType::Unmap,
+                c * upc,
+                upc,
+                "unmapping the destination",
+            )
+            .await?;
             p.unmapped.fetch_add(1, Ordering::AcqRel);
         } else {
             // Deep: a cluster that reads zeros is left alone (counted).
@@ -254,7 +267,14 @@ async fn copy(
         }
     }
     if dst.bdev().io_type_supported(IoType::Flush) {
-        dev(&out, IoType::Flush, 0, dst.bdev().num_blocks(), "flushing the destination").await?;
+        dev(
+            &out,
+            IoType::Flush,
+            0,
+            dst.bdev().num_blocks(),
+            "flushing the destination",
+        )
+        .await?;
     }
     Ok(())
 }
@@ -325,17 +345,17 @@ impl From<crate::blob::BlobError> for ChecksumError {
 pub async fn checksum(lvs: &Arc<Lvs>, lvol: &Arc<Lvol>, range: bool) -> Result<(), ChecksumError> {
     let blob = lvs.store.open_blob(lvol.blob_id)?;
     if !blob.is_read_only() {
-        return Err(LvolError::NotPermitted(format!("lvol {} is not a snapshot", lvol.alias())).into());
+        return Err(
+            LvolError::NotPermitted(format!("lvol {} is not a snapshot", lvol.alias())).into(),
+        );
     }
     let stop = Arc::new(AtomicBool::new(false));
     {
         let mut r = lock(&RUNNING);
         if r.iter().any(|(id, _)| *id == lvol.blob_id) {
-            return Err(LvolError::Busy(format!(
-                "a checksum of {} is running",
-                lvol.alias()
-            ))
-            .into());
+            return Err(
+                LvolError::Busy(format!("a checksum of {} is running", lvol.alias())).into(),
+            );
         }
         r.push((lvol.blob_id, stop.clone()));
     }
@@ -357,7 +377,11 @@ pub async fn checksum(lvs: &Arc<Lvs>, lvol: &Arc<Lvol>, range: bool) -> Result<(
     Ok(())
 }
 
-async fn compute(blob: &Blob, range: bool, stop: &AtomicBool) -> Result<(u64, Option<Vec<u64>>), ChecksumError> {
+async fn compute(
+    blob: &Blob,
+    range: bool,
+    stop: &AtomicBool,
+) -> Result<(u64, Option<Vec<u64>>), ChecksumError> {
     let store = &blob.store;
     let ch = store.io_channel()?;
     let unit = u64::from(store.io_unit_size());
@@ -379,9 +403,7 @@ async fn compute(blob: &Blob, range: bool, stop: &AtomicBool) -> Result<(u64, Op
             }
             let k = step.min(upc - at);
             let len = (k * unit) as usize;
-            let buf = ch
-                .alloc_buf(len)
-                .map_err(|e| LvolError::Bdev(e))?;
+            let buf = ch.alloc_buf(len).map_err(|e| LvolError::Bdev(e))?;
             let buf = blob.read(&ch, c * upc + at, k, buf).await?;
             buf.read_at(0, &mut data[..len]);
             ch.free_buf(buf);
@@ -433,7 +455,12 @@ pub fn get_checksum(lvs: &Lvs, lvol: &Lvol) -> Result<u64, LvolError> {
 ///
 /// # Errors
 /// ENOENT when none are stored; EINVAL for a range past them.
-pub fn get_range_checksums(lvs: &Lvs, lvol: &Lvol, start: u64, count: u64) -> Result<Vec<(u64, u64)>, LvolError> {
+pub fn get_range_checksums(
+    lvs: &Lvs,
+    lvol: &Lvol,
+    start: u64,
+    count: u64,
+) -> Result<Vec<(u64, u64)>, LvolError> {
     let b = lvs.store.open_blob(lvol.blob_id)?;
     let mut words = Vec::new();
     for k in 0.. {
@@ -446,7 +473,9 @@ pub fn get_range_checksums(lvs: &Lvs, lvol: &Lvol, start: u64, count: u64) -> Re
         }
     }
     let Some((&n, per)) = words.split_first() else {
-        return Err(LvolError::Blob(crate::blob::BlobError::NotFound(lvol.blob_id)));
+        return Err(LvolError::Blob(crate::blob::BlobError::NotFound(
+            lvol.blob_id,
+        )));
     };
     let n = n.min(per.len() as u64);
     if start >= n || start.checked_add(count).is_none_or(|e| e > n) {
@@ -454,7 +483,9 @@ pub fn get_range_checksums(lvs: &Lvs, lvol: &Lvol, start: u64, count: u64) -> Re
             "clusters {start}..+{count}: {n} checksums are stored"
         )));
     }
-    Ok((start..start + count).map(|c| (c, per[c as usize])).collect())
+    Ok((start..start + count)
+        .map(|c| (c, per[c as usize]))
+        .collect())
 }
 
 /// Drops the checksums stored on blob `b` (its clusters are about to
@@ -482,7 +513,11 @@ pub fn fragmap(lvs: &Lvs, lvol: &Lvol, offset: u64, size: u64) -> Result<Value, 
     let b = lvs.store.open_blob(lvol.blob_id)?;
     let cs = u64::from(lvs.store.cluster_size());
     let total = b.num_clusters() * cs;
-    let size = if size == 0 { total.saturating_sub(offset) } else { size };
+    let size = if size == 0 {
+        total.saturating_sub(offset)
+    } else {
+        size
+    };
     if offset.checked_add(size).is_none_or(|e| e > total) || offset % cs != 0 || size % cs != 0 {
         return Err(LvolError::Invalid(format!(
             "fragmap of {size} bytes at {offset}: lvol {} has {total} bytes in clusters of {cs}",

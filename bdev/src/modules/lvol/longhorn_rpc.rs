@@ -17,13 +17,18 @@ pub fn methods() -> Vec<Method> {
         Method::new("bdev_lvol_get_xattr", get_xattr),
         Method::new("bdev_lvol_get_fragmap", get_fragmap),
         Method::new("bdev_lvol_detach_parent", detach_parent),
-        Method::new("bdev_lvol_register_snapshot_checksum", |p| register_checksum(p, false)),
+        Method::new("bdev_lvol_register_snapshot_checksum", |p| {
+            register_checksum(p, false)
+        }),
         Method::new("bdev_lvol_register_snapshot_range_checksums", |p| {
             register_checksum(p, true)
         }),
         Method::new("bdev_lvol_get_snapshot_checksum", get_checksum),
         Method::new("bdev_lvol_stop_snapshot_checksum", stop_checksum),
-        Method::new("bdev_lvol_get_snapshot_range_checksums", get_range_checksums),
+        Method::new(
+            "bdev_lvol_get_snapshot_range_checksums",
+            get_range_checksums,
+        ),
         Method::new("bdev_lvol_start_range_shallow_copy", start_range_copy),
         Method::new("bdev_lvol_start_deep_copy", start_deep_copy),
         Method::new("bdev_lvol_check_deep_copy", check_deep_copy),
@@ -35,7 +40,9 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<Value, LvolError>> + 'static,
 {
-    Ok(Call::reactor(move || async move { f().await.map_err(lvol_err) }))
+    Ok(Call::reactor(
+        move || async move { f().await.map_err(lvol_err) },
+    ))
 }
 
 /// `bdev_lvol_set_xattr`'s parameters.

@@ -4,11 +4,16 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::{LvolError, Lvol, Lvs, MODULE, NAME_MAX, add_store, check_name, lock, remove_store, stores, vol};
+use super::{
+    Lvol, LvolError, Lvs, MODULE, NAME_MAX, add_store, check_name, lock, remove_store, stores, vol,
+};
 use crate::blob::super_block::SuperBlock;
 use crate::blob::{BlobOptions, Blobstore, ClearMethod, PAGE_SIZE, StoreOptions};
 use crate::oplock::OpLock;
 use crate::{BdevEvent, ClaimType, Desc, IoStatus, IoType};
+
+/// The fewest metadata pages a new lvstore gets.
+pub const MIN_MD_PAGES: u64 = 64;
 
 /// A new lvstore's parameters (`bdev_lvol_create_lvstore`).
 #[derive(Clone, Debug)]
@@ -72,11 +77,13 @@ fn on_base_event(base: &str, ev: BdevEvent) {
 /// Opens `base` for writing and claims it for the module.
 fn open_base(base: &str) -> Result<Desc, LvolError> {
     let b = base.to_owned();
-    let mut desc = crate::open(base, true, move |_, ev| on_base_event(&b, ev)).map_err(|e| match e
-    {
-        crate::BdevError::NotFound(_) => LvolError::NotFound(format!("bdev {base} does not exist")),
-        e => LvolError::Bdev(e),
-    })?;
+    let mut desc =
+        crate::open(base, true, move |_, ev| on_base_event(&b, ev)).map_err(|e| match e {
+            crate::BdevError::NotFound(_) => {
+                LvolError::NotFound(format!("bdev {base} does not exist"))
+            }
+            e => LvolError::Bdev(e),
+        })?;
     desc.claim_for(MODULE, None, ClaimType::ExclusiveWrite, 0)?;
     Ok(desc)
 }
@@ -101,7 +108,11 @@ pub async fn create(base: &str, name: &str, opts: &LvsOptions) -> Result<String,
     let desc = open_base(base)?;
     let bdev = desc.bdev().clone();
     let total = bdev.num_blocks() * u64::from(bdev.block_size()) / u64::from(opts.cluster_size);
-    let md_pages = (u64::from(opts.md_pages_per_cluster_ratio) * total / 100).max(1);
+    // At least 64 pages (256 KiB): every metadata change here writes its
+    // new pages beside the old ones before the switch (crash safety), so
+    // a store of a few clusters needs a few spare pages; on 1 MiB or
+    // larger clusters they fit in the first cluster with the rest.
+    let md_pages = (u64::from(opts.md_pages_per_cluster_ratio) * total / 100).max(MIN_MD_PAGES);
     let so = StoreOptions {
         cluster_size: opts.cluster_size,
         md_pages: Some(u32::try_from(md_pages).unwrap_or(u32::MAX)),
@@ -213,9 +224,9 @@ pub async fn load(base: &str) -> Result<Arc<Lvs>, LvolError> {
     let desc = open_base(base)?;
     let store = Blobstore::load(desc).await?;
     let named = async {
-        let sup = store
-            .super_blob()
-            .ok_or_else(|| LvolError::Invalid(format!("the lvstore on {base} has no super blob")))?;
+        let sup = store.super_blob().ok_or_else(|| {
+            LvolError::Invalid(format!("the lvstore on {base} has no super blob"))
+        })?;
         let b = store.open_blob(sup)?;
         let uuid = b.xattr("uuid").map(|v| from_cstr(&v));
         let name = b.xattr("name").map(|v| from_cstr(&v));
@@ -263,7 +274,9 @@ pub async fn load(base: &str) -> Result<Arc<Lvs>, LvolError> {
             continue;
         };
         let lname = blob.xattr("name").map(|v| from_cstr(&v));
-        let luuid = blob.xattr("uuid").map(|v| from_cstr(&v).to_ascii_lowercase());
+        let luuid = blob
+            .xattr("uuid")
+            .map(|v| from_cstr(&v).to_ascii_lowercase());
         let (Some(lname), Some(luuid)) = (lname, luuid) else {
             log::warn!("lvol: lvstore {name}: blob {id:#x} has no name or UUID; not a volume");
             continue;
@@ -273,6 +286,7 @@ pub async fn load(base: &str) -> Result<Arc<Lvs>, LvolError> {
             blob_id: id,
             uuid: luuid,
             name: Mutex::new(lname),
+            clear: Mutex::new(ClearMethod::Unmap),
         });
         lvs.add_lvol(lvol.clone());
         if let Err(e) = vol::register(&lvs, lvol.clone(), blob) {
@@ -307,7 +321,10 @@ async fn hot_remove(base: &str) {
     remove_store(&lvs.uuid);
     unregister_volumes(&lvs).await;
     if let Err(e) = lvs.store.unload().await {
-        log::warn!("lvol: lvstore {} on removed {base}: unload: {e}", lvs.name());
+        log::warn!(
+            "lvol: lvstore {} on removed {base}: unload: {e}",
+            lvs.name()
+        );
     }
     lvs.store.close();
     lock(&lvs.lvols).clear();

@@ -156,6 +156,8 @@ pub struct Lvol {
     /// Its UUID, and its bdev's name.
     pub uuid: String,
     name: Mutex<String>,
+    /// How its clusters are cleared when it is deleted.
+    pub(crate) clear: Mutex<crate::blob::ClearMethod>,
 }
 
 impl std::fmt::Debug for Lvol {
@@ -271,7 +273,9 @@ pub fn check_name(what: &str, name: &str) -> Result<(), LvolError> {
         )));
     }
     if name.contains('\0') {
-        return Err(LvolError::Invalid(format!("{what} {name:?}: contains a NUL")));
+        return Err(LvolError::Invalid(format!(
+            "{what} {name:?}: contains a NUL"
+        )));
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::lvs::{cstr, from_cstr, name_xattr};
-use super::{LvolError, Lvol, Lvs, MODULE, check_name, vol};
+use super::{Lvol, LvolError, Lvs, MODULE, check_name, vol};
 use crate::blob::{BlobError, BlobOptions, ClearMethod};
 
 /// Longhorn's xattr holding a volume's creation time (RFC 3339, UTC).
@@ -16,7 +16,12 @@ pub const XATTR_CREATION_TIME: &str = "creation_time";
 
 /// The xattr names the volume layer keeps for itself (not settable by
 /// users: SPDK's and Longhorn's).
-pub const RESERVED: [&str; 4] = ["name", "uuid", XATTR_CREATION_TIME, super::jobs::XATTR_CHECKSUM];
+pub const RESERVED: [&str; 4] = [
+    "name",
+    "uuid",
+    XATTR_CREATION_TIME,
+    super::jobs::XATTR_CHECKSUM,
+];
 
 /// Now, as RFC 3339 in UTC to the second (`2026-11-28T03:22:14Z`).
 pub fn now_rfc3339() -> String {
@@ -96,6 +101,7 @@ async fn adopt(lvs: &Arc<Lvs>, id: u64, name: &str, uuid: &str) -> Result<Arc<Lv
         blob_id: id,
         uuid: uuid.to_owned(),
         name: Mutex::new(name.to_owned()),
+        clear: Mutex::new(ClearMethod::Unmap),
     });
     let blob = lvs.store.open_blob(id)?;
     lvs.add_lvol(lvol.clone());
@@ -128,6 +134,22 @@ pub async fn create(
     thin: bool,
     uuid: Option<&str>,
 ) -> Result<String, LvolError> {
+    create_with(lvs, name, size, thin, uuid, ClearMethod::Unmap).await
+}
+
+/// [`create`] with the clear method its clusters get when it is deleted
+/// (SPDK's `clear_method`: kept in memory; the default after a restart).
+///
+/// # Errors
+/// As [`create`].
+pub async fn create_with(
+    lvs: &Arc<Lvs>,
+    name: &str,
+    size: u64,
+    thin: bool,
+    uuid: Option<&str>,
+    clear: ClearMethod,
+) -> Result<String, LvolError> {
     let _op = lvs.op.lock().await;
     check_free_name(lvs, name)?;
     let uuid = match uuid {
@@ -158,7 +180,8 @@ pub async fn create(
             xattrs: volume_xattrs(name, &uuid, &[]),
         })
         .await?;
-    adopt(lvs, id, name, &uuid).await?;
+    let lvol = adopt(lvs, id, name, &uuid).await?;
+    *lvol.clear.lock().unwrap_or_else(|e| e.into_inner()) = clear;
     log::info!("lvol: {}/{name} ({uuid}) created, {n} clusters", lvs.name());
     Ok(uuid)
 }
@@ -191,6 +214,15 @@ pub async fn delete(lvs: &Arc<Lvs>, lvol: &Arc<Lvol>) -> Result<(), LvolError> {
         && let Err(e) = c.sync_md().await
     {
         log::warn!("lvol: dropping the checksum of blob {:#x}: {e}", clones[0]);
+    }
+    // Its own clusters cleared as asked (none are shared: a snapshot
+    // merged into its clone hands them over instead), before the
+    // metadata goes: once freed they may be someone else's.
+    let clear = *lvol.clear.lock().unwrap_or_else(|e| e.into_inner());
+    if clones.is_empty() && clear != ClearMethod::None {
+        lvs.store
+            .clear_blob(id, clear == ClearMethod::Unmap)
+            .await?;
     }
     let r = quiesced(&merged_into, lvs.store.delete_blob(id)).await;
     if let Err(e) = r {
@@ -242,7 +274,11 @@ pub async fn snapshot(
     )
     .await?;
     adopt(lvs, sid, name, &uuid).await?;
-    log::info!("lvol: snapshot {}/{name} of {} taken", lvs.name(), lvol.alias());
+    log::info!(
+        "lvol: snapshot {}/{name} of {} taken",
+        lvs.name(),
+        lvol.alias()
+    );
     Ok(uuid)
 }
 
@@ -320,13 +356,8 @@ pub async fn resize(lvs: &Arc<Lvs>, lvol: &Arc<Lvol>, size: u64) -> Result<(), L
             lvol.alias()
         )));
     }
+    // Size 0 is allowed, as SPDK (the bdev has no blocks until it grows).
     let n = clusters_for(lvs, size);
-    if n == 0 {
-        return Err(LvolError::Invalid(format!(
-            "lvol {}: size 0; at least one cluster is needed",
-            lvol.alias()
-        )));
-    }
     let had = b.num_clusters();
     if n == had {
         return Ok(());
@@ -384,7 +415,11 @@ pub async fn detach(lvs: &Arc<Lvs>, lvol: &Arc<Lvol>, all: bool) -> Result<(), L
 /// # Errors
 /// EINVAL: `lvol` not thin, `parent` not a snapshot, larger than the
 /// volume, the parent already, or a loop; device errors.
-pub async fn set_parent(lvs: &Arc<Lvs>, lvol: &Arc<Lvol>, parent: &Arc<Lvol>) -> Result<(), LvolError> {
+pub async fn set_parent(
+    lvs: &Arc<Lvs>,
+    lvol: &Arc<Lvol>,
+    parent: &Arc<Lvol>,
+) -> Result<(), LvolError> {
     let _op = lvs.op.lock().await;
     let b = lvs.store.open_blob(lvol.blob_id)?;
     let p = lvs.store.open_blob(parent.blob_id)?;
@@ -412,7 +447,11 @@ pub async fn set_parent(lvs: &Arc<Lvs>, lvol: &Arc<Lvol>, parent: &Arc<Lvol>) ->
 /// # Errors
 /// ENODEV for a missing bdev; EINVAL for a volume that is not thin or the
 /// same parent; device errors.
-pub async fn set_parent_bdev(lvs: &Arc<Lvs>, lvol: &Arc<Lvol>, esnap: &str) -> Result<(), LvolError> {
+pub async fn set_parent_bdev(
+    lvs: &Arc<Lvs>,
+    lvol: &Arc<Lvol>,
+    esnap: &str,
+) -> Result<(), LvolError> {
     let _op = lvs.op.lock().await;
     let e = crate::get(esnap)
         .or_else(|| crate::list().into_iter().find(|b| b.uuid() == esnap))
@@ -443,7 +482,12 @@ pub async fn set_parent_bdev(lvs: &Arc<Lvs>, lvol: &Arc<Lvol>, esnap: &str) -> R
 ///
 /// # Errors
 /// EINVAL for a reserved or bad name; device errors.
-pub async fn set_xattr(lvs: &Arc<Lvs>, lvol: &Arc<Lvol>, name: &str, value: &str) -> Result<(), LvolError> {
+pub async fn set_xattr(
+    lvs: &Arc<Lvs>,
+    lvol: &Arc<Lvol>,
+    name: &str,
+    value: &str,
+) -> Result<(), LvolError> {
     if RESERVED.contains(&name) {
         return Err(LvolError::Invalid(format!(
             "xattr {name} is the volume's own; it cannot be set"
@@ -489,6 +533,9 @@ mod tests {
     fn rfc3339_shape() {
         let t = now_rfc3339();
         assert_eq!(t.len(), 20, "{t}");
-        assert!(t.starts_with("20") && t.ends_with('Z') && t.as_bytes()[10] == b'T', "{t}");
+        assert!(
+            t.starts_with("20") && t.ends_with('Z') && t.as_bytes()[10] == b'T',
+            "{t}"
+        );
     }
 }

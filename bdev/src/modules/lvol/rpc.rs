@@ -57,7 +57,9 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<Value, LvolError>> + 'static,
 {
-    Ok(Call::reactor(move || async move { f().await.map_err(lvol_err) }))
+    Ok(Call::reactor(
+        move || async move { f().await.map_err(lvol_err) },
+    ))
 }
 
 /// `bdev_lvol_create_lvstore`'s parameters.
@@ -156,11 +158,15 @@ pub struct RenameParams {
 
 fn rename_lvstore(params: Value) -> Result<Call, RpcError> {
     let p: RenameParams = decode(params)?;
-    task(move || async move {
-        let l = lvs_by(None, Some(&p.old_name))?;
-        lvs::rename(&l, &p.new_name).await?;
+    Ok(Call::reactor(move || async move {
+        // SPDK's own answer for an unknown store here.
+        let l = lvs_by(None, Some(&p.old_name)).map_err(|_| RpcError {
+            code: -libc::ENOENT,
+            message: format!("Lvol store {} not found", p.old_name),
+        })?;
+        lvs::rename(&l, &p.new_name).await.map_err(lvol_err)?;
         Ok(json!(true))
-    })
+    }))
 }
 
 /// `bdev_lvol_create`'s parameters.
@@ -177,8 +183,8 @@ pub struct CreateParams {
     pub size_in_mib: u64,
     /// Thin provisioned.
     pub thin_provision: Option<bool>,
-    /// "none", "unmap" or "write_zeroes": how freed clusters are cleared
-    /// (accepted; clusters are zeroed when allocated here anyway).
+    /// "none", "unmap" (default) or "write_zeroes": how its clusters are
+    /// cleared when it is deleted.
     pub clear_method: Option<String>,
     /// The volume's UUID (a new one when absent).
     pub lvol_uuid: Option<String>,
@@ -186,23 +192,25 @@ pub struct CreateParams {
 
 fn create(params: Value) -> Result<Call, RpcError> {
     let p: CreateParams = decode(params)?;
-    if let Some(c) = &p.clear_method {
-        ops::clear_method(c).map_err(|_| RpcError {
-            code: crate::rpc::INVALID_PARAMS,
-            message: "Invalid clear_method parameter".into(),
-        })?;
-    }
+    let clear = match &p.clear_method {
+        Some(c) => ops::clear_method(c).map_err(|_| RpcError {
+            code: -libc::EINVAL,
+            message: "Invalid clean_method option".into(),
+        })?,
+        None => crate::blob::ClearMethod::Unmap,
+    };
     task(move || async move {
         let l = lvs_by(p.uuid.as_deref(), p.lvs_name.as_deref())?;
         let size = p.size_in_mib.checked_mul(1 << 20).ok_or_else(|| {
             LvolError::Invalid(format!("size_in_mib {} is too large", p.size_in_mib))
         })?;
-        let uuid = ops::create(
+        let uuid = ops::create_with(
             &l,
             &p.lvol_name,
             size,
             p.thin_provision.unwrap_or(false),
             p.lvol_uuid.as_deref(),
+            clear,
         )
         .await?;
         Ok(json!(uuid))
@@ -466,6 +474,7 @@ pub struct CheckCopyParams {
 fn check_copy(params: Value) -> Result<Call, RpcError> {
     let p: CheckCopyParams = decode(params)?;
     // An unknown (or finished and read) operation: -19, as SPDK.
-    let v = jobs::copy_status(p.operation_id, false).ok_or_else(|| RpcError::errno(libc::ENODEV))?;
+    let v =
+        jobs::copy_status(p.operation_id, false).ok_or_else(|| RpcError::errno(libc::ENODEV))?;
     Ok(Call::Done(v))
 }

@@ -287,7 +287,10 @@ pub(crate) fn info(lvol: &Lvol, blob: &Blob) -> Value {
     if blob.is_read_only() {
         m.insert("clones".into(), json!(clones));
     }
-    m.insert("esnap_clone".into(), json!(blob.external_parent().is_some()));
+    m.insert(
+        "esnap_clone".into(),
+        json!(blob.external_parent().is_some()),
+    );
     if let Some(e) = blob.external_parent() {
         let name = crate::list()
             .into_iter()
@@ -306,12 +309,7 @@ pub(crate) fn info(lvol: &Lvol, blob: &Blob) -> Value {
 pub(crate) fn register(lvs: &Lvs, lvol: Arc<Lvol>, blob: Blob) -> Result<crate::Bdev, BdevError> {
     let store = lvs.store.clone();
     let unit = store.io_unit_size();
-    let mut props = BdevProps::new(
-        lvol.uuid.clone(),
-        PRODUCT_NAME,
-        unit,
-        blob.num_io_units(),
-    );
+    let mut props = BdevProps::new(lvol.uuid.clone(), PRODUCT_NAME, unit, blob.num_io_units());
     props.aliases = vec![lvol.alias()];
     props.uuid = Some(lvol.uuid.clone());
     props.optimal_io_boundary = Some(store.units_per_cluster());
