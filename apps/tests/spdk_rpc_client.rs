@@ -440,23 +440,6 @@ fn crypto_engine_override_is_used_and_reported() {
     assert_eq!(a.json(&["accel_crypto_keys_get"]), json!([]));
 }
 
-/// The request Go's `encoding/json` Encoder writes with `SetIndent("",
-/// "\t")` for a message of (id, jsonrpc, method, params), the way
-/// Longhorn's client (go-spdk-helper) calls: tab-indented over several
-/// lines, `"params": null` for a call without parameters, a newline after.
-fn go_encoded(id: u64, method: &str, params: &Value) -> String {
-    let params = match params {
-        Value::Null => "null".to_owned(),
-        p => serde_json::to_string_pretty(p)
-            .unwrap()
-            .replace("  ", "\t")
-            .replace('\n', "\n\t"),
-    };
-    format!(
-        "{{\n\t\"id\": {id},\n\t\"jsonrpc\": \"2.0\",\n\t\"method\": \"{method}\",\n\t\"params\": {params}\n}}\n"
-    )
-}
-
 /// A client that writes like Longhorn's Go client: every call on one
 /// connection, `"params": null` when there are none, each reply read on its
 /// own; the answers come in order, with the request's id.
@@ -478,7 +461,7 @@ fn a_go_style_client_with_null_params_is_served() {
     let mut replies = Vec::new();
     for (i, (method, params)) in calls.iter().enumerate() {
         let id = 100 + i as u64;
-        let req = go_encoded(id, method, params);
+        let req = common::go_encoded(id, method, params);
         assert!(req.contains("\n\t\""), "{req}");
         c.send_raw(req.as_bytes()).unwrap();
         let r = c.recv().expect("an answer");

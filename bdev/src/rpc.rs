@@ -24,7 +24,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 
-use serde::de::value::{SeqDeserializer, StrDeserializer};
+use serde::de::value::StrDeserializer;
 use serde::de::{self, DeserializeOwned, DeserializeSeed, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
@@ -488,26 +488,20 @@ impl<'de> Deserializer<'de> for ValueDe<'_> {
         self.deserialize_string(visitor)
     }
 
-    /// Arrays of strings (the only arrays SPDK's methods here take).
+    /// Arrays (of strings, integers...): each element decoded as a value
+    /// of its own, named `key[i]` in a message.
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
-        const WHAT: &str = "an array of strings";
         match self.value {
-            Some(Value::Array(ref a)) => {
-                let strings = a
-                    .iter()
-                    .map(|v| {
-                        v.as_str()
-                            .map(str::to_owned)
-                            .ok_or_else(|| self.wrong(WHAT))
-                    })
-                    .collect::<Result<Vec<String>, _>>()?;
-                let mut seq = SeqDeserializer::new(strings.into_iter());
-                let out = visitor.visit_seq(&mut seq)?;
-                seq.end()?;
-                Ok(out)
+            Some(Value::Array(a)) => {
+                let mut seq = Elems {
+                    key: self.key,
+                    at: 0,
+                    it: a.into_iter(),
+                };
+                visitor.visit_seq(&mut seq)
             }
             None => Err(self.required()),
-            Some(_) => Err(self.wrong(WHAT)),
+            Some(_) => Err(self.wrong("an array")),
         }
     }
 
@@ -526,6 +520,34 @@ impl<'de> Deserializer<'de> for ValueDe<'_> {
     serde::forward_to_deserialize_any! {
         i8 i16 i32 i128 u8 u16 u128 f32 f64 char bytes byte_buf unit
         unit_struct tuple tuple_struct map struct enum identifier
+    }
+}
+
+/// The elements of an array value, each through [`ValueDe`].
+struct Elems<'a> {
+    key: &'a str,
+    at: usize,
+    it: std::vec::IntoIter<Value>,
+}
+
+impl<'de> de::SeqAccess<'de> for Elems<'_> {
+    type Error = DecodeError;
+
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, DecodeError> {
+        let Some(v) = self.it.next() else {
+            return Ok(None);
+        };
+        let key = format!("{}[{}]", self.key, self.at);
+        self.at += 1;
+        seed.deserialize(ValueDe {
+            key: &key,
+            value: Some(v),
+            hint: None,
+        })
+        .map(Some)
     }
 }
 
@@ -688,11 +710,8 @@ mod tests {
             );
         }
         for (params, msg) in [
-            (json!({"names": "a"}), "'names' must be an array of strings"),
-            (
-                json!({"names": ["a", 1]}),
-                "'names' must be an array of strings",
-            ),
+            (json!({"names": "a"}), "'names' must be an array"),
+            (json!({"names": ["a", 1]}), "'names[1]' must be a string"),
             (json!({"offset": 1.5}), "'offset' must be an integer"),
             (json!({"on": 1}), "'on' must be a boolean"),
         ] {

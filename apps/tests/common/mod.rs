@@ -530,3 +530,20 @@ pub fn expect_error(a: &Appliance, args: &[&str], code: i64, message: &str) {
         "{args:?}: expected {code} {message:?}, got:\n{out}"
     );
 }
+
+/// The request Go's `encoding/json` Encoder writes with `SetIndent("",
+/// "\t")` for a message of (id, jsonrpc, method, params), the way
+/// Longhorn's client (go-spdk-helper) calls: tab-indented over several
+/// lines, `"params": null` for a call without parameters, a newline after.
+pub fn go_encoded(id: u64, method: &str, params: &Value) -> String {
+    let params = match params {
+        Value::Null => "null".to_owned(),
+        p => serde_json::to_string_pretty(p)
+            .unwrap()
+            .replace("  ", "\t")
+            .replace('\n', "\n\t"),
+    };
+    format!(
+        "{{\n\t\"id\": {id},\n\t\"jsonrpc\": \"2.0\",\n\t\"method\": \"{method}\",\n\t\"params\": {params}\n}}\n"
+    )
+}

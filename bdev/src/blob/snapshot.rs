@@ -345,6 +345,35 @@ impl Blobstore {
         Ok(())
     }
 
+    /// Detaches blob `id` from its parent without copying anything
+    /// (Longhorn's `detach_parent`): its unallocated clusters read zeros
+    /// from then on. A blob that is not thin is left as it is.
+    ///
+    /// # Errors
+    /// [`BlobError::Invalid`] without a parent, or when the parent is an
+    /// external snapshot; device errors.
+    pub async fn detach_parent(&self, id: u64) -> Result<(), BlobError> {
+        let st = self.blob(id)?;
+        let bad = |why: &str| Err(BlobError::invalid(format!("blob {id:#x}"), why));
+        if st.esnap.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+            return bad("its parent is an external snapshot");
+        }
+        if st.parent().is_none() {
+            return bad("has no parent to detach from");
+        }
+        if !st.thin.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        st.gate.freeze().await;
+        let _frozen = Frozen(&st.gate);
+        let _l = st.lock.lock().await;
+        let mut md = st.md().clone();
+        set_parent_xattr(&mut md, None);
+        self.persist(&st, md, true).await?;
+        st.set_parent(None);
+        Ok(())
+    }
+
     /// Makes snapshot `parent` the parent of thin blob `id` (its
     /// unallocated clusters read from `parent` from now on: the caller
     /// knows they hold what the blob should show, as after a shallow

@@ -115,7 +115,7 @@ fn detach_parent(params: Value) -> Result<Call, RpcError> {
     let p: ByName = decode(params)?;
     task(move || async move {
         let (s, l) = lvol_by_bdev(&p.name)?;
-        ops::detach(&s, &l, false).await?;
+        ops::detach_parent(&s, &l).await?;
         Ok(json!(true))
     })
 }

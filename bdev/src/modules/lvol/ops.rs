@@ -409,6 +409,21 @@ pub async fn detach(lvs: &Arc<Lvs>, lvol: &Arc<Lvol>, all: bool) -> Result<(), L
     Ok(())
 }
 
+/// Detaches `lvol` from its parent snapshot without copying (Longhorn's
+/// `bdev_lvol_detach_parent`): what it does not own reads zeros after.
+///
+/// # Errors
+/// EINVAL without a parent or with an external one; device errors.
+pub async fn detach_parent(lvs: &Arc<Lvs>, lvol: &Arc<Lvol>) -> Result<(), LvolError> {
+    let _op = lvs.op.lock().await;
+    quiesced(
+        std::slice::from_ref(&lvol.uuid),
+        lvs.store.detach_parent(lvol.blob_id),
+    )
+    .await?;
+    Ok(())
+}
+
 /// Makes snapshot `parent` the parent of thin `lvol` (SPDK's
 /// `bdev_lvol_set_parent`).
 ///
