@@ -403,7 +403,7 @@ async fn compute(
             }
             let k = step.min(upc - at);
             let len = (k * unit) as usize;
-            let buf = ch.alloc_buf(len).map_err(|e| LvolError::Bdev(e))?;
+            let buf = ch.alloc_buf(len).map_err(LvolError::Bdev)?;
             let buf = blob.read(&ch, c * upc + at, k, buf).await?;
             buf.read_at(0, &mut data[..len]);
             ch.free_buf(buf);
@@ -518,7 +518,7 @@ pub fn fragmap(lvs: &Lvs, lvol: &Lvol, offset: u64, size: u64) -> Result<Value, 
     } else {
         size
     };
-    if offset.checked_add(size).is_none_or(|e| e > total) || offset % cs != 0 || size % cs != 0 {
+    if offset.checked_add(size).is_none_or(|e| e > total) || !offset.is_multiple_of(cs) || !size.is_multiple_of(cs) {
         return Err(LvolError::Invalid(format!(
             "fragmap of {size} bytes at {offset}: lvol {} has {total} bytes in clusters of {cs}",
             lvol.alias()
