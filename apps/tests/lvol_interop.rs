@@ -26,7 +26,9 @@ fn spdk_said(name: &str) -> Value {
 
 /// The MANIFEST's pattern of a write with `seed`, `len` bytes.
 fn pattern(seed: u32, len: usize) -> Vec<u8> {
-    let mut b: Vec<u8> = (0..len).map(|i| ((i * 13 + seed as usize) & 0xff) as u8).collect();
+    let mut b: Vec<u8> = (0..len)
+        .map(|i| ((i * 13 + seed as usize) & 0xff) as u8)
+        .collect();
     for (k, blk) in b.chunks_mut(512).enumerate() {
         blk[..4].copy_from_slice(&seed.to_le_bytes());
         blk[4..8].copy_from_slice(&(k as u32).to_le_bytes());
@@ -61,11 +63,17 @@ fn an_lvstore_spdk_made_appears_with_its_volumes_and_data() {
         "b10b0000-0000-4000-8000-000000000001",
     ]);
     a.ok(&["bdev_wait_for_examine"]);
-    assert_eq!(a.json(&["bdev_lvol_get_lvstores"]), spdk_said("bdev_lvol_get_lvstores.json"));
+    assert_eq!(
+        a.json(&["bdev_lvol_get_lvstores"]),
+        spdk_said("bdev_lvol_get_lvstores.json")
+    );
     // Every field SPDK answered, the same (ours add Longhorn's).
     let ours = a.json(&["bdev_lvol_get_lvols"]);
     let theirs = spdk_said("bdev_lvol_get_lvols.json");
-    assert_eq!(ours.as_array().unwrap().len(), theirs.as_array().unwrap().len());
+    assert_eq!(
+        ours.as_array().unwrap().len(),
+        theirs.as_array().unwrap().len()
+    );
     for t in theirs.as_array().unwrap() {
         let o = ours
             .as_array()
@@ -88,7 +96,13 @@ fn an_lvstore_spdk_made_appears_with_its_volumes_and_data() {
             .iter()
             .find(|o| o["name"] == t["name"])
             .unwrap_or_else(|| panic!("bdev {} missing", t["name"]));
-        for k in ["aliases", "product_name", "block_size", "num_blocks", "uuid"] {
+        for k in [
+            "aliases",
+            "product_name",
+            "block_size",
+            "num_blocks",
+            "uuid",
+        ] {
             assert_eq!(o[k], t[k], "{}: {k}", t["name"]);
         }
         for (k, v) in t["driver_specific"]["lvol"].as_object().unwrap() {
@@ -104,7 +118,12 @@ fn an_lvstore_spdk_made_appears_with_its_volumes_and_data() {
     let mut thin = vec![0u8; 8 * MIB];
     put(&mut thin, MIB, &pattern(2, 64 << 10));
     put(&mut thin, 5 * MIB + 4096, &pattern(3, 64 << 10));
-    for (alias, want) in [("lvs0/snap", snap), ("lvs0/thick", thick), ("lvs0/clone", clone), ("lvs0/thin", thin)] {
+    for (alias, want) in [
+        ("lvs0/snap", snap),
+        ("lvs0/thick", thick),
+        ("lvs0/clone", clone),
+        ("lvs0/thin", thin),
+    ] {
         let b = a.json(&["bdev_get_bdevs", "-b", alias]);
         let name = b[0]["name"].as_str().unwrap().to_owned();
         let sock = dir.join(&format!("{}.nbd", alias.replace('/', "_")));

@@ -1453,7 +1453,10 @@ fn rename(b: &mut Bench) {
     for k in 1..=2 {
         for i in 0..4 {
             let alias = format!("lvs_test{k}/lvol_test_{k}_{i}");
-            assert_eq!(sorted(&b.bdev(&alias)["aliases"]), std::slice::from_ref(&alias));
+            assert_eq!(
+                sorted(&b.bdev(&alias)["aliases"]),
+                std::slice::from_ref(&alias)
+            );
             b.a.ok(&["bdev_lvol_delete", &alias]);
         }
     }

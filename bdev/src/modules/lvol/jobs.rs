@@ -518,7 +518,10 @@ pub fn fragmap(lvs: &Lvs, lvol: &Lvol, offset: u64, size: u64) -> Result<Value, 
     } else {
         size
     };
-    if offset.checked_add(size).is_none_or(|e| e > total) || !offset.is_multiple_of(cs) || !size.is_multiple_of(cs) {
+    if offset.checked_add(size).is_none_or(|e| e > total)
+        || !offset.is_multiple_of(cs)
+        || !size.is_multiple_of(cs)
+    {
         return Err(LvolError::Invalid(format!(
             "fragmap of {size} bytes at {offset}: lvol {} has {total} bytes in clusters of {cs}",
             lvol.alias()
