@@ -1779,3 +1779,39 @@ fn spdk_lvol_tasting_on_aio() {
     b.a.ok(&["bdev_aio_delete", "aio_bdev_0"]);
     b.check_leftover();
 }
+
+/// `bdev_lvol_grow_lvstore`: nothing to do while the base is as big
+/// (success, as SPDK); after the AIO file grew and `bdev_aio_rescan`, the
+/// store takes the new clusters, and keeps them after a restart.
+#[test]
+fn lvstore_grows_with_its_aio_file() {
+    let mut b = Bench::new("lvgrow", Kind::Aio);
+    let m = b.base("base0", 64, 512);
+    let u =
+        b.a.ok(&["bdev_lvol_create_lvstore", &m, "lvs_g"])
+            .trim()
+            .to_owned();
+    let before = b.lvs(&u)["total_data_clusters"].as_u64().unwrap();
+    assert_eq!(before, 15);
+    b.a.ok(&["bdev_lvol_grow_lvstore", "-u", &u]);
+    assert_eq!(b.lvs(&u)["total_data_clusters"], before);
+    std::fs::File::options()
+        .write(true)
+        .open(b.file("base0"))
+        .unwrap()
+        .set_len(128 * MIB)
+        .unwrap();
+    b.a.ok(&["bdev_aio_rescan", &m]);
+    b.a.ok(&["bdev_lvol_grow_lvstore", "-l", "lvs_g"]);
+    let l = b.lvs(&u);
+    assert_eq!(l["total_data_clusters"], before + 16, "{l}");
+    assert_eq!(l["free_clusters"], before + 16, "{l}");
+    b.a.ok(&["bdev_lvol_create", "-u", &u, "big", "124"]);
+    let path = b.file("base0");
+    assert!(b.a.signal_and_wait(libc::SIGTERM).success());
+    b.a = Appliance::start(&b.dir, "a2", &["-m", "0x3", "-s", "1024"]);
+    b.a.ok(&["bdev_aio_create", path.to_str().unwrap(), "base0", "512"]);
+    b.a.ok(&["bdev_wait_for_examine"]);
+    assert_eq!(b.lvs(&u)["total_data_clusters"], before + 16);
+    assert_eq!(b.bdev("lvs_g/big")["num_blocks"], 124 * MIB / 512);
+}

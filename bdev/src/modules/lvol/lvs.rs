@@ -405,14 +405,20 @@ pub async fn rename(lvs: &Arc<Lvs>, new: &str) -> Result<(), LvolError> {
     Ok(())
 }
 
-/// Grows lvstore `lvs` to its base's size now; returns its clusters.
+/// Grows lvstore `lvs` to its base's size now (nothing to do when the
+/// base did not grow); returns its clusters.
 ///
 /// # Errors
-/// The blob store's: the base did not grow, or the cluster mask has no
-/// room.
+/// The blob store's: the cluster mask has no room for the new size.
 pub async fn grow(lvs: &Arc<Lvs>) -> Result<u64, LvolError> {
     let _op = lvs.op.lock().await;
-    Ok(lvs.store.grow().await?)
+    let s = &lvs.store;
+    let room = s.bdev().num_blocks() * u64::from(s.io_unit_size()) / u64::from(s.cluster_size());
+    if room <= s.total_clusters() {
+        // Nothing new: done, as SPDK's live grow.
+        return Ok(s.total_clusters());
+    }
+    Ok(s.grow().await?)
 }
 
 /// `bdev_lvol_get_lvstores`' entry for `lvs`.

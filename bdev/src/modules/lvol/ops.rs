@@ -310,6 +310,12 @@ pub async fn clone_bdev(lvs: &Arc<Lvs>, esnap: &str, name: &str) -> Result<Strin
     let b = crate::get(esnap)
         .or_else(|| crate::list().into_iter().find(|b| b.uuid() == esnap))
         .ok_or_else(|| LvolError::NotFound(format!("bdev {esnap} does not exist")))?;
+    if b.module() == MODULE && lvs.lvols().iter().any(|l| l.uuid == b.name()) {
+        return Err(LvolError::Invalid(format!(
+            "bdev {esnap} is a volume of lvstore {}: use bdev_lvol_clone",
+            lvs.name()
+        )));
+    }
     let n = clusters_for(lvs, b.num_blocks() * u64::from(b.block_size()));
     let uuid = crate::new_uuid();
     let id = lvs
@@ -428,8 +434,8 @@ pub async fn detach_parent(lvs: &Arc<Lvs>, lvol: &Arc<Lvol>) -> Result<(), LvolE
 /// `bdev_lvol_set_parent`).
 ///
 /// # Errors
-/// EINVAL: `lvol` not thin, `parent` not a snapshot, larger than the
-/// volume, the parent already, or a loop; device errors.
+/// EEXIST: the parent already; EINVAL: `lvol` not thin, `parent` not a
+/// snapshot, larger than the volume, or a loop; device errors.
 pub async fn set_parent(
     lvs: &Arc<Lvs>,
     lvol: &Arc<Lvol>,
@@ -438,6 +444,13 @@ pub async fn set_parent(
     let _op = lvs.op.lock().await;
     let b = lvs.store.open_blob(lvol.blob_id)?;
     let p = lvs.store.open_blob(parent.blob_id)?;
+    if b.parent() == Some(parent.blob_id) {
+        return Err(LvolError::Exists(format!(
+            "snapshot {} is the parent of {} already",
+            parent.alias(),
+            lvol.alias()
+        )));
+    }
     if p.num_clusters() > b.num_clusters() {
         return Err(LvolError::Invalid(format!(
             "snapshot {} ({} clusters) is larger than lvol {} ({})",
