@@ -16,7 +16,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{Appliance, TempDir, expect_error, qemu_io, tool};
+use common::{Appliance, TempDir, expect_error, qemu_io, random, tool};
 use serde_json::{Value, json};
 
 const MIB: u64 = 1 << 20;
@@ -55,19 +55,6 @@ fn sum(b: &[u8]) -> u64 {
     b.iter().fold(0xcbf2_9ce4_8422_2325, |h, &x| {
         (h ^ u64::from(x)).wrapping_mul(0x100_0000_01b3)
     })
-}
-
-fn random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
 }
 
 #[test]

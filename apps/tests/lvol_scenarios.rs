@@ -14,7 +14,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{Appliance, TempDir, expect_error, qemu_io, tool};
+use common::{Appliance, TempDir, expect_error, qemu_io, random, tool};
 use serde_json::{Value, json};
 
 const MIB: u64 = 1 << 20;
@@ -219,19 +219,6 @@ impl Bench {
 struct Nbd {
     uri: String,
     sock: String,
-}
-
-fn random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
 }
 
 fn s(v: &Value) -> String {

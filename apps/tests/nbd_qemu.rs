@@ -35,16 +35,7 @@ fn unix_uri(name: &str, sock: &Path) -> String {
 
 /// A file of `len` bytes of a fixed pseudo-random pattern.
 fn random_image(path: &Path, len: usize, seed: u64) {
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(len);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    std::fs::write(path, v).unwrap();
+    std::fs::write(path, common::random(len, seed)).unwrap();
 }
 
 #[test]

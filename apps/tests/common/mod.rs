@@ -469,6 +469,20 @@ pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// `len` pseudo-random bytes (xorshift64 from `seed`).
+pub fn random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
 /// A byte pattern that differs with `seed`.
 pub fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len)

@@ -535,22 +535,9 @@ impl Blobstore {
         }
         let ch = self.channel()?;
         let upc = self.units_per_cluster();
-        let mut sorted = cs;
-        sorted.sort_unstable();
-        let mut i = 0;
-        while i < sorted.len() {
-            let mut j = i + 1;
-            while j < sorted.len() && sorted[j] == sorted[j - 1] + 1 {
-                j += 1;
-            }
-            let lba = u64::from(sorted[i]) * upc;
-            let n = (j - i) as u64 * upc;
-            if unmap && !self.inner.bdev.io_type_supported(IoType::Unmap) {
-                zero_dev(&ch, lba, n, false).await?;
-            } else {
-                zero_dev(&ch, lba, n, unmap).await?;
-            }
-            i = j;
+        let unmap = unmap && self.inner.bdev.io_type_supported(IoType::Unmap);
+        for (first, n) in runs(&cs) {
+            zero_dev(&ch, u64::from(first) * upc, n * upc, unmap).await?;
         }
         flush_dev(&ch, self.dev_blocks()).await
     }
@@ -705,17 +692,8 @@ impl Blobstore {
         cs: &[u32],
     ) -> Result<(), BlobError> {
         let upc = self.units_per_cluster();
-        let mut sorted = cs.to_vec();
-        sorted.sort_unstable();
-        let mut i = 0;
-        while i < sorted.len() {
-            let mut j = i + 1;
-            while j < sorted.len() && sorted[j] == sorted[j - 1] + 1 {
-                j += 1;
-            }
-            let lba = u64::from(sorted[i]) * upc;
-            zero_dev(ch, lba, (j - i) as u64 * upc, false).await?;
-            i = j;
+        for (first, n) in runs(cs) {
+            zero_dev(ch, u64::from(first) * upc, n * upc, false).await?;
         }
         if !cs.is_empty() {
             flush_dev(ch, self.dev_blocks()).await?;
@@ -1256,6 +1234,20 @@ impl Blobstore {
         flush_dev(&ch, self.dev_blocks()).await?;
         Ok(self.total_clusters())
     }
+}
+
+/// Device clusters `cs` as runs of consecutive ones: (first, count).
+fn runs(cs: &[u32]) -> Vec<(u32, u64)> {
+    let mut sorted = cs.to_vec();
+    sorted.sort_unstable();
+    let mut out: Vec<(u32, u64)> = Vec::new();
+    for c in sorted {
+        match out.last_mut() {
+            Some((f, n)) if u64::from(*f) + *n == u64::from(c) => *n += 1,
+            _ => out.push((c, 1)),
+        }
+    }
+    out
 }
 
 /// Keeps a blob busy while alive ([`Blobstore::hold`]).

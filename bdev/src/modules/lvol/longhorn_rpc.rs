@@ -6,8 +6,8 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::rpc::{ByName, CheckCopyParams, ShallowCopyParams, lvol_err};
-use super::{LvolError, jobs, lvol_by_bdev, ops};
+use super::rpc::{ByName, CheckCopyParams, ShallowCopyParams, lvol_err, task};
+use super::{jobs, lvol_by_bdev, ops};
 use crate::rpc::{Call, Method, RpcError, decode};
 
 /// The methods.
@@ -33,16 +33,6 @@ pub fn methods() -> Vec<Method> {
         Method::new("bdev_lvol_start_deep_copy", start_deep_copy),
         Method::new("bdev_lvol_check_deep_copy", check_deep_copy),
     ]
-}
-
-fn task<F, Fut>(f: F) -> Result<Call, RpcError>
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<Value, LvolError>> + 'static,
-{
-    Ok(Call::reactor(
-        move || async move { f().await.map_err(lvol_err) },
-    ))
 }
 
 /// `bdev_lvol_set_xattr`'s parameters.

@@ -52,7 +52,7 @@ pub fn lvol_err(e: LvolError) -> RpcError {
 }
 
 /// Runs `f` on reactor 0, answering its value or its error.
-fn task<F, Fut>(f: F) -> Result<Call, RpcError>
+pub(crate) fn task<F, Fut>(f: F) -> Result<Call, RpcError>
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<Value, LvolError>> + 'static,
