@@ -6,7 +6,11 @@
 //! `modules/<name>/rpc.rs` (over [`rpc`]).
 //!
 //! Owns: every bdev and virtual bdev (malloc, null, delay, error, nvme,
-//! passthrough, crypto, RAID; later logical volumes).
+//! aio, uring, passthrough, crypto, RAID, logical volumes) and the blob
+//! store the volumes stand on ([`blob`]). The volumes' slow paths (a thin
+//! cluster's first write, an external snapshot's read, write-zeroes and
+//! unmap) run as tasks through the blob store and allocate; their mapped
+//! reads and writes do not.
 //!
 //! Must not: allocate, lock, use an atomic read-modify-write shared between
 //! cores, or hop cores on the I/O path; read the clock more than once per
