@@ -214,3 +214,41 @@ fn deleting_a_busy_volume_fails_and_leaves_it_whole() {
     let l2 = l.clone();
     on(0, move || async move { lvs::delete(&l2).await.unwrap() });
 }
+
+#[test]
+fn read_only_stops_open_channels_and_held_volumes_refuse_changes() {
+    init();
+    bdev::modules::malloc::create("LvRo", 64 * MIB / 512, 512, None).unwrap();
+    let l = store("LvRo", "lvs_ro", MIB as u32);
+    let v = volume(&l, "v", 4, false);
+    let (l2, v2) = (l.clone(), v.clone());
+    on(0, move || async move {
+        let d = bdev::open(&v2, true, nop).unwrap();
+        let ch = d.get_io_channel().unwrap();
+        async fn w(ch: &bdev::BdevChannel) -> IoStatus {
+            let mut buf = ch.alloc_buf(4096).unwrap();
+            buf.write_at(0, &[7u8; 4096]);
+            ch.io(IoType::Write, Some(buf), 0, 8, false)
+                .await
+                .unwrap()
+                .0
+        }
+        assert_eq!(w(&ch).await, IoStatus::Success);
+        let (_, x) = lvol::lvol_by_bdev(&v2).unwrap();
+        // Held (as by an inflate, a copy, a checksum): what would move its
+        // clusters waits for it.
+        {
+            let _h = l2.store.hold(x.blob_id).unwrap();
+            let e = ops::snapshot(&l2, &x, "s", &[]).await.unwrap_err();
+            assert_eq!(e.errno(), libc::EBUSY, "{e}");
+            let e = ops::resize(&l2, &x, MIB).await.unwrap_err();
+            assert_eq!(e.errno(), libc::EBUSY, "{e}");
+        }
+        // Read-only: the channel opened before it stops writing.
+        ops::set_read_only(&l2, &x).await.unwrap();
+        assert_ne!(w(&ch).await, IoStatus::Success);
+        drop(ch);
+        drop(d);
+        lvs::delete(&l2).await.unwrap();
+    });
+}

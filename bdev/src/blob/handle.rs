@@ -627,6 +627,16 @@ impl Blob {
     /// Closes the handle (the blob stays in the store).
     pub fn close(self) {}
 
+    /// Another handle to the same blob that does not count as open (for
+    /// I/O tasks of an owner that holds a counted one).
+    pub(crate) fn view(&self) -> Blob {
+        Blob {
+            store: self.store.clone(),
+            st: self.st.clone(),
+            released: AtomicBool::new(true),
+        }
+    }
+
     /// Closes the handle where it is shared (a volume's bdev, whose
     /// table may outlive its unregistration): it no longer counts as open
     /// (the blob can be deleted); reading its state stays safe.

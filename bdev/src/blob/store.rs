@@ -515,33 +515,6 @@ impl Blobstore {
         &self.inner.bdev
     }
 
-    /// Clears the device clusters blob `id` owns (unmap, or write
-    /// zeroes), then flushes: before a deletion that should not leave its
-    /// data behind.
-    ///
-    /// # Errors
-    /// [`BlobError::NotFound`]; device errors.
-    pub async fn clear_blob(&self, id: u64, unmap: bool) -> Result<(), BlobError> {
-        let st = self.blob(id)?;
-        let cs: Vec<u32> = st
-            .md()
-            .clusters
-            .iter()
-            .copied()
-            .filter(|&c| c != 0)
-            .collect();
-        if cs.is_empty() {
-            return Ok(());
-        }
-        let ch = self.channel()?;
-        let upc = self.units_per_cluster();
-        let unmap = unmap && self.inner.bdev.io_type_supported(IoType::Unmap);
-        for (first, n) in runs(&cs) {
-            zero_dev(&ch, u64::from(first) * upc, n * upc, unmap).await?;
-        }
-        flush_dev(&ch, self.dev_blocks()).await
-    }
-
     /// Whether an operation holds blob `id` ([`Blobstore::hold`]).
     pub fn is_held(&self, id: u64) -> bool {
         self.blob(id)
@@ -1036,6 +1009,16 @@ impl Blobstore {
     /// [`BlobError::Busy`] (open, held, or a snapshot with two or more
     /// clones); [`BlobError::NotFound`]; device errors.
     pub async fn delete_blob(&self, id: u64) -> Result<(), BlobError> {
+        self.delete_blob_with(id, ClearMethod::None).await
+    }
+
+    /// [`Blobstore::delete_blob`], the clusters it frees cleared as
+    /// `clear` says once the deletion is durable (a snapshot merged into
+    /// its clone frees none: they are the clone's).
+    ///
+    /// # Errors
+    /// As [`Blobstore::delete_blob`].
+    pub async fn delete_blob_with(&self, id: u64, clear: ClearMethod) -> Result<(), BlobError> {
         let st = self.blob(id)?;
         let clones = self.clones(id);
         if clones.len() == 1 {
@@ -1043,7 +1026,7 @@ impl Blobstore {
         }
         let _l = st.lock.lock().await;
         self.check_deletable(&st, clones.len())?;
-        self.erase(&st).await
+        self.erase_with(&st, clear).await
     }
 
     pub(crate) fn check_deletable(&self, st: &BlobState, clones: usize) -> Result<(), BlobError> {
@@ -1064,34 +1047,67 @@ impl Blobstore {
     /// then from memory, freeing what only it used. Pages and clusters
     /// other blobs still name (`keep`) stay.
     pub(crate) async fn erase(&self, st: &BlobState) -> Result<(), BlobError> {
+        self.erase_with(st, ClearMethod::None).await
+    }
+
+    /// [`Blobstore::erase`], clearing the clusters it frees (unmap or
+    /// write zeroes) after the deletion is durable and before they can be
+    /// allocated again: SPDK's lvol `clear_method`. A clearing failure is
+    /// logged; the deletion stands.
+    pub(crate) async fn erase_with(
+        &self,
+        st: &BlobState,
+        clear: ClearMethod,
+    ) -> Result<(), BlobError> {
         let ch = self.channel()?;
         let first = blobid_to_page(st.id);
         let md_start = u64::from(self.inner.md_start);
         write_dev_pages(&ch, &[(md_start + u64::from(first), vec![0u8; PAGE_SIZE])]).await?;
         flush_dev(&ch, self.dev_blocks()).await?;
         let md = st.written().clone();
+        let freed: Vec<u32> = {
+            let mut s = self.state();
+            s.blobs.remove(&st.id);
+            // What other blobs still use (a repair erases a snapshot that
+            // shares its original's clusters and extent pages; a merged
+            // snapshot's clusters are its clone's now).
+            let mut used_pages = std::collections::BTreeSet::new();
+            let mut used_clusters = std::collections::BTreeSet::new();
+            for b in s.blobs.values() {
+                let m = b.written();
+                used_pages.extend(m.pages.iter().chain(&m.extent_pages).copied());
+                used_clusters.extend(m.clusters.iter().copied().filter(|&c| c != 0));
+            }
+            for p in md.pages.iter().chain(&md.extent_pages) {
+                if !used_pages.contains(p) {
+                    s.release_page(*p);
+                }
+            }
+            s.release_page(first);
+            s.ids[first as usize] = false;
+            md.clusters
+                .iter()
+                .copied()
+                .filter(|&c| c != 0 && !used_clusters.contains(&c))
+                .collect()
+        };
+        // Still marked used in memory while they are cleared.
+        if clear != ClearMethod::None && !freed.is_empty() {
+            let upc = self.units_per_cluster();
+            let unmap =
+                clear == ClearMethod::Unmap && self.inner.bdev.io_type_supported(IoType::Unmap);
+            for (c, n) in runs(&freed) {
+                if let Err(e) = zero_dev(&ch, u64::from(c) * upc, n * upc, unmap).await {
+                    log::warn!("blob {:#x}: clearing {n} freed clusters at {c}: {e}", st.id);
+                }
+            }
+            if let Err(e) = flush_dev(&ch, self.dev_blocks()).await {
+                log::warn!("blob {:#x}: flushing after clearing: {e}", st.id);
+            }
+        }
         let mut s = self.state();
-        s.blobs.remove(&st.id);
-        // What other blobs still use (a repair erases a snapshot that
-        // shares its original's clusters and extent pages).
-        let mut used_pages = std::collections::BTreeSet::new();
-        let mut used_clusters = std::collections::BTreeSet::new();
-        for b in s.blobs.values() {
-            let m = b.written();
-            used_pages.extend(m.pages.iter().chain(&m.extent_pages).copied());
-            used_clusters.extend(m.clusters.iter().copied().filter(|&c| c != 0));
-        }
-        for p in md.pages.iter().chain(&md.extent_pages) {
-            if !used_pages.contains(p) {
-                s.release_page(*p);
-            }
-        }
-        s.release_page(first);
-        s.ids[first as usize] = false;
-        for &c in md.clusters.iter().filter(|&&c| c != 0) {
-            if !used_clusters.contains(&c) {
-                s.release_cluster(c);
-            }
+        for c in freed {
+            s.release_cluster(c);
         }
         Ok(())
     }

@@ -107,12 +107,15 @@ pub fn copy_status(id: u32, deep: bool) -> Option<Value> {
 /// other blocks, an empty range or a cluster out of range, or a range
 /// with unowned clusters to a destination without unmap; EBUSY when the
 /// destination is claimed.
-pub fn start_copy(
+pub async fn start_copy(
     lvs: &Arc<Lvs>,
     lvol: &Arc<Lvol>,
     dst: &str,
     kind: CopyKind,
 ) -> Result<u32, LvolError> {
+    // Under the store's lock: not while the volume is being deleted or
+    // changed; held once this returns.
+    let _op = lvs.op.lock().await;
     let blob = lvs.store.open_blob(lvol.blob_id)?;
     if !blob.is_read_only() {
         return Err(LvolError::NotPermitted(format!(
@@ -350,6 +353,7 @@ pub async fn checksum(lvs: &Arc<Lvs>, lvol: &Arc<Lvol>, range: bool) -> Result<(
         );
     }
     let stop = Arc::new(AtomicBool::new(false));
+    let op = lvs.op.lock().await;
     {
         let mut r = lock(&RUNNING);
         if r.iter().any(|(id, _)| *id == lvol.blob_id) {
@@ -360,6 +364,7 @@ pub async fn checksum(lvs: &Arc<Lvs>, lvol: &Arc<Lvol>, range: bool) -> Result<(
         r.push((lvol.blob_id, stop.clone()));
     }
     let _hold = lvs.store.hold(lvol.blob_id);
+    drop(op);
     let r = compute(&blob, range, &stop).await;
     lock(&RUNNING).retain(|(id, _)| *id != lvol.blob_id);
     let (sum, per) = r?;

@@ -198,7 +198,8 @@ fn start_range_copy(params: Value) -> Result<Call, RpcError> {
     let p: RangeCopyParams = decode(params)?;
     task(move || async move {
         let (s, l) = lvol_by_bdev(&p.src_lvol_name)?;
-        let id = jobs::start_copy(&s, &l, &p.dst_bdev_name, jobs::CopyKind::Range(p.clusters))?;
+        let id =
+            jobs::start_copy(&s, &l, &p.dst_bdev_name, jobs::CopyKind::Range(p.clusters)).await?;
         Ok(json!({ "operation_id": id }))
     })
 }
@@ -207,7 +208,7 @@ fn start_deep_copy(params: Value) -> Result<Call, RpcError> {
     let p: ShallowCopyParams = decode(params)?;
     task(move || async move {
         let (s, l) = lvol_by_bdev(&p.src_lvol_name)?;
-        let id = jobs::start_copy(&s, &l, &p.dst_bdev_name, jobs::CopyKind::Deep)?;
+        let id = jobs::start_copy(&s, &l, &p.dst_bdev_name, jobs::CopyKind::Deep).await?;
         Ok(json!({ "operation_id": id }))
     })
 }

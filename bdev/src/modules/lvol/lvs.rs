@@ -56,8 +56,24 @@ pub(crate) fn name_xattr(name: &str) -> Vec<u8> {
     v
 }
 
+/// Bases removed while their store was being made or loaded (no store
+/// to drop yet): the making or loading drops it when done.
+static REMOVED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Whether `base` was removed while its store was being made or loaded
+/// (forgetting it).
+fn removed_meanwhile(base: &str) -> bool {
+    let mut r = lock(&REMOVED);
+    let was = r.iter().any(|b| b == base);
+    r.retain(|b| b != base);
+    was
+}
+
 fn on_base_event(base: &str, ev: BdevEvent) {
     match ev {
+        BdevEvent::Remove if !stores().iter().any(|l| l.base == base) => {
+            lock(&REMOVED).push(base.to_owned());
+        }
         BdevEvent::Remove => {
             let base = base.to_owned();
             let task = move || async move { hot_remove(&base).await };
@@ -76,6 +92,7 @@ fn on_base_event(base: &str, ev: BdevEvent) {
 
 /// Opens `base` for writing and claims it for the module.
 fn open_base(base: &str) -> Result<Desc, LvolError> {
+    removed_meanwhile(base);
     let b = base.to_owned();
     let mut desc =
         crate::open(base, true, move |_, ev| on_base_event(&b, ev)).map_err(|e| match e {
@@ -155,6 +172,10 @@ pub async fn create(base: &str, name: &str, opts: &LvsOptions) -> Result<String,
         lvols: Mutex::new(Vec::new()),
         op: OpLock::default(),
     }));
+    if removed_meanwhile(base) {
+        hot_remove(base).await;
+        return Err(LvolError::NotFound(format!("bdev {base} went away")));
+    }
     log::info!("lvol: lvstore {name} ({uuid}) made on {base}");
     Ok(uuid)
 }
@@ -292,6 +313,10 @@ pub async fn load(base: &str) -> Result<Arc<Lvs>, LvolError> {
         if let Err(e) = vol::register(&lvs, lvol.clone(), blob) {
             log::error!("lvol: {}: its bdev: {e}", lvol.alias());
         }
+    }
+    if removed_meanwhile(base) {
+        hot_remove(base).await;
+        return Err(LvolError::NotFound(format!("bdev {base} went away")));
     }
     log::info!(
         "lvol: lvstore {name} ({uuid}) loaded from {base} with {} volumes",

@@ -245,12 +245,18 @@ pub fn lvs_by(uuid: Option<&str>, name: Option<&str>) -> Result<Arc<Lvs>, LvolEr
 /// [`LvolError::NotFound`] when no such bdev is a volume.
 pub fn lvol_by_bdev(name: &str) -> Result<(Arc<Lvs>, Arc<Lvol>), LvolError> {
     let not = || LvolError::NotFound(format!("no logical volume {name}"));
-    let b = crate::get(name).ok_or_else(not)?;
-    if b.module() != MODULE {
-        return Err(not());
-    }
+    // Its bdev's name; else (a volume without a bdev: no clusters, or its
+    // registration refused) its UUID or alias, as SPDK finds degraded ones.
+    let key = match crate::get(name) {
+        Some(b) if b.module() == MODULE => b.name().to_owned(),
+        Some(_) => return Err(not()),
+        None => name.to_owned(),
+    };
     for s in stores() {
-        let found = lock(&s.lvols).iter().find(|l| l.uuid == b.name()).cloned();
+        let found = lock(&s.lvols)
+            .iter()
+            .find(|l| l.uuid == key || l.alias() == key)
+            .cloned();
         if let Some(l) = found {
             return Ok((s, l));
         }

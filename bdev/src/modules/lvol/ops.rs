@@ -73,24 +73,65 @@ fn check_free_name(lvs: &Lvs, name: &str) -> Result<(), LvolError> {
     Ok(())
 }
 
-/// Runs `f` with the bdevs `names` quiesced (their I/O held and drained).
-async fn quiesced<T>(names: &[String], f: impl std::future::Future<Output = T>) -> T {
+/// Runs `f` with the bdevs `names` quiesced (their I/O held and drained):
+/// their fast path does not pass the blob's I/O gate, so an operation
+/// that moves clusters must not run while their I/O flows.
+///
+/// # Errors
+/// [`LvolError::Busy`] when a bdev cannot be quiesced (another quiesce
+/// overlaps, it is going away): `f` does not run.
+async fn quiesced<T>(
+    names: &[String],
+    f: impl std::future::Future<Output = T>,
+) -> Result<T, LvolError> {
     let mut held = Vec::new();
+    let mut failed = None;
     for n in names {
         if let Some(b) = crate::get(n) {
             match b.quiesce(MODULE).await {
                 Ok(()) => held.push(b),
-                Err(e) => log::warn!("lvol: quiescing {n}: {e}"),
+                Err(e) => {
+                    failed = Some(LvolError::Busy(format!("quiescing {n}: {e}")));
+                    break;
+                }
             }
         }
     }
-    let r = f.await;
+    let r = match failed {
+        None => Ok(f.await),
+        Some(e) => Err(e),
+    };
     for b in held {
         if let Err(e) = b.unquiesce(MODULE).await {
             log::warn!("lvol: unquiescing {}: {e}", b.name());
         }
     }
     r
+}
+
+/// EBUSY while an operation (a copy, a checksum, an inflate) holds
+/// `lvol`'s blob: what changes its clusters or parent waits for it.
+fn not_held(lvs: &Lvs, lvol: &Lvol) -> Result<(), LvolError> {
+    if lvs.store.is_held(lvol.blob_id) {
+        return Err(LvolError::Busy(format!(
+            "lvol {}: an operation (copy, checksum, inflate) holds it",
+            lvol.alias()
+        )));
+    }
+    Ok(())
+}
+
+/// The most clusters a volume may have (its maps take 8 bytes a cluster
+/// in memory: 128 MiB here; 64 TiB of 4 MiB clusters).
+pub const MAX_CLUSTERS: u64 = 1 << 24;
+
+fn check_clusters(what: &str, n: u64) -> Result<(), LvolError> {
+    if n > MAX_CLUSTERS {
+        return Err(LvolError::Invalid(format!(
+            "{what}: {n} clusters; at most {MAX_CLUSTERS}"
+        )));
+    }
+    Ok(())
 }
 
 /// Makes blob `id` of `lvs` a volume named `name` with `uuid` and
@@ -165,6 +206,7 @@ pub async fn create_with(
             "lvol {name}: size 0; at least one cluster is needed"
         )));
     }
+    check_clusters(&format!("lvol {name}"), n)?;
     if !thin && n > lvs.store.free_clusters() {
         return Err(LvolError::NoSpace(format!(
             "lvol {name}: {n} clusters; lvstore {} has {} free",
@@ -195,36 +237,47 @@ pub async fn create_with(
 pub async fn delete(lvs: &Arc<Lvs>, lvol: &Arc<Lvol>) -> Result<(), LvolError> {
     let _op = lvs.op.lock().await;
     let id = lvol.blob_id;
-    lvs.store
-        .check_delete(id, 1)
-        .map_err(|e| LvolError::Busy(format!("lvol {}: {e}", lvol.alias())))?;
+    let busy = |e: BlobError| LvolError::Busy(format!("lvol {}: {e}", lvol.alias()));
+    let own = usize::from(crate::get(&lvol.uuid).is_some());
+    lvs.store.check_delete(id, own).map_err(busy)?;
+    // A snapshot merged into its one clone changes that clone's clusters:
+    // not while an operation (a checksum) holds the clone.
+    let clones = lvs.store.clones(id);
+    if let [c] = clones[..]
+        && lvs.store.is_held(c)
+    {
+        return Err(LvolError::Busy(format!(
+            "lvol {}: its clone is held by an operation",
+            lvol.alias()
+        )));
+    }
     if crate::get(&lvol.uuid).is_some() {
         crate::unregister(&lvol.uuid).await?;
     }
-    let clones = lvs.store.clones(id);
     let merged_into: Vec<String> = clones
         .iter()
         .filter_map(|c| lvs.lvol_of_blob(*c))
         .map(|l| l.uuid.clone())
         .collect();
-    if clones.len() == 1
-        && let Ok(c) = lvs.store.open_blob(clones[0])
-        && c.is_read_only()
-        && super::jobs::drop_checksums(&c)
-        && let Err(e) = c.sync_md().await
+    if let [c] = clones[..]
+        && let Ok(b) = lvs.store.open_blob(c)
+        && b.is_read_only()
+        && super::jobs::drop_checksums(&b)
+        && let Err(e) = b.sync_md().await
     {
-        log::warn!("lvol: dropping the checksum of blob {:#x}: {e}", clones[0]);
+        log::warn!("lvol: dropping the checksum of blob {c:#x}: {e}");
     }
-    // Its own clusters cleared as asked (none are shared: a snapshot
-    // merged into its clone hands them over instead), before the
-    // metadata goes: once freed they may be someone else's.
+    // The clusters it frees are cleared as asked, once the deletion is
+    // durable and before anyone can have them (a merge frees none).
     let clear = *lvol.clear.lock().unwrap_or_else(|e| e.into_inner());
-    if clones.is_empty() && clear != ClearMethod::None {
-        lvs.store
-            .clear_blob(id, clear == ClearMethod::Unmap)
-            .await?;
-    }
-    let r = quiesced(&merged_into, lvs.store.delete_blob(id)).await;
+    let r = quiesced(&merged_into, lvs.store.delete_blob_with(id, clear)).await;
+    let r = match r {
+        Ok(r) => r.map_err(|e| match e {
+            BlobError::Busy { .. } => busy(e),
+            e => e.into(),
+        }),
+        Err(e) => Err(e),
+    };
     if let Err(e) = r {
         // Whole again: its bdev back.
         match lvs.store.open_blob(id) {
@@ -235,10 +288,7 @@ pub async fn delete(lvs: &Arc<Lvs>, lvol: &Arc<Lvol>) -> Result<(), LvolError> {
             }
             Err(o) => log::error!("lvol: {}: reopening: {o}", lvol.alias()),
         }
-        return Err(match e {
-            BlobError::Busy { .. } => LvolError::Busy(format!("lvol {}: {e}", lvol.alias())),
-            e => e.into(),
-        });
+        return Err(e);
     }
     lvs.remove_lvol(id);
     log::info!("lvol: {} deleted", lvol.alias());
@@ -259,6 +309,7 @@ pub async fn snapshot(
 ) -> Result<String, LvolError> {
     let _op = lvs.op.lock().await;
     check_free_name(lvs, name)?;
+    not_held(lvs, lvol)?;
     for (k, _) in xattrs {
         if RESERVED.contains(&k.as_str()) {
             return Err(LvolError::Invalid(format!(
@@ -272,7 +323,7 @@ pub async fn snapshot(
         std::slice::from_ref(&lvol.uuid),
         lvs.store.create_snapshot(lvol.blob_id, &x),
     )
-    .await?;
+    .await??;
     adopt(lvs, sid, name, &uuid).await?;
     log::info!(
         "lvol: snapshot {}/{name} of {} taken",
@@ -317,6 +368,7 @@ pub async fn clone_bdev(lvs: &Arc<Lvs>, esnap: &str, name: &str) -> Result<Strin
         )));
     }
     let n = clusters_for(lvs, b.num_blocks() * u64::from(b.block_size()));
+    check_clusters(&format!("bdev {esnap}"), n)?;
     let uuid = crate::new_uuid();
     let id = lvs
         .store
@@ -364,17 +416,25 @@ pub async fn resize(lvs: &Arc<Lvs>, lvol: &Arc<Lvol>, size: u64) -> Result<(), L
     }
     // Size 0 is allowed, as SPDK (the bdev has no blocks until it grows).
     let n = clusters_for(lvs, size);
+    check_clusters(&format!("lvol {}", lvol.alias()), n)?;
     let had = b.num_clusters();
     if n == had {
         return Ok(());
     }
     if n < had {
-        quiesced(std::slice::from_ref(&lvol.uuid), b.resize(n)).await?;
+        not_held(lvs, lvol)?;
+        quiesced(std::slice::from_ref(&lvol.uuid), b.resize(n)).await??;
     } else {
         b.resize(n).await?;
     }
-    if let Some(bd) = crate::get(&lvol.uuid) {
-        bd.notify_blockcnt_change(b.num_io_units());
+    match crate::get(&lvol.uuid) {
+        Some(bd) => bd.notify_blockcnt_change(b.num_io_units()),
+        // A volume of no clusters has no bdev (one found so at load):
+        // it has one again.
+        None if n > 0 => {
+            vol::register(lvs, lvol.clone(), lvs.store.open_blob(lvol.blob_id)?)?;
+        }
+        None => {}
     }
     Ok(())
 }
@@ -386,7 +446,7 @@ pub async fn resize(lvs: &Arc<Lvs>, lvol: &Arc<Lvol>, size: u64) -> Result<(), L
 pub async fn set_read_only(lvs: &Arc<Lvs>, lvol: &Arc<Lvol>) -> Result<(), LvolError> {
     let _op = lvs.op.lock().await;
     let b = lvs.store.open_blob(lvol.blob_id)?;
-    quiesced(std::slice::from_ref(&lvol.uuid), b.set_read_only()).await?;
+    quiesced(std::slice::from_ref(&lvol.uuid), b.set_read_only()).await??;
     Ok(())
 }
 
@@ -398,15 +458,20 @@ pub async fn set_read_only(lvs: &Arc<Lvs>, lvol: &Arc<Lvol>) -> Result<(), LvolE
 /// EINVAL for decoupling a volume without a parent; ENOSPC; device
 /// errors.
 pub async fn detach(lvs: &Arc<Lvs>, lvol: &Arc<Lvol>, all: bool) -> Result<(), LvolError> {
-    {
-        // A snapshot's own clusters are about to change: its checksums go.
+    let _busy = {
+        // Held from here, under the store's lock: a snapshot, set parent
+        // or another detach waits for it (EBUSY) instead of racing it.
         let _op = lvs.op.lock().await;
+        not_held(lvs, lvol)?;
+        let hold = lvs.store.hold(lvol.blob_id)?;
+        // A snapshot's own clusters are about to change: its checksums go.
         let b = lvs.store.open_blob(lvol.blob_id)?;
         if b.is_read_only() && super::jobs::drop_checksums(&b) {
             b.sync_md().await?;
         }
-    }
-    // Long: not under the store's lock (the blob is held busy meanwhile).
+        hold
+    };
+    // Long: not under the store's lock.
     if all {
         lvs.store.inflate(lvol.blob_id).await?;
     } else {
@@ -422,11 +487,12 @@ pub async fn detach(lvs: &Arc<Lvs>, lvol: &Arc<Lvol>, all: bool) -> Result<(), L
 /// EINVAL without a parent or with an external one; device errors.
 pub async fn detach_parent(lvs: &Arc<Lvs>, lvol: &Arc<Lvol>) -> Result<(), LvolError> {
     let _op = lvs.op.lock().await;
+    not_held(lvs, lvol)?;
     quiesced(
         std::slice::from_ref(&lvol.uuid),
         lvs.store.detach_parent(lvol.blob_id),
     )
-    .await?;
+    .await??;
     Ok(())
 }
 
@@ -461,11 +527,12 @@ pub async fn set_parent(
         )));
     }
     drop((b, p));
+    not_held(lvs, lvol)?;
     quiesced(
         std::slice::from_ref(&lvol.uuid),
         lvs.store.set_parent(lvol.blob_id, parent.blob_id),
     )
-    .await?;
+    .await??;
     Ok(())
 }
 
@@ -497,11 +564,12 @@ pub async fn set_parent_bdev(
         )));
     }
     drop(b);
+    not_held(lvs, lvol)?;
     quiesced(
         std::slice::from_ref(&lvol.uuid),
         lvs.store.set_external_parent(lvol.blob_id, &cstr(e.uuid())),
     )
-    .await?;
+    .await??;
     Ok(())
 }
 

@@ -458,7 +458,7 @@ fn start_shallow_copy(params: Value) -> Result<Call, RpcError> {
     let p: ShallowCopyParams = decode(params)?;
     task(move || async move {
         let (s, l) = lvol_by_bdev(&p.src_lvol_name)?;
-        let id = jobs::start_copy(&s, &l, &p.dst_bdev_name, jobs::CopyKind::Shallow)?;
+        let id = jobs::start_copy(&s, &l, &p.dst_bdev_name, jobs::CopyKind::Shallow).await?;
         Ok(json!({ "operation_id": id }))
     })
 }

@@ -126,14 +126,11 @@ impl LvolBdev {
 
     fn zero(&self, ch: &LvolChannel, io: IoHandle) {
         let base = ch.base.clone();
-        let blob = self.store.open_blob(self.blob.id());
+        // Not counted as open: a deletion is not refused for it.
+        let blob = self.blob.view();
         let (off, n) = (io.io().offset_blocks(), io.io().num_blocks());
         drop(reactor::spawn(async move {
-            let r = match blob {
-                Ok(b) => b.zero(&base, off, n).await,
-                Err(e) => Err(e),
-            };
-            match r {
+            match blob.zero(&base, off, n).await {
                 Ok(()) => io.complete(IoStatus::Success),
                 Err(e) => {
                     log::error!("lvol: zeroing {n} blocks at {off}: {e}");
@@ -168,15 +165,17 @@ impl BdevOps for LvolBdev {
                     io.complete(IoStatus::Failed);
                     return;
                 }
+                // Made read-only after this channel was: its writes fail
+                // (one atomic load).
+                if ty == IoType::Write && self.blob.is_read_only() {
+                    io.complete(IoStatus::Failed);
+                    return;
+                }
                 let d = st.map.get(c);
                 if d != 0 {
                     return forward(io, &ch.base, u64::from(d) * self.upc + within);
                 }
                 if ty == IoType::Write {
-                    if self.blob.is_read_only() {
-                        io.complete(IoStatus::Failed);
-                        return;
-                    }
                     return self.slow_write(ch, io, c, within);
                 }
                 match st.resolve(c) {
