@@ -529,18 +529,7 @@ impl Blobstore {
     /// [`BlobError::Busy`] naming what holds it; [`BlobError::NotFound`].
     pub fn check_delete(&self, id: u64, own: usize) -> Result<(), BlobError> {
         let st = self.blob(id)?;
-        let clones = self.clones(id).len();
-        let busy = |why: String| Err(BlobError::Busy { id, why });
-        if st.opens.load(Ordering::Acquire) > own {
-            return busy("open".into());
-        }
-        if st.busy.load(Ordering::Acquire) > 0 {
-            return busy("an operation holds it".into());
-        }
-        if clones > 1 {
-            return busy(format!("{clones} clones depend on it"));
-        }
-        Ok(())
+        deletable(&st, self.clones(id).len(), own)
     }
 
     pub(crate) fn dev_blocks(&self) -> u64 {
@@ -1030,17 +1019,7 @@ impl Blobstore {
     }
 
     pub(crate) fn check_deletable(&self, st: &BlobState, clones: usize) -> Result<(), BlobError> {
-        let busy = |why: String| Err(BlobError::Busy { id: st.id, why });
-        if st.opens.load(Ordering::Acquire) > 0 {
-            return busy("open".into());
-        }
-        if st.busy.load(Ordering::Acquire) > 0 {
-            return busy("an operation holds it".into());
-        }
-        if clones > 1 {
-            return busy(format!("{clones} clones depend on it"));
-        }
-        Ok(())
+        deletable(st, clones, 0)
     }
 
     /// Removes blob `st` from disk (its first page zeroed, durably) and
@@ -1250,6 +1229,22 @@ impl Blobstore {
         flush_dev(&ch, self.dev_blocks()).await?;
         Ok(self.total_clusters())
     }
+}
+
+/// Whether blob `st` with `clones` clones can go, `own` of its opens not
+/// counting: not open, not held, at most one clone.
+fn deletable(st: &BlobState, clones: usize, own: usize) -> Result<(), BlobError> {
+    let busy = |why: String| Err(BlobError::Busy { id: st.id, why });
+    if st.opens.load(Ordering::Acquire) > own {
+        return busy("open".into());
+    }
+    if st.busy.load(Ordering::Acquire) > 0 {
+        return busy("an operation holds it".into());
+    }
+    if clones > 1 {
+        return busy(format!("{clones} clones depend on it"));
+    }
+    Ok(())
 }
 
 /// Device clusters `cs` as runs of consecutive ones: (first, count).
