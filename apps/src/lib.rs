@@ -36,6 +36,7 @@ pub mod jsonrpc;
 pub mod logger;
 pub mod methods;
 pub mod nbd;
+pub mod nvmf;
 pub mod server;
 pub mod ublk;
 
@@ -50,6 +51,7 @@ pub fn teardown(ctx: &Arc<Ctx>) {
     // Nothing is attached behind the teardown's back.
     bdev::modules::nvme::hotplug::disable();
     nbd::stop_all();
+    nvmf::stop_all();
     ublk::stop_all();
     for _ in 0..1000 {
         let list = bdev::list();

@@ -76,7 +76,7 @@ pub mod blob;
 mod channel;
 mod child;
 mod claim;
-pub mod crc32c;
+pub use nvme_driver::crc32c;
 mod desc;
 mod emulate;
 mod env;

@@ -44,6 +44,7 @@ mod admin;
 pub mod blocking;
 mod client;
 pub mod cmd;
+pub mod crc32c;
 mod ctrlr;
 mod error;
 mod init;
@@ -57,6 +58,7 @@ mod shared;
 pub mod sim;
 pub mod spec;
 pub mod status;
+pub mod tcp;
 
 pub use client::{AdminClient, AdminCommand, Passthru};
 pub use ctrlr::{Controller, ControllerOptions, Namespace, NsEvent, NsEventHandler, Starting};

@@ -14,6 +14,7 @@ mod bdev;
 mod framework;
 mod logging;
 mod nbd;
+mod nvmf;
 mod ublk;
 
 use std::future::Future;
@@ -218,6 +219,44 @@ pub fn table() -> Vec<Method> {
         rt("nbd_start_disk", nbd::nbd_start_disk),
         rt("nbd_stop_disk", nbd::nbd_stop_disk),
         rt("nbd_get_disks", nbd::nbd_get_disks),
+        rt("nvmf_create_transport", nvmf::nvmf_create_transport),
+        rt("nvmf_get_transports", nvmf::nvmf_get_transports),
+        rt("nvmf_create_subsystem", nvmf::nvmf_create_subsystem),
+        rt("nvmf_delete_subsystem", nvmf::nvmf_delete_subsystem),
+        rt("nvmf_get_subsystems", nvmf::nvmf_get_subsystems),
+        rt(
+            "nvmf_subsystem_add_listener",
+            nvmf::nvmf_subsystem_add_listener,
+        ),
+        rt(
+            "nvmf_subsystem_remove_listener",
+            nvmf::nvmf_subsystem_remove_listener,
+        ),
+        rt(
+            "nvmf_subsystem_get_listeners",
+            nvmf::nvmf_subsystem_get_listeners,
+        ),
+        rt(
+            "nvmf_subsystem_listener_set_ana_state",
+            nvmf::nvmf_subsystem_listener_set_ana_state,
+        ),
+        rt("nvmf_subsystem_add_ns", nvmf::nvmf_subsystem_add_ns),
+        rt("nvmf_subsystem_remove_ns", nvmf::nvmf_subsystem_remove_ns),
+        rt("nvmf_subsystem_add_host", nvmf::nvmf_subsystem_add_host),
+        rt(
+            "nvmf_subsystem_remove_host",
+            nvmf::nvmf_subsystem_remove_host,
+        ),
+        rt(
+            "nvmf_subsystem_allow_any_host",
+            nvmf::nvmf_subsystem_allow_any_host,
+        ),
+        rt(
+            "nvmf_subsystem_get_controllers",
+            nvmf::nvmf_subsystem_get_controllers,
+        ),
+        rt("nvmf_subsystem_get_qpairs", nvmf::nvmf_subsystem_get_qpairs),
+        rt("nvmf_get_stats", nvmf::nvmf_get_stats),
         rt("ublk_create_target", ublk::ublk_create_target),
         rt("ublk_destroy_target", ublk::ublk_destroy_target),
         rt("ublk_start_disk", ublk::ublk_start_disk),
@@ -455,16 +494,18 @@ pub fn subsystem_config(subsystem: &str) -> Result<Vec<Value>, RpcError> {
         "accel" => Ok(::bdev::modules::rpc_config("accel")),
         "bdev" => Ok(bdev::config()),
         "nbd" => Ok(nbd::config()),
+        "nvmf" => Ok(nvmf::config()),
         "ublk" => Ok(ublk::config()),
         _ => Err(RpcError::errno(-libc::ENOENT)),
     }
 }
 
 /// The subsystems, in dependency order.
-pub const SUBSYSTEMS: [(&str, &[&str]); 4] = [
+pub const SUBSYSTEMS: [(&str, &[&str]); 5] = [
     ("accel", &[]),
     ("bdev", &["accel"]),
     ("nbd", &["bdev"]),
+    ("nvmf", &["bdev"]),
     ("ublk", &["bdev"]),
 ];
 
