@@ -2,7 +2,8 @@
 //! `cargo test`: a seeded mutational loop (bit flips, byte insertions and
 //! deletions, splices, JSON tokens) over seed inputs, bounded in count and
 //! time, for the JSON-RPC parser and framer, the NBD request, option
-//! and info parsers, and the blob store's on-disk metadata (super block,
+//! and info parsers, the NVMe/TCP PDU parser (common header, layout,
+//! ICReq, data headers), and the blob store's on-disk metadata (super block,
 //! metadata pages and their descriptors, masks, a scanned metadata
 //! region: corrupt metadata is an error naming the page, never a panic). Each case checks "no panic" and the parsers' own
 //! invariants (round trips, frames conserving bytes, plans within bounds).
@@ -283,6 +284,117 @@ fn fuzz_nbd_parsers() {
         }
         if let Some((name, items)) = proto::parse_info_request(input) {
             assert_eq!(4 + name.len() + 2 + 2 * items.len(), input.len());
+        }
+    });
+}
+
+/// NVMe/TCP PDUs: an ICReq, command capsules with and without data and
+/// digests, H2CData, a termination request.
+fn pdu_corpus() -> Vec<Vec<u8>> {
+    use nvme_driver::tcp::pdu::{self, DataHeader, IcReq, PduType};
+    let mut v = vec![
+        IcReq {
+            pfv: 0,
+            hpda: 0,
+            hdgst: true,
+            ddgst: true,
+            maxr2t: 0,
+        }
+        .encode()
+        .to_vec(),
+    ];
+    for (len, hd, dd) in [(0, false, false), (512, true, true), (1024, false, true)] {
+        let mut b = [0u8; 80];
+        let n = pdu::capsule_cmd(&mut b, &[0x5Au8; 64], len, hd, dd);
+        let mut p = b[..n].to_vec();
+        p.extend(std::iter::repeat_n(
+            0xA5,
+            len + if dd && len > 0 { 4 } else { 0 },
+        ));
+        v.push(p);
+    }
+    let mut b = [0u8; 32];
+    let h = DataHeader {
+        cccid: 3,
+        ttag: 1,
+        offset: 4096,
+        length: 256,
+    };
+    let n = pdu::data_pdu_header(
+        &mut b,
+        PduType::H2CData,
+        &h,
+        pdu::FLAG_LAST_PDU,
+        true,
+        false,
+    );
+    let mut p = b[..n].to_vec();
+    p.extend_from_slice(&[7u8; 256]);
+    v.push(p);
+    let mut t = [0u8; 160];
+    let n = pdu::term_req(
+        &mut t,
+        PduType::H2CTermReq,
+        pdu::Fes::SequenceError,
+        0,
+        &[1u8; 40],
+    );
+    v.push(t[..n].to_vec());
+    v
+}
+
+#[test]
+fn fuzz_nvme_tcp_pdu_parsers() {
+    use nvme_driver::tcp::pdu::{self, CommonHeader, DataHeader, IcReq, Layout, Limits};
+    fuzz("nvme-tcp", pdu_corpus(), |input, r| {
+        let mut ch = [0u8; 8];
+        let n = input.len().min(8);
+        ch[..n].copy_from_slice(&input[..n]);
+        let c = CommonHeader::parse(&ch);
+        let lim = Limits {
+            hdgst: r.below(2) == 0,
+            ddgst: r.below(2) == 0,
+            pda: r.below(4) as u8,
+            max_data: 1 << r.below(18),
+            controller: r.below(4) != 0,
+        };
+        if let Ok(l) = Layout::of(&c, &lim) {
+            // What the layout says fits in what PLEN says.
+            let head = l.hlen + if l.hdgst { 4 } else { 0 };
+            assert_eq!(l.hlen, l.pdu_type.hlen());
+            assert!(head <= l.total);
+            assert!(l.data_len <= lim.max_data as usize || l.pdu_type.hlen() == 24);
+            if l.data_len > 0 {
+                assert!(l.data_off >= head);
+                assert_eq!(
+                    l.data_off + l.data_len + if l.ddgst { 4 } else { 0 },
+                    l.total
+                );
+                assert_eq!(l.padding(), l.data_off - head);
+            } else {
+                assert_eq!(l.total, head);
+            }
+            assert_eq!(l.rest_of_header() + 8, head);
+            if input.len() >= head {
+                let _ = pdu::check_header_digest(input, l.hlen);
+            }
+        } else if let Err(e) = Layout::of(&c, &lim) {
+            // Every refusal maps to a termination request.
+            let _ = (e.fes(), e.fei(), e.to_string());
+        }
+        if input.len() >= 128 {
+            let mut b = [0u8; 128];
+            b.copy_from_slice(&input[..128]);
+            if let Ok(req) = IcReq::parse(&b) {
+                let back = IcReq::parse(&req.encode()).unwrap();
+                assert_eq!(back, req);
+            }
+        }
+        if input.len() >= 24 {
+            let d = DataHeader::parse(input);
+            let mut out = [0u8; 32];
+            let n = pdu::r2t(&mut out, &d, false);
+            assert_eq!(DataHeader::parse(&out[..n]), d);
         }
     });
 }

@@ -561,3 +561,66 @@ pub fn go_encoded(id: u64, method: &str, params: &Value) -> String {
         "{{\n\t\"id\": {id},\n\t\"jsonrpc\": \"2.0\",\n\t\"method\": \"{method}\",\n\t\"params\": {params}\n}}\n"
     )
 }
+
+/// Runs a command that must succeed; its standard output.
+pub fn run(prog: &str, args: &[&str]) -> String {
+    let o = Command::new(prog)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{prog}: {e} (ci/guest-tier copies it into the guest)"));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{prog} {args:?}: {}\n{out}{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+/// fio on `dev` with direct I/O through libaio, `extra` options added;
+/// fails on any I/O or verification error.
+pub fn fio(dev: &str, name: &str, extra: &[&str]) {
+    let mut args = vec![
+        format!("--name={name}"),
+        format!("--filename={dev}"),
+        "--direct=1".into(),
+        "--ioengine=libaio".into(),
+        "--verify_fatal=1".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run("fio", &args);
+    assert!(out.contains("err= 0"), "fio {name}: {out}");
+    println!("fio {name}: ok");
+}
+
+/// The fio jobs the issue asks for: 4 KiB random reads and writes at
+/// depth 32 and 128 KiB sequential writes, every block verified.
+pub fn fio_verify(dev: &str) {
+    fio(
+        dev,
+        "rand4k",
+        &[
+            "--rw=randrw",
+            "--bs=4k",
+            "--iodepth=32",
+            "--size=24M",
+            "--verify=crc32c",
+            "--do_verify=1",
+        ],
+    );
+    fio(
+        dev,
+        "seq128k",
+        &[
+            "--rw=write",
+            "--bs=128k",
+            "--iodepth=32",
+            "--size=48M",
+            "--offset=8M",
+            "--verify=crc32c",
+            "--do_verify=1",
+        ],
+    );
+}

@@ -505,8 +505,18 @@ pub fn header_digest(header: &[u8]) -> u32 {
 /// (`hlen` header bytes, then 4 digest bytes).
 ///
 /// # Errors
-/// [`PduError::HeaderDigest`] on a mismatch.
+/// [`PduError::HeaderDigest`] on a mismatch; [`PduError::InvalidField`]
+/// (PLEN) when `buf` is too short to hold the header and its digest.
 pub fn check_header_digest(buf: &[u8], hlen: usize) -> Result<(), PduError> {
+    if buf.len() < hlen + DIGEST_LEN {
+        return Err(invalid(
+            4,
+            format!(
+                "{} bytes cannot hold a {hlen}-byte header and its digest",
+                buf.len()
+            ),
+        ));
+    }
     let computed = header_digest(&buf[..hlen]);
     let got = get32(buf, hlen);
     if got != computed {
