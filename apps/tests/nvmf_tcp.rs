@@ -694,3 +694,94 @@ fn bad_pdus_end_the_connection_with_a_termination_request() {
     // Nothing above stopped the target: a new host still connects.
     let _ = admin(&port, NQN, false, false, 0);
 }
+
+/// Mutated PDUs (bit flips, truncation, random lengths and types) sent to
+/// a live target after a real ICReq and Connect: whatever each connection
+/// gets (an answer, a termination request, a close), the target lives on
+/// and serves the next host.
+#[test]
+fn mutated_pdus_never_bring_the_target_down() {
+    let dir = TempDir::new("nvmf-fuzz");
+    let (mut a, port) = target(&dir, &[]);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    let mut x = seed;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let mut cases = 0;
+    while Instant::now() < deadline {
+        let (hd, dd) = (next() % 2 == 0, next() % 2 == 0);
+        let (mut h, cntlid) = if next() % 3 == 0 {
+            (Host::connect(&port, hd, dd), 0)
+        } else {
+            admin(&port, NQN, hd, dd, 0)
+        };
+        let mut pdus: Vec<Vec<u8>> = Vec::new();
+        let mut b = [0u8; 80];
+        let mut s = rw(0x01, 1, next() % 64, 8, 4096);
+        s[1] = 0x40;
+        s[39] = if next() % 2 == 0 { 0x01 } else { 0x5A };
+        let n = pdu::capsule_cmd(&mut b, &s, 512, hd, dd);
+        let mut p = b[..n].to_vec();
+        p.extend(std::iter::repeat_n(0x11, 512 + if dd { 4 } else { 0 }));
+        pdus.push(p);
+        let n = pdu::capsule_cmd(&mut b, &connect_sqe(1, 31, 0), 1024, hd, dd);
+        let mut p = b[..n].to_vec();
+        p.extend(connect_data(NQN, HOSTNQN, cntlid));
+        if dd {
+            p.extend([0u8; 4]);
+        }
+        pdus.push(p);
+        let d = DataHeader {
+            cccid: 1,
+            ttag: (next() % 4) as u16,
+            offset: 0,
+            length: 512,
+        };
+        let mut hb = [0u8; 32];
+        let n = pdu::data_pdu_header(&mut hb, PduType::H2CData, &d, FLAG_LAST_PDU, hd, dd);
+        let mut p = hb[..n].to_vec();
+        p.extend(std::iter::repeat_n(0x22, 512 + if dd { 4 } else { 0 }));
+        pdus.push(p);
+        let mut p = pdus[(next() % pdus.len() as u64) as usize].clone();
+        for _ in 0..1 + next() % 4 {
+            let len = p.len() as u64;
+            match next() % 5 {
+                0 => {
+                    let i = (next() % len) as usize;
+                    p[i] ^= 1 << (next() % 8);
+                }
+                1 => p.truncate((next() % len) as usize),
+                2 => {
+                    let i = (next() % 8) as usize;
+                    p[i] = next() as u8;
+                }
+                3 => p.extend((0..next() % 64).map(|_| next() as u8)),
+                _ => {
+                    let plen = (next() % 300_000) as u32;
+                    p[4..8].copy_from_slice(&plen.to_le_bytes());
+                }
+            }
+        }
+        h.s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let _ = h.s.write_all(&p);
+        let mut sink = [0u8; 4096];
+        while matches!(h.s.read(&mut sink), Ok(n) if n > 0) {}
+        cases += 1;
+    }
+    assert!(a.alive(), "the target died (seed {seed})\n{}", a.log_text());
+    // A host still gets served.
+    let (mut h, _) = admin(&port, NQN, false, false, 0);
+    let (c, _) = identify(&mut h, 1, 0);
+    assert_eq!(c.status, 0, "seed {seed}");
+    println!("{cases} mutated PDUs (seed {seed})");
+}
