@@ -1,6 +1,7 @@
 //! The storage appliance: a JSON-RPC 2.0 server on a Unix socket speaking
 //! SPDK's method names, parameters and result shapes; SPDK-format JSON config
-//! load and save; volume exports (NBD, ublk); signals and orderly shutdown.
+//! load and save; volume exports (NBD, ublk, an NVMe/TCP target); signals and
+//! orderly shutdown.
 //!
 //! Owns: the control plane seen from outside the process.
 //!
@@ -13,11 +14,13 @@
 //!  spdk-rpc ──unix socket──> server (accept thread, a thread per connection)
 //!                              │ jsonrpc::Framer → parse_request → methods::dispatch
 //!                              v
-//!                            methods/{framework,bdev,nbd,ublk} + bdev modules' rpc.rs
+//!                            methods/{framework,bdev,nbd,ublk,nvmf} + bdev modules' rpc.rs
 //!                              │ changes run on reactor 0 (Ctx::on_reactor)
 //!                              v
 //!  qemu-io ──NBD──> nbd (accept poller + a task per client on one reactor)
 //!  /dev/ublkbN ──ublk_drv──> ublk (an io_uring per queue, a poller per queue)
+//!  nvme-tcp host ──TCP──> nvmf (accept poller on reactor 0, a task per
+//!                          connection, round-robin over the reactors)
 //!                              │ BdevChannel I/O
 //!                              v
 //!                            bdev layer

@@ -1,6 +1,8 @@
 //! The poll-mode user-space NVMe driver: PCIe transport through VFIO, the
 //! controller bring-up and reset state machines, admin commands, and I/O
-//! queue pairs each owned by exactly one core.
+//! queue pairs each owned by exactly one core; and NVMe/TCP's wire format
+//! ([`tcp::pdu`]: PDUs, digests, the receiver's checks), which the
+//! appliance's target uses and the TCP initiator will.
 //!
 //! Owns: BAR0 registers, submission/completion rings, command encoding, PRP
 //! lists (and one SGL data block for single-segment data where the
