@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{Appliance, TempDir, expect_error};
+use common::{Appliance, TempDir, add_tcp_listener, expect_error, free_port};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -100,11 +100,6 @@ fn decode<T: serde::de::DeserializeOwned>(v: Value) -> T {
     serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{e}: {v}"))
 }
 
-fn free_port() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port().to_string()
-}
-
 #[test]
 fn longhorns_expose_and_stop_flow() {
     let dir = TempDir::new("nvmf-longhorn");
@@ -149,18 +144,7 @@ fn longhorns_expose_and_stop_flow() {
         )
         .unwrap();
     assert_eq!(nsid, json!(1));
-    a.ok(&[
-        "nvmf_subsystem_add_listener",
-        NQN,
-        "-t",
-        "tcp",
-        "-a",
-        "127.0.0.1",
-        "-s",
-        &port,
-        "-f",
-        "ipv4",
-    ]);
+    add_tcp_listener(&a, NQN, &port, &["-f", "ipv4"]);
     a.ok(&[
         "nvmf_subsystem_listener_set_ana_state",
         NQN,
@@ -373,16 +357,7 @@ fn save_config_brings_the_target_back() {
             "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-3333-4444-555555555555",
         ]);
         a.ok(&["nvmf_subsystem_add_ns", NQN, "M0", "-e", "0011223344556677"]);
-        a.ok(&[
-            "nvmf_subsystem_add_listener",
-            NQN,
-            "-t",
-            "tcp",
-            "-a",
-            "127.0.0.1",
-            "-s",
-            &port,
-        ]);
+        add_tcp_listener(&a, NQN, &port, &[]);
         let saved = a.ok(&["save_config"]);
         std::fs::write(&cfg, saved).unwrap();
     }

@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{Appliance, TempDir, random};
+use common::{Appliance, TempDir, add_tcp_listener, free_port, random};
 use nvme_driver::crc32c;
 use nvme_driver::tcp::pdu::{
     self, CommonHeader, DataHeader, FLAG_LAST_PDU, FLAG_SUCCESS, IcReq, IcResp, Layout, Limits,
@@ -21,11 +21,6 @@ use nvme_driver::tcp::pdu::{
 
 const NQN: &str = "nqn.2016-06.io.spdk:cnode1";
 const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:0f0e0d0c-0b0a-0908-0706-050403020100";
-
-fn free_port() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port().to_string()
-}
 
 /// A target with a 512-byte-block malloc namespace (1) and a
 /// 4096-byte-block one (2).
@@ -40,16 +35,7 @@ fn target(dir: &TempDir, extra_transport: &[&str]) -> (Appliance, String) {
     a.ok(&["nvmf_subsystem_add_ns", NQN, "M512"]);
     a.ok(&["nvmf_subsystem_add_ns", NQN, "M4K"]);
     let port = free_port();
-    a.ok(&[
-        "nvmf_subsystem_add_listener",
-        NQN,
-        "-t",
-        "tcp",
-        "-a",
-        "127.0.0.1",
-        "-s",
-        &port,
-    ]);
+    add_tcp_listener(&a, NQN, &port, &[]);
     (a, port)
 }
 
@@ -520,18 +506,41 @@ fn discovery_lists_every_listener() {
     assert_eq!(&entry[512..521], b"127.0.0.1");
     // A second listener shows up too.
     let port2 = free_port();
+    add_tcp_listener(&a, NQN, &port2, &[]);
+    let head = log(&mut h, 1024, 0);
+    assert_eq!(u64::from_le_bytes(head[8..16].try_into().unwrap()), 2);
+    // A port for discovery alone: it discovers, and does not serve the
+    // subsystem.
+    let port3 = free_port();
+    add_tcp_listener(&a, "discovery", &port3, &[]);
+    let subs = a.json(&["nvmf_get_subsystems"]);
+    assert_eq!(subs[0]["listen_addresses"][0]["trsvcid"], port3.as_str());
+    let (mut d, _) = admin(
+        &port3,
+        "nqn.2014-08.org.nvmexpress.discovery",
+        false,
+        false,
+        0,
+    );
+    let head = log(&mut d, 1024, 0);
+    assert_eq!(u64::from_le_bytes(head[8..16].try_into().unwrap()), 2);
+    let mut x = Host::connect(&port3, false, false);
+    let (c, _) = x.run(
+        connect_sqe(0, 31, 0),
+        &connect_data(NQN, HOSTNQN, 0xFFFF),
+        false,
+    );
+    assert_eq!((c.status, c.dw0), (0x4182, 0x0001_0100));
     a.ok(&[
-        "nvmf_subsystem_add_listener",
-        NQN,
+        "nvmf_subsystem_remove_listener",
+        "discovery",
         "-t",
         "tcp",
         "-a",
         "127.0.0.1",
         "-s",
-        &port2,
+        &port3,
     ]);
-    let head = log(&mut h, 1024, 0);
-    assert_eq!(u64::from_le_bytes(head[8..16].try_into().unwrap()), 2);
 }
 
 #[test]
@@ -548,16 +557,7 @@ fn connect_refusals_and_keep_alive() {
     assert_eq!((c.status, c.dw0), (0x4182, 0x0001_0100));
     // A host not on the list.
     a.ok(&["nvmf_create_subsystem", "nqn.2016-06.io.spdk:closed"]);
-    a.ok(&[
-        "nvmf_subsystem_add_listener",
-        "nqn.2016-06.io.spdk:closed",
-        "-t",
-        "tcp",
-        "-a",
-        "127.0.0.1",
-        "-s",
-        &port,
-    ]);
+    add_tcp_listener(&a, "nqn.2016-06.io.spdk:closed", &port, &[]);
     let mut h = Host::connect(&port, false, false);
     let (c, _) = h.run(
         connect_sqe(0, 31, 0),

@@ -51,6 +51,11 @@ fn check_tgt(tgt: &Option<String>, dot: bool) -> Result<(), RpcError> {
     }
 }
 
+/// SPDK's client's shortcut for the discovery subsystem.
+fn is_discovery(nqn: &str) -> bool {
+    nqn == nqn::DISCOVERY_NQN || nqn == "discovery"
+}
+
 fn no_subsystem(nqn: &str) -> RpcError {
     invalid(format!("no subsystem with NQN {nqn}"))
 }
@@ -267,12 +272,12 @@ pub(super) fn nvmf_get_subsystems(_ctx: &Arc<Ctx>, p: Params) -> RpcResult {
     let discovery = json!({
         "nqn": nqn::DISCOVERY_NQN,
         "subtype": "Discovery",
-        "listen_addresses": [],
+        "listen_addresses": t.discovery_listeners.iter().map(ListenAddr::to_json).collect::<Vec<_>>(),
         "allow_any_host": true,
         "hosts": [],
     });
     match p.nqn {
-        Some(n) if n == nqn::DISCOVERY_NQN => Ok(json!([discovery])),
+        Some(n) if is_discovery(&n) => Ok(json!([discovery])),
         Some(n) => match t.subsystems.iter().find(|s| s.nqn == n) {
             Some(s) => Ok(json!([s.to_json()])),
             None => Err(RpcError::errno(-libc::ENODEV)),
@@ -303,6 +308,26 @@ pub(super) fn nvmf_subsystem_add_listener(ctx: &Arc<Ctx>, p: Params) -> RpcResul
         Some(s) => AnaState::parse(s).ok_or_else(|| invalid(format!("ana_state '{s}'")))?,
     };
     let mut t = nvmf::target();
+    if is_discovery(&p.nqn) {
+        if t.transport.is_none() {
+            return Err(invalid("the TCP transport is not created"));
+        }
+        if t.discovery_listeners.contains(&addr) {
+            return Err(invalid(format!(
+                "{}:{} is already a discovery listener",
+                addr.traddr, addr.trsvcid
+            )));
+        }
+        nvmf::acquire_port(&ctx.handle, &mut t, &addr).map_err(|e| {
+            invalid(format!(
+                "cannot listen on {}:{}: {e}",
+                addr.traddr, addr.trsvcid
+            ))
+        })?;
+        t.discovery_listeners.push(addr);
+        nvmf::bump();
+        return Ok(json!(true));
+    }
     let Some(i) = t.subsystems.iter().position(|s| s.nqn == p.nqn) else {
         return Err(no_subsystem(&p.nqn));
     };
@@ -362,6 +387,18 @@ pub(super) fn nvmf_subsystem_remove_listener(_ctx: &Arc<Ctx>, p: Params) -> RpcR
     check_tgt(&p.tgt_name, true)?;
     let addr = p.listen_address.addr()?;
     let mut t = nvmf::target();
+    if is_discovery(&p.nqn) {
+        let Some(i) = t.discovery_listeners.iter().position(|a| *a == addr) else {
+            return Err(invalid(format!(
+                "{}:{} is not a discovery listener",
+                addr.traddr, addr.trsvcid
+            )));
+        };
+        t.discovery_listeners.remove(i);
+        nvmf::release_port(&mut t, &addr);
+        nvmf::bump();
+        return Ok(json!(true));
+    }
     let Some(i) = t.subsystems.iter().position(|s| s.nqn == p.nqn) else {
         return Err(no_subsystem(&p.nqn));
     };
@@ -388,6 +425,14 @@ pub(super) fn nvmf_subsystem_get_listeners(_ctx: &Arc<Ctx>, p: Params) -> RpcRes
     let p: NqnOnly = decode(p)?;
     check_tgt(&p.tgt_name, false)?;
     let t = nvmf::target();
+    if is_discovery(&p.nqn) {
+        return Ok(Value::Array(
+            t.discovery_listeners
+                .iter()
+                .map(|a| json!({ "address": a.to_json() }))
+                .collect(),
+        ));
+    }
     let Some(s) = t.subsystems.iter().find(|s| s.nqn == p.nqn) else {
         return Err(no_subsystem(&p.nqn));
     };
@@ -810,6 +855,12 @@ pub(super) fn config() -> Vec<Value> {
     let mut out = Vec::new();
     if let Some(o) = &t.transport {
         out.push(json!({"method": "nvmf_create_transport", "params": o.to_json()}));
+    }
+    for a in &t.discovery_listeners {
+        out.push(json!({
+            "method": "nvmf_subsystem_add_listener",
+            "params": {"nqn": nqn::DISCOVERY_NQN, "listen_address": a.to_json(), "secure_channel": false}
+        }));
     }
     for s in &t.subsystems {
         out.extend(s.config());

@@ -694,35 +694,10 @@ impl Conn {
         }
     }
 
-    /// Queues C2HData for `cid` carrying `data` (LAST; SUCCESS when
-    /// `success`: no response capsule follows).
-    pub(super) fn c2h(&mut self, cid: u16, data: &[u8], success: bool) {
-        let h = DataHeader {
-            cccid: cid,
-            ttag: 0,
-            offset: 0,
-            length: data.len() as u32,
-        };
-        let flags = FLAG_LAST_PDU | if success { FLAG_SUCCESS } else { 0 };
-        let mut hb = [0u8; 32];
-        let n = pdu::data_pdu_header(
-            &mut hb,
-            PduType::C2HData,
-            &h,
-            flags,
-            self.lim.hdgst,
-            self.lim.ddgst,
-        );
-        self.out.extend_from_slice(&hb[..n]);
-        self.out.extend_from_slice(data);
-        if self.lim.ddgst {
-            let d = nvme_driver::crc32c::checksum(data);
-            self.out.extend_from_slice(&d.to_le_bytes());
-        }
-    }
-
-    /// Queues C2HData for `cid` from buffer `buf` (`len` bytes).
-    pub(super) fn c2h_buf(&mut self, cid: u16, buf: &DmaBuf, len: usize, success: bool) {
+    /// Queues the header of a C2HData for `cid` carrying `len` bytes (LAST;
+    /// SUCCESS when `success`: no response capsule follows); the data and
+    /// its digest ([`Conn::c2h_digest`]) go right after it.
+    fn c2h_header(&mut self, cid: u16, len: usize, success: bool) {
         let h = DataHeader {
             cccid: cid,
             ttag: 0,
@@ -740,13 +715,31 @@ impl Conn {
             self.lim.ddgst,
         );
         self.out.extend_from_slice(&hb[..n]);
-        let at = self.out.len();
-        self.out.resize(at + len, 0);
-        buf.read_at(0, &mut self.out[at..]);
+    }
+
+    /// Appends the data digest of the last `len` bytes queued, when on.
+    fn c2h_digest(&mut self, len: usize) {
         if self.lim.ddgst {
+            let at = self.out.len() - len;
             let d = nvme_driver::crc32c::checksum(&self.out[at..]);
             self.out.extend_from_slice(&d.to_le_bytes());
         }
+    }
+
+    /// Queues C2HData for `cid` carrying `data`.
+    pub(super) fn c2h(&mut self, cid: u16, data: &[u8], success: bool) {
+        self.c2h_header(cid, data.len(), success);
+        self.out.extend_from_slice(data);
+        self.c2h_digest(data.len());
+    }
+
+    /// Queues C2HData for `cid` from buffer `buf` (`len` bytes).
+    pub(super) fn c2h_buf(&mut self, cid: u16, buf: &DmaBuf, len: usize, success: bool) {
+        self.c2h_header(cid, len, success);
+        let at = self.out.len();
+        self.out.resize(at + len, 0);
+        buf.read_at(0, &mut self.out[at..]);
+        self.c2h_digest(len);
     }
 
     /// Whether reads may end with C2HData's SUCCESS flag.

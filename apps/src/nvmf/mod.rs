@@ -125,6 +125,9 @@ pub struct Target {
     pub subsystems: Vec<Subsystem>,
     /// Listening sockets by address: how many subsystems use each.
     pub ports: BTreeMap<ListenAddr, Port>,
+    /// Listeners added to the discovery subsystem itself (every listener
+    /// answers discovery; these listen for it alone).
+    pub discovery_listeners: Vec<ListenAddr>,
     /// Connections accepted since start (cumulative admin/I/O counts are
     /// in [`STATS`]).
     pub next_conn: u64,
@@ -142,6 +145,7 @@ static TARGET: Mutex<Target> = Mutex::new(Target {
     transport: None,
     subsystems: Vec::new(),
     ports: BTreeMap::new(),
+    discovery_listeners: Vec::new(),
     next_conn: 0,
 });
 
@@ -323,6 +327,7 @@ pub fn stop_all() {
         p.stop.store(true, Ordering::Release);
     }
     t.ports.clear();
+    t.discovery_listeners.clear();
     for s in &t.subsystems {
         for c in &s.controllers {
             c.kill();

@@ -102,12 +102,8 @@ impl std::fmt::Debug for Namespace {
 }
 
 impl Namespace {
-    /// The namespace object `nvmf_get_subsystems` shows.
-    pub fn to_json(&self, ana_reporting: bool) -> Value {
-        let mut m = Map::new();
-        m.insert("nsid".into(), json!(self.nsid));
-        m.insert("bdev_name".into(), json!(self.bdev_name));
-        m.insert("name".into(), json!(self.bdev_name));
+    /// Its identifiers (those set) and group, into `m`.
+    fn ids(&self, m: &mut Map<String, Value>, ana_reporting: bool) {
         if self.nguid != [0; 16] {
             m.insert("nguid".into(), json!(upper_hex(&self.nguid)));
         }
@@ -120,6 +116,15 @@ impl Namespace {
         if ana_reporting {
             m.insert("anagrpid".into(), json!(self.anagrpid));
         }
+    }
+
+    /// The namespace object `nvmf_get_subsystems` shows.
+    pub fn to_json(&self, ana_reporting: bool) -> Value {
+        let mut m = Map::new();
+        m.insert("nsid".into(), json!(self.nsid));
+        m.insert("bdev_name".into(), json!(self.bdev_name));
+        m.insert("name".into(), json!(self.bdev_name));
+        self.ids(&mut m, ana_reporting);
         Value::Object(m)
     }
 
@@ -128,18 +133,7 @@ impl Namespace {
         let mut m = Map::new();
         m.insert("nsid".into(), json!(self.nsid));
         m.insert("bdev_name".into(), json!(self.bdev_name));
-        if self.nguid != [0; 16] {
-            m.insert("nguid".into(), json!(upper_hex(&self.nguid)));
-        }
-        if self.eui64 != [0; 8] {
-            m.insert("eui64".into(), json!(upper_hex(&self.eui64)));
-        }
-        if self.uuid != [0; 16] {
-            m.insert("uuid".into(), json!(format_uuid(&self.uuid)));
-        }
-        if ana_reporting {
-            m.insert("anagrpid".into(), json!(self.anagrpid));
-        }
+        self.ids(&mut m, ana_reporting);
         m.insert("no_auto_visible".into(), json!(self.no_auto_visible));
         Value::Object(m)
     }

@@ -624,3 +624,26 @@ pub fn fio_verify(dev: &str) {
         ],
     );
 }
+
+/// A TCP port free on 127.0.0.1 just now (for a listener to take).
+pub fn free_port() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port().to_string()
+}
+
+/// `spdk-rpc nvmf_subsystem_add_listener NQN -t tcp -a 127.0.0.1 -s PORT`
+/// plus `extra`, which must succeed.
+pub fn add_tcp_listener(a: &Appliance, nqn: &str, port: &str, extra: &[&str]) {
+    let mut args = vec![
+        "nvmf_subsystem_add_listener",
+        nqn,
+        "-t",
+        "tcp",
+        "-a",
+        "127.0.0.1",
+        "-s",
+        port,
+    ];
+    args.extend_from_slice(extra);
+    a.ok(&args);
+}
