@@ -753,6 +753,9 @@ fn mutated_pdus_never_bring_the_target_down() {
         pdus.push(p);
         let mut p = pdus[(next() % pdus.len() as u64) as usize].clone();
         for _ in 0..1 + next() % 4 {
+            if p.len() < 8 {
+                p.resize(8, 0);
+            }
             let len = p.len() as u64;
             match next() % 5 {
                 0 => {

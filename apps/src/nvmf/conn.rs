@@ -101,6 +101,27 @@ pub(super) struct NsEntry {
     pub(super) unmap: bool,
 }
 
+/// A read's buffer on its way into the socket.
+struct Spliced {
+    /// Where in `out` its bytes go.
+    at: usize,
+    buf: DmaBuf,
+    len: usize,
+    sent: usize,
+    /// The channel the buffer goes back to.
+    ns: Rc<NsEntry>,
+}
+
+/// The first `len` bytes of `buf`, which this connection owns (its I/O
+/// completed).
+fn buf_bytes(buf: &DmaBuf, len: usize) -> &[u8] {
+    let len = len.min(buf.len());
+    // SAFETY: `buf` is a live allocation of at least `buf.len()` bytes;
+    // its I/O has completed, so nothing else (no device, no other core)
+    // writes it while the shared borrow lives, which `buf`'s borrow bounds.
+    unsafe { std::slice::from_raw_parts(buf.as_ptr(), len) }
+}
+
 /// What a slot's command waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Stage {
@@ -149,6 +170,12 @@ pub(super) struct Conn {
     in_end: usize,
     pub(super) out: Vec<u8>,
     out_off: usize,
+    /// Read data sent straight from its DMA buffer: each goes into the
+    /// stream at its offset in `out` (between its C2HData header and its
+    /// digest), so a read's data is never copied here.
+    spliced: VecDeque<Spliced>,
+    /// Bytes of `spliced` not yet sent.
+    spliced_bytes: usize,
     done: Rc<Done>,
     tags: Vec<Rc<TagRef>>,
     pub(super) slots: Vec<Option<Req>>,
@@ -211,6 +238,8 @@ pub async fn serve(stream: TcpStream, listen: ListenAddr, id: u64) {
         in_end: 0,
         out: Vec::with_capacity(256 << 10),
         out_off: 0,
+        spliced: VecDeque::new(),
+        spliced_bytes: 0,
         done,
         tags: Vec::new(),
         slots: Vec::new(),
@@ -372,33 +401,96 @@ impl Conn {
         self.q.as_ref().map(|q| q.qid)
     }
 
-    /// Writes what is queued; true when bytes went out.
+    /// Writes what is queued (bytes of `out` and spliced buffers, with
+    /// one `writev` per turn); true when bytes went out.
     fn send(&mut self) -> io::Result<bool> {
         let mut progress = false;
-        while self.out_off < self.out.len() {
-            match self.stream.write(&self.out[self.out_off..]) {
+        while self.backlog() > 0 {
+            let mut iov: [std::io::IoSlice<'_>; 16] = [std::io::IoSlice::new(&[]); 16];
+            let mut n = 0;
+            let mut pos = self.out_off;
+            for sp in &self.spliced {
+                if n + 2 > iov.len() {
+                    break;
+                }
+                if pos < sp.at {
+                    iov[n] = std::io::IoSlice::new(&self.out[pos..sp.at]);
+                    n += 1;
+                    pos = sp.at;
+                }
+                iov[n] = std::io::IoSlice::new(&buf_bytes(&sp.buf, sp.len)[sp.sent..]);
+                n += 1;
+            }
+            if n < iov.len() && pos < self.out.len() && self.spliced.len() <= iov.len() / 2 {
+                iov[n] = std::io::IoSlice::new(&self.out[pos..]);
+                n += 1;
+            }
+            match self.stream.write_vectored(&iov[..n]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.out_off += n;
+                Ok(written) => {
                     progress = true;
+                    self.advance(written);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        if self.out_off == self.out.len() {
+        if self.backlog() == 0 {
             self.out.clear();
             self.out_off = 0;
         } else if self.out_off > (1 << 20) {
-            self.out.drain(..self.out_off);
+            let cut = self.out_off;
+            self.out.drain(..cut);
             self.out_off = 0;
+            for sp in &mut self.spliced {
+                sp.at -= cut;
+            }
         }
         Ok(progress)
     }
 
+    /// Moves the send position `n` bytes on, through `out` and the spliced
+    /// buffers in stream order; sent buffers go back to their channel.
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            match self.spliced.front_mut() {
+                Some(sp) if self.out_off == sp.at => {
+                    let take = n.min(sp.len - sp.sent);
+                    sp.sent += take;
+                    n -= take;
+                    self.spliced_bytes -= take;
+                    if sp.sent == sp.len
+                        && let Some(sp) = self.spliced.pop_front()
+                    {
+                        sp.ns.ch.free_buf(sp.buf);
+                    }
+                }
+                Some(sp) => {
+                    let take = n.min(sp.at - self.out_off);
+                    self.out_off += take;
+                    n -= take;
+                }
+                None => {
+                    self.out_off += n;
+                    n = 0;
+                }
+            }
+        }
+        // A buffer whose bytes all went with the last write leaves now too.
+        while let Some(sp) = self.spliced.front() {
+            if sp.at == self.out_off && sp.sent == sp.len {
+                if let Some(sp) = self.spliced.pop_front() {
+                    sp.ns.ch.free_buf(sp.buf);
+                }
+            } else {
+                break;
+            }
+        }
+    }
+
     fn backlog(&self) -> usize {
-        self.out.len() - self.out_off
+        self.out.len() - self.out_off + self.spliced_bytes
     }
 
     /// Reads and handles whole PDUs; true on progress.
@@ -733,13 +825,39 @@ impl Conn {
         self.c2h_digest(data.len());
     }
 
-    /// Queues C2HData for `cid` from buffer `buf` (`len` bytes).
-    pub(super) fn c2h_buf(&mut self, cid: u16, buf: &DmaBuf, len: usize, success: bool) {
+    /// Queues C2HData for `cid` with `len` bytes of buffer `buf`, sent
+    /// from the buffer itself; the buffer goes back to `ns`'s channel once
+    /// sent.
+    pub(super) fn c2h_buf(
+        &mut self,
+        cid: u16,
+        buf: DmaBuf,
+        len: usize,
+        success: bool,
+        ns: Rc<NsEntry>,
+    ) {
+        let len = len.min(buf.len());
         self.c2h_header(cid, len, success);
-        let at = self.out.len();
-        self.out.resize(at + len, 0);
-        buf.read_at(0, &mut self.out[at..]);
-        self.c2h_digest(len);
+        if self.lim.ddgst {
+            let d = nvme_driver::crc32c::checksum(buf_bytes(&buf, len));
+            self.spliced.push_back(Spliced {
+                at: self.out.len(),
+                buf,
+                len,
+                sent: 0,
+                ns,
+            });
+            self.out.extend_from_slice(&d.to_le_bytes());
+        } else {
+            self.spliced.push_back(Spliced {
+                at: self.out.len(),
+                buf,
+                len,
+                sent: 0,
+                ns,
+            });
+        }
+        self.spliced_bytes += len;
     }
 
     /// Whether reads may end with C2HData's SUCCESS flag.
@@ -949,6 +1067,10 @@ impl Conn {
                 req.ns.ch.free_buf(b);
             }
         }
+        while let Some(sp) = self.spliced.pop_front() {
+            sp.ns.ch.free_buf(sp.buf);
+        }
+        self.spliced_bytes = 0;
     }
 
     /// Leaves the controller: an admin queue takes its controller down.

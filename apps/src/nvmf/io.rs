@@ -315,9 +315,9 @@ impl Conn {
         self.free.push(i);
         let buf = req.buf.take();
         if req.opcode == opc::READ && status == Status::OK {
-            if let Some(b) = &buf {
+            if let Some(b) = buf {
                 let success = self.success_flag();
-                self.c2h_buf(req.cid, b, req.len, success);
+                self.c2h_buf(req.cid, b, req.len, success, req.ns.clone());
                 if !success {
                     self.complete(req.cid, &Reply::ok(0));
                 } else if let Some(s) = STATS.get(self.core_index()) {
@@ -326,9 +326,9 @@ impl Conn {
             } else {
                 self.complete(req.cid, &Reply::err(Status::INTERNAL));
             }
-        } else {
-            self.complete(req.cid, &Reply::err(status));
+            return;
         }
+        self.complete(req.cid, &Reply::err(status));
         if let Some(b) = buf {
             req.ns.ch.free_buf(b);
         }
