@@ -118,8 +118,8 @@ pub use module::{BdevModule, ExamineFuture, ModuleFuture, ModuleTask};
 pub use ops::BdevOps;
 pub use qos::{MIN_IOS_PER_SEC, QosLimits, QosUpdate};
 pub use registry::{
-    config_calls, examines_in_flight, fini, get, list, modules as registered_modules, new_uuid,
-    register, register_module, set_alias, unregister, wait_for_examine,
+    config_calls, examines_in_flight, fini, format_uuid, get, list, modules as registered_modules,
+    new_uuid, register, register_module, set_alias, unregister, wait_for_examine,
 };
 pub use stats::{IoStats, StatsReset, TypeStats};
 pub use types::{BdevEvent, IoStatus, IoType, IoVec};

@@ -58,7 +58,7 @@ pub fn new_uuid() -> String {
 }
 
 /// 16 bytes in the UUID text form (8-4-4-4-12 lowercase hex digits).
-pub(crate) fn format_uuid(b: &[u8; 16]) -> String {
+pub fn format_uuid(b: &[u8; 16]) -> String {
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
     format!(
         "{}-{}-{}-{}-{}",

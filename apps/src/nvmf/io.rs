@@ -158,8 +158,11 @@ impl Conn {
                 continue;
             };
             let ch = &req.ns.ch;
+            // A deallocation of more ranges than the channel has I/O
+            // objects waits for an idle channel, and what does not fit
+            // fails the command (never waits for ever).
             let need = if req.opcode == opc::DSM {
-                self.dsm_ranges(i).len().max(1)
+                self.dsm_ranges(i).len().clamp(1, ch.pool_size())
             } else {
                 1
             };

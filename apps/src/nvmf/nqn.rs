@@ -85,18 +85,8 @@ pub fn parse_hex(s: &str, n: usize) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// UUID bytes as lower-case 8-4-4-4-12.
-pub fn format_uuid(u: &[u8; 16]) -> String {
-    let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
+/// UUID bytes as lower-case 8-4-4-4-12 (the bdev layer's).
+pub use bdev::format_uuid;
 
 /// Bytes as upper-case hex (SPDK's nguid and eui64 output).
 pub fn upper_hex(b: &[u8]) -> String {
