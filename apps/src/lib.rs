@@ -34,6 +34,7 @@
 //! drained.
 
 pub mod args;
+pub mod completions;
 pub mod config;
 pub mod jsonrpc;
 pub mod logger;

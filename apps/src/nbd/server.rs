@@ -7,22 +7,20 @@
 //! woken at once by a completion), so an idle connection costs almost
 //! nothing and a busy one is served at once.
 
-use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::future::Future;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bdev::{BdevChannel, BdevError, BdevIo, IoStatus, IoType};
+use bdev::{BdevChannel, BdevError, IoStatus, IoType};
 use dma::DmaBuf;
 
 use super::Export;
 use super::proto::{self, Command, Plan, errno};
+use crate::completions::{Completions, io_done};
 
 /// How long a client may take over the whole handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -347,33 +345,6 @@ const ACTIVE_POLL: Duration = Duration::from_millis(1);
 /// Socket reads per turn, so one busy client cannot hold the reactor.
 const READS_PER_TURN: usize = 4;
 
-/// Where completions meet the connection: filled by [`io_done`] on this
-/// core, drained by the connection's task.
-struct Done {
-    ready: RefCell<VecDeque<(u16, IoStatus, Option<DmaBuf>)>>,
-    waker: Cell<Option<Waker>>,
-}
-
-/// A slot's tag: the context word of the slot's I/O (one reference per
-/// I/O in flight, so a completion after the task is gone stays sound).
-struct Tag {
-    done: Rc<Done>,
-    index: u16,
-}
-
-fn io_done(io: &mut BdevIo, status: IoStatus) {
-    // SAFETY: `ctx` is an `Rc<Tag>` leaked by `Pipeline::submit_queued`
-    // for this I/O; it is rebuilt exactly once, here.
-    let tag = unsafe { Rc::from_raw(io.ctx() as *const Tag) };
-    tag.done
-        .ready
-        .borrow_mut()
-        .push_back((tag.index, status, io.take_buf()));
-    if let Some(w) = tag.done.waker.take() {
-        w.wake();
-    }
-}
-
 /// What a request in a slot still has to do.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Stage {
@@ -413,8 +384,7 @@ enum Rx {
 struct Pipeline {
     export: Rc<Export>,
     ch: BdevChannel,
-    done: Rc<Done>,
-    tags: Vec<Rc<Tag>>,
+    done: Completions,
     slots: Vec<Option<Req>>,
     free: Vec<u16>,
     to_submit: VecDeque<u16>,
@@ -434,26 +404,13 @@ struct Pipeline {
 
 impl Pipeline {
     fn new(export: Rc<Export>, ch: BdevChannel, structured: bool) -> Pipeline {
-        let done = Rc::new(Done {
-            ready: RefCell::new(VecDeque::with_capacity(MAX_IN_FLIGHT)),
-            waker: Cell::new(None),
-        });
-        let tags = (0..MAX_IN_FLIGHT as u16)
-            .map(|index| {
-                Rc::new(Tag {
-                    done: done.clone(),
-                    index,
-                })
-            })
-            .collect();
         Pipeline {
             block_size: export.bdev.block_size(),
             trim: export.bdev.io_type_supported(IoType::Unmap),
             flush: export.bdev.io_type_supported(IoType::Flush),
             export,
             ch,
-            done,
-            tags,
+            done: Completions::new(MAX_IN_FLIGHT),
             slots: (0..MAX_IN_FLIGHT).map(|_| None).collect(),
             free: (0..MAX_IN_FLIGHT as u16).rev().collect(),
             to_submit: VecDeque::with_capacity(MAX_IN_FLIGHT),
@@ -529,7 +486,7 @@ impl Pipeline {
     fn reap(&mut self) -> bool {
         let mut progress = false;
         while self.out.len() - self.out_off < MAX_OUT {
-            let next = self.done.ready.borrow_mut().pop_front();
+            let next = self.done.pop();
             let Some((i, status, buf)) = next else { break };
             progress = true;
             self.in_flight -= 1;
@@ -568,7 +525,7 @@ impl Pipeline {
             let Some(req) = self.slots[i as usize].as_mut() else {
                 continue;
             };
-            let ctx = Rc::into_raw(self.tags[i as usize].clone()) as usize;
+            let ctx = self.done.ctx(i);
             let ch = &self.ch;
             let all = self.export.bdev.num_blocks();
             let (ob, nb) = (req.offset_blocks, req.num_blocks);
@@ -602,9 +559,9 @@ impl Pipeline {
             match res {
                 Ok(()) => self.in_flight += 1,
                 Err(e) => {
-                    // SAFETY: the I/O was not started: the reference
-                    // leaked for it is ours again.
-                    drop(unsafe { Rc::from_raw(ctx as *const Tag) });
+                    // SAFETY: `ctx` is this I/O's word and the I/O was
+                    // not started.
+                    unsafe { Completions::not_started(ctx) };
                     let writes = req.command != Command::Read;
                     self.finish(i, submit_errno(&e, writes));
                 }
@@ -814,27 +771,13 @@ impl Pipeline {
         Ok(progress)
     }
 
-    /// Waits up to `d` for a completion.
-    async fn wait(&self, d: Duration) {
-        let mut sleep = std::pin::pin!(reactor::sleep(d));
-        std::future::poll_fn(|cx| {
-            if !self.done.ready.borrow().is_empty() {
-                return Poll::Ready(());
-            }
-            self.done.waker.set(Some(cx.waker().clone()));
-            sleep.as_mut().poll(cx)
-        })
-        .await;
-        self.done.waker.take();
-    }
-
     /// Waits for the I/O still in flight (its replies are not sent) and
     /// gives its buffers back.
     async fn drain(&mut self) {
         while self.in_flight > 0 {
-            self.wait(Duration::from_millis(1)).await;
+            self.done.wait(Duration::from_millis(1)).await;
             loop {
-                let next = self.done.ready.borrow_mut().pop_front();
+                let next = self.done.pop();
                 let Some((_, _, buf)) = next else { break };
                 self.in_flight -= 1;
                 if let Some(b) = buf {
@@ -891,7 +834,7 @@ async fn transmit(c: &mut Conn, structured: bool) -> io::Result<()> {
             // last reply within microseconds): poll without sleeping.
             reactor::yield_now().await;
         } else {
-            p.wait(backoff).await;
+            p.done.wait(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(1));
         }
     };

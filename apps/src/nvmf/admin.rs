@@ -38,10 +38,9 @@ pub const MAX_AERS: usize = 4;
 /// Firmware revision in Identify.
 const FIRMWARE: &str = env!("CARGO_PKG_VERSION");
 
-/// Runs admin command `sqe` (not an AER) of `ctrl`, with `data` its
-/// in-capsule data.
-pub fn execute(ctrl: &Controller, sqe: &Sqe, data: &[u8]) -> Reply {
-    let _ = data;
+/// Runs admin command `sqe` (not an AER) of `ctrl` (no admin command
+/// served here takes data from the host).
+pub fn execute(ctrl: &Controller, sqe: &Sqe) -> Reply {
     match sqe.opcode() {
         opc::IDENTIFY => identify(ctrl, sqe),
         opc::GET_LOG_PAGE => get_log_page(ctrl, sqe),

@@ -8,15 +8,12 @@
 //! longer each time it finds nothing (up to 1 ms), and a completion wakes
 //! it at once.
 
-use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::future::Future;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bdev::{BdevChannel, IoStatus};
@@ -30,6 +27,7 @@ use super::cmd::{self, DataPlan, Reply, Sqe, Status};
 use super::fabrics::{self, Connected};
 use super::subsystem::{AnaState, Namespace};
 use super::{ListenAddr, STATS, admin, target};
+use crate::completions::Completions;
 
 /// In-capsule data allowed on admin queues and for fabrics commands.
 pub const ADMIN_ICD: u32 = 8192;
@@ -62,32 +60,6 @@ enum End {
 impl From<io::Error> for End {
     fn from(e: io::Error) -> End {
         End::Io(e)
-    }
-}
-
-/// Completions reach the connection through here (on its core).
-struct Done {
-    ready: RefCell<VecDeque<(u16, IoStatus, Option<DmaBuf>)>>,
-    waker: Cell<Option<Waker>>,
-}
-
-/// The context word of one slot's I/O.
-pub(super) struct TagRef {
-    done: Rc<Done>,
-    index: u16,
-}
-
-/// Hands a finished I/O to its connection.
-pub(super) fn io_done(io: &mut bdev::BdevIo, status: IoStatus) {
-    // SAFETY: `ctx` is an `Rc<Tag>` leaked by `Conn::submit_queued` for
-    // this I/O; it is rebuilt exactly once, here.
-    let tag = unsafe { Rc::from_raw(io.ctx() as *const TagRef) };
-    tag.done
-        .ready
-        .borrow_mut()
-        .push_back((tag.index, status, io.take_buf()));
-    if let Some(w) = tag.done.waker.take() {
-        w.wake();
     }
 }
 
@@ -176,8 +148,7 @@ pub(super) struct Conn {
     spliced: VecDeque<Spliced>,
     /// Bytes of `spliced` not yet sent.
     spliced_bytes: usize,
-    done: Rc<Done>,
-    tags: Vec<Rc<TagRef>>,
+    pub(super) done: Completions,
     pub(super) slots: Vec<Option<Req>>,
     pub(super) free: Vec<u16>,
     pub(super) to_submit: VecDeque<u16>,
@@ -210,10 +181,6 @@ pub async fn serve(stream: TcpStream, listen: ListenAddr, id: u64) {
         let o = t.transport.clone().unwrap_or_default();
         (o.in_capsule_data_size, o.c2h_success, o.max_io_size)
     };
-    let done = Rc::new(Done {
-        ready: RefCell::new(VecDeque::new()),
-        waker: Cell::new(None),
-    });
     let mut c = Conn {
         stream,
         listen,
@@ -240,8 +207,7 @@ pub async fn serve(stream: TcpStream, listen: ListenAddr, id: u64) {
         out_off: 0,
         spliced: VecDeque::new(),
         spliced_bytes: 0,
-        done,
-        tags: Vec::new(),
+        done: Completions::new(0),
         slots: Vec::new(),
         free: Vec::new(),
         to_submit: VecDeque::new(),
@@ -376,15 +342,10 @@ impl Conn {
             } else if last_progress.elapsed() < ACTIVE_POLL {
                 reactor::yield_now().await;
             } else {
-                self.wait(backoff).await;
+                self.done.wait(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_millis(1));
             }
         }
-    }
-
-    /// The tag of slot `i`.
-    pub(super) fn tag(&self, i: u16) -> Rc<TagRef> {
-        self.tags[i as usize].clone()
     }
 
     /// The largest I/O in bytes.
@@ -511,12 +472,13 @@ impl Conn {
                 if self.in_end - at < l.total {
                     break;
                 }
-                if l.pdu_type == PduType::CapsuleCmd && self.q.is_some() && self.free.is_empty() {
+                if l.pdu_type == PduType::CapsuleCmd
+                    && self.qid().is_some_and(|q| q > 0)
+                    && self.free.is_empty()
+                {
                     // Every slot busy: the host exceeded the queue size or
                     // waits for completions; take it in once one is free.
-                    if self.qid() != Some(0) {
-                        break;
-                    }
+                    break;
                 }
                 let inbuf = std::mem::take(&mut self.inbuf);
                 let r = self.pdu(&l, &inbuf[at..at + l.total]);
@@ -700,14 +662,7 @@ impl Conn {
                 } else {
                     s.io_qpairs.fetch_add(1, Ordering::Relaxed);
                     s.current_io_qpairs.fetch_add(1, Ordering::Relaxed);
-                    self.tags = (0..depth as u16)
-                        .map(|index| {
-                            Rc::new(TagRef {
-                                done: self.done.clone(),
-                                index,
-                            })
-                        })
-                        .collect();
+                    self.done = Completions::new(depth);
                     self.slots = (0..depth).map(|_| None).collect();
                     self.free = (0..depth as u16).rev().collect();
                 }
@@ -725,13 +680,10 @@ impl Conn {
         let Some(c) = self.q.as_ref().map(|q| q.ctrlr.clone()) else {
             return;
         };
-        let plan = match cmd::data_plan(sqe, data.len()) {
-            Ok(p) => p,
-            Err(s) => {
-                self.complete(sqe.cid(), &Reply::err(s));
-                return;
-            }
-        };
+        if let Err(s) = cmd::data_plan(sqe, data.len()) {
+            self.complete(sqe.cid(), &Reply::err(s));
+            return;
+        }
         if sqe.opcode() == admin::opc::ASYNC_EVENT {
             if self.aers.len() >= admin::MAX_AERS {
                 self.complete(sqe.cid(), &Reply::err(Status::AER_LIMIT));
@@ -740,14 +692,7 @@ impl Conn {
             }
             return;
         }
-        if let DataPlan::Transport(_) = plan {
-            // Controller-to-host data only on the admin queue.
-            if matches!(sqe.opcode(), admin::opc::SET_FEATURES) && sqe.dw(10) as u8 >= 0x80 {
-                self.complete(sqe.cid(), &Reply::err(Status::INVALID_FIELD));
-                return;
-            }
-        }
-        let r = admin::execute(&c, sqe, data);
+        let r = admin::execute(&c, sqe);
         self.complete(sqe.cid(), &r);
     }
 
@@ -1003,24 +948,11 @@ impl Conn {
         self.ns_gen = g;
     }
 
-    async fn wait(&self, d: Duration) {
-        let mut sleep = std::pin::pin!(reactor::sleep(d));
-        std::future::poll_fn(|cx| {
-            if !self.done.ready.borrow().is_empty() {
-                return Poll::Ready(());
-            }
-            self.done.waker.set(Some(cx.waker().clone()));
-            sleep.as_mut().poll(cx)
-        })
-        .await;
-        self.done.waker.take();
-    }
-
     /// Completions taken in; true on progress.
     fn reap(&mut self) -> bool {
         let mut progress = false;
         loop {
-            let next = self.done.ready.borrow_mut().pop_front();
+            let next = self.done.pop();
             let Some((i, status, buf)) = next else { break };
             progress = true;
             self.in_flight -= 1;
@@ -1049,9 +981,9 @@ impl Conn {
     async fn drain(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while self.in_flight > 0 && Instant::now() < deadline {
-            self.wait(Duration::from_millis(1)).await;
+            self.done.wait(Duration::from_millis(1)).await;
             loop {
-                let next = self.done.ready.borrow_mut().pop_front();
+                let next = self.done.pop();
                 let Some((i, _, buf)) = next else { break };
                 self.in_flight -= 1;
                 if let Some(s) = STATS.get(self.core_index) {

@@ -3,7 +3,6 @@
 //! through the connection core's channel of its namespace, with a buffer
 //! from that core's DMA cache; and their completions.
 
-use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
 use bdev::{BdevError, IoStatus, IoType};
@@ -12,6 +11,7 @@ use super::STATS;
 use super::cmd::{self, DataPlan, Reply, Sqe, Status};
 use super::conn::{Conn, Req, Stage};
 use super::subsystem::AnaState;
+use crate::completions::{Completions, io_done};
 
 /// I/O opcodes.
 pub mod opc {
@@ -161,17 +161,18 @@ impl Conn {
             // A deallocation of more ranges than the channel has I/O
             // objects waits for an idle channel, and what does not fit
             // fails the command (never waits for ever).
-            let need = if req.opcode == opc::DSM {
-                self.dsm_ranges(i).len().clamp(1, ch.pool_size())
+            let ranges = if req.opcode == opc::DSM {
+                self.dsm_ranges(i)
             } else {
-                1
+                Vec::new()
             };
+            let need = ranges.len().clamp(1, ch.pool_size());
             if ch.outstanding() + need > ch.pool_size() {
                 break;
             }
             self.to_submit.pop_front();
             progress = true;
-            self.submit(i);
+            self.submit(i, ranges);
         }
         progress
     }
@@ -200,99 +201,71 @@ impl Conn {
             .collect()
     }
 
-    fn submit(&mut self, i: u16) {
-        let ranges = if self.slots[i as usize]
-            .as_ref()
-            .is_some_and(|r| r.opcode == opc::DSM)
-        {
-            self.dsm_ranges(i)
-        } else {
-            Vec::new()
-        };
-        let tag = self.tag(i);
+    /// Submits the command in slot `i` (`ranges`: a DSM's deallocations).
+    fn submit(&mut self, i: u16, ranges: Vec<(u64, u64)>) {
         let stats = STATS.get(self.core_index());
+        let done = &self.done;
         let Some(req) = self.slots[i as usize].as_mut() else {
             return;
         };
         req.stage = Stage::Submitted;
         let ns = req.ns.clone();
         let ch = &ns.ch;
-        let mut submitted = 0u32;
-        let mut failure: Option<Status> = None;
-        let leak = || Rc::into_raw(tag.clone()) as usize;
-        let res: Result<(), BdevError> = match req.opcode {
-            opc::READ | opc::WRITE | opc::COMPARE => match req.buf.take() {
-                Some(b) => {
-                    let ctx = leak();
-                    let r = match req.opcode {
-                        opc::READ => ch.read(b, req.slba, req.nlb, conn_io_done, ctx),
-                        opc::WRITE => ch.write(b, req.slba, req.nlb, req.fua, conn_io_done, ctx),
-                        _ => ch.compare(b, req.slba, req.nlb, conn_io_done, ctx),
-                    };
-                    r.map_err(|(e, b)| {
-                        req.buf = Some(b);
-                        // SAFETY: the I/O was not started: the reference
-                        // leaked for it is ours again.
-                        drop(unsafe { Rc::from_raw(ctx as *const super::conn::TagRef) });
-                        e
-                    })
+        if req.opcode == opc::DSM {
+            // One unmap per range, where the bdev unmaps.
+            let mut submitted = 0u32;
+            if ns.unmap {
+                for (start, n) in ranges {
+                    if start.checked_add(n).is_none_or(|e| e > ns.num_blocks) {
+                        req.status = Status::LBA_RANGE;
+                        break;
+                    }
+                    let ctx = done.ctx(i);
+                    match ch.submit_nodata(IoType::Unmap, start, n, io_done, ctx) {
+                        Ok(()) => submitted += 1,
+                        Err(e) => {
+                            // SAFETY: `ctx` is this I/O's word; it was not
+                            // started.
+                            unsafe { Completions::not_started(ctx) };
+                            req.status = submit_status(&e);
+                            break;
+                        }
+                    }
                 }
+            }
+            req.pending = submitted;
+            self.in_flight += submitted as usize;
+            if let Some(s) = stats {
+                s.pending_bdev_io
+                    .fetch_add(u64::from(submitted), Ordering::Relaxed);
+            }
+            if submitted == 0 {
+                let st = req.status;
+                self.finish(i, st);
+            }
+            return;
+        }
+        let ctx = done.ctx(i);
+        let res: Result<(), BdevError> = match req.opcode {
+            opc::FLUSH => ch.submit_nodata(IoType::Flush, 0, ns.num_blocks, io_done, ctx),
+            opc::WRITE_ZEROES => {
+                ch.submit_nodata(IoType::WriteZeroes, req.slba, req.nlb, io_done, ctx)
+            }
+            op => match req.buf.take() {
+                Some(b) => match op {
+                    opc::READ => ch.read(b, req.slba, req.nlb, io_done, ctx),
+                    opc::WRITE => ch.write(b, req.slba, req.nlb, req.fua, io_done, ctx),
+                    _ => ch.compare(b, req.slba, req.nlb, io_done, ctx),
+                }
+                .map_err(|(e, b)| {
+                    req.buf = Some(b);
+                    e
+                }),
                 None => Err(BdevError::NoBuffer {
                     len: req.len,
                     reason: "lost".into(),
                 }),
             },
-            opc::FLUSH => {
-                let ctx = leak();
-                ch.submit_nodata(IoType::Flush, 0, req.ns.num_blocks, conn_io_done, ctx)
-                    .inspect_err(|_| {
-                        // SAFETY: as above: not started.
-                        drop(unsafe { Rc::from_raw(ctx as *const super::conn::TagRef) });
-                    })
-            }
-            opc::WRITE_ZEROES => {
-                let ctx = leak();
-                ch.submit_nodata(IoType::WriteZeroes, req.slba, req.nlb, conn_io_done, ctx)
-                    .inspect_err(|_| {
-                        // SAFETY: as above: not started.
-                        drop(unsafe { Rc::from_raw(ctx as *const super::conn::TagRef) });
-                    })
-            }
-            _ => {
-                // DSM: one unmap per range, where the bdev unmaps.
-                if ns.unmap {
-                    for (start, n) in ranges {
-                        if start.checked_add(n).is_none_or(|e| e > req.ns.num_blocks) {
-                            failure = Some(Status::LBA_RANGE);
-                            break;
-                        }
-                        let ctx = leak();
-                        match ch.submit_nodata(IoType::Unmap, start, n, conn_io_done, ctx) {
-                            Ok(()) => submitted += 1,
-                            Err(e) => {
-                                // SAFETY: as above: not started.
-                                drop(unsafe { Rc::from_raw(ctx as *const super::conn::TagRef) });
-                                failure = Some(submit_status(&e));
-                                break;
-                            }
-                        }
-                    }
-                }
-                req.pending = submitted;
-                self.in_flight += submitted as usize;
-                if let Some(s) = stats {
-                    s.pending_bdev_io
-                        .fetch_add(u64::from(submitted), Ordering::Relaxed);
-                }
-                if let Some(f) = failure {
-                    req.status = f;
-                }
-                if submitted == 0 {
-                    let st = req.status;
-                    self.finish(i, st);
-                }
-                return;
-            }
         };
         match res {
             Ok(()) => {
@@ -303,6 +276,8 @@ impl Conn {
                 }
             }
             Err(e) => {
+                // SAFETY: `ctx` is this I/O's word; it was not started.
+                unsafe { Completions::not_started(ctx) };
                 let st = submit_status(&e);
                 self.finish(i, st);
             }
@@ -336,9 +311,4 @@ impl Conn {
             req.ns.ch.free_buf(b);
         }
     }
-}
-
-/// The bdev completion callback of the connection's I/O.
-fn conn_io_done(io: &mut bdev::BdevIo, status: IoStatus) {
-    super::conn::io_done(io, status);
 }

@@ -164,7 +164,9 @@ pub fn bump() {
     GENERATION.fetch_add(1, Ordering::AcqRel);
 }
 
-/// Cumulative counters for `nvmf_get_stats`, per core index.
+/// Cumulative counters for `nvmf_get_stats`, per core index (each core's
+/// on its own cache lines: the I/O path counts on them).
+#[repr(align(128))]
 pub struct Stats {
     /// Admin queue pairs ever connected.
     pub admin_qpairs: AtomicU64,
