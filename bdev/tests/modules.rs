@@ -224,7 +224,7 @@ fn admin_in_progress_leaves_the_reactor_running(sim: &Arc<SimController>) {
         let c2 = c.clone();
         drop(reactor::spawn(async move {
             // Ends either way: answered, or aborted by the reset below.
-            let _ = c2.admin().get_feature(0x06, 0).await;
+            let _ = c2.admin().unwrap().get_feature(0x06, 0).await;
             FEATURE_DONE.store(true, Ordering::SeqCst);
         }));
         drop(reactor::spawn(async move {

@@ -423,7 +423,7 @@ impl Controller {
                 Err(what) => log::warn!("{}: namespace {nsid} left out: {what}", self.shared.name),
             }
         }
-        let events = diff(&self.namespaces, &fresh);
+        let events = ns_diff(&self.namespaces, &fresh);
         // Namespace by namespace, never all at once: queue pairs on other
         // cores read these while a reset re-identifies.
         for (i, b) in self.shared.block_sizes.iter().enumerate() {
@@ -987,7 +987,10 @@ impl RegisterIo for PciRegisters {
     }
 }
 
-fn diff(old: &BTreeMap<u32, Namespace>, new: &BTreeMap<u32, Namespace>) -> Vec<NsEvent> {
+pub(crate) fn ns_diff(
+    old: &BTreeMap<u32, Namespace>,
+    new: &BTreeMap<u32, Namespace>,
+) -> Vec<NsEvent> {
     let mut events = Vec::new();
     for (nsid, ns) in new {
         match old.get(nsid) {

@@ -120,6 +120,15 @@ pub enum NvmeError {
         /// Its state.
         state: &'static str,
     },
+    /// The transport (NVMe/TCP) failed: a connection could not be made,
+    /// was refused or was lost.
+    #[error("{ctrlr}: {what}")]
+    Transport {
+        /// The controller.
+        ctrlr: String,
+        /// What happened.
+        what: String,
+    },
     /// A data buffer cannot be described with PRPs.
     #[error("{ctrlr}: {source}")]
     Prp {
@@ -179,6 +188,9 @@ pub enum SubmitErrorKind {
         /// Maximum.
         max: usize,
     },
+    /// More data segments than one command carries.
+    #[error("more than {0} data segments")]
+    TooManySegments(usize),
     /// Too many deallocate ranges (1..=256).
     #[error("{0} deallocate ranges; 1..=256 allowed")]
     BadRangeCount(usize),

@@ -2,7 +2,9 @@
 //! controller bring-up and reset state machines, admin commands, and I/O
 //! queue pairs each owned by exactly one core; and NVMe/TCP's wire format
 //! ([`tcp::pdu`]: PDUs, digests, the receiver's checks), which the
-//! appliance's target uses and the TCP initiator will.
+//! appliance's target uses, and the NVMe/TCP host ([`tcp::TcpController`],
+//! [`tcp::TcpQpair`]); [`AnyController`] and [`AnyQpair`] drive either
+//! transport through one interface.
 //!
 //! Owns: BAR0 registers, submission/completion rings, command encoding, PRP
 //! lists (and one SGL data block for single-segment data where the
@@ -43,6 +45,7 @@
 //!   submission and completion allocate nothing (see the `no_alloc` test).
 
 mod admin;
+mod any;
 pub mod blocking;
 mod client;
 pub mod cmd;
@@ -62,6 +65,7 @@ pub mod spec;
 pub mod status;
 pub mod tcp;
 
+pub use any::{AnyController, AnyQpair, DataSeg, MAX_SEGS};
 pub use client::{AdminClient, AdminCommand, Passthru};
 pub use ctrlr::{Controller, ControllerOptions, Namespace, NsEvent, NsEventHandler, Starting};
 pub use error::{NvmeError, SubmitError, SubmitErrorKind};

@@ -28,7 +28,7 @@ pub enum TimeoutAction {
 }
 
 impl TimeoutAction {
-    fn from_u8(v: u8) -> Self {
+    pub(crate) fn from_u8(v: u8) -> Self {
         match v {
             1 => TimeoutAction::Abort,
             2 => TimeoutAction::Reset,
@@ -81,7 +81,7 @@ pub enum CtrlrState {
 }
 
 impl CtrlrState {
-    fn from_u8(v: u8) -> Self {
+    pub(crate) fn from_u8(v: u8) -> Self {
         match v {
             0 => CtrlrState::Initializing,
             1 => CtrlrState::Ready,

@@ -125,7 +125,10 @@ pub fn disable() {
 /// One scan: attaches what appeared.
 fn scan() {
     let present = vfio_nvme_controllers(Path::new("/sys/bus/pci/devices"));
-    let driven: Vec<Bdf> = super::controllers_list().iter().map(|c| c.bdf()).collect();
+    let driven: Vec<Bdf> = super::controllers_list()
+        .iter()
+        .filter_map(|c| c.bdf())
+        .collect();
     for bdf in to_attach(&present, &driven) {
         ATTACHING
             .lock()

@@ -1,5 +1,8 @@
-//! The NVMe bdev module: attaches a PCIe controller through the driver and
-//! registers one bdev per active namespace, named `<controller>n<nsid>`.
+//! The NVMe bdev module: attaches a controller through the driver — PCIe
+//! through VFIO, or NVMe/TCP (`trtype tcp`: the driver's host, one
+//! connection per queue) — and registers one bdev per active namespace,
+//! named `<controller>n<nsid>`. Both transports go through the driver's
+//! one interface ([`AnyController`], [`AnyQpair`]).
 //! Each core's channel owns a queue pair polled by a poller on that core;
 //! an admin poller on the attaching core (every millisecond) advances the
 //! controller's control path: asynchronous events (a namespace resize
@@ -31,9 +34,10 @@ use std::task::Poll;
 use std::time::Duration;
 
 use nvme_driver::pci::Bdf;
+use nvme_driver::tcp::{TcpController, TcpOptions};
 use nvme_driver::{
-    AdminClient, CommandError, Controller, ControllerOptions, CtrlrState, IoQpair, NsEvent,
-    NvmeError, StatusKind, SubmitErrorKind,
+    AdminClient, AnyController, AnyQpair, CommandError, Controller, ControllerOptions, CtrlrState,
+    DataSeg, NsEvent, NvmeError, StatusKind, SubmitErrorKind,
 };
 use reactor::{PollStatus, Poller};
 use serde_json::json;
@@ -63,14 +67,61 @@ struct Reconnect {
     next_try: Option<Duration>,
 }
 
+/// How a controller is reached (SPDK's transport ID).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Trid {
+    /// A PCIe function bound to vfio-pci.
+    Pcie(Bdf),
+    /// An NVMe/TCP subsystem.
+    Tcp {
+        /// Address (as given: an IPv4 or IPv6 literal).
+        traddr: String,
+        /// Port.
+        trsvcid: u16,
+        /// `IPv4` or `IPv6`.
+        adrfam: &'static str,
+        /// Subsystem NQN.
+        subnqn: String,
+        /// Host NQN it connects as.
+        hostnqn: String,
+        /// Header digests asked for.
+        hdgst: bool,
+        /// Data digests asked for.
+        ddgst: bool,
+    },
+}
+
+impl Trid {
+    /// SPDK's `trid` object.
+    pub fn json(&self) -> serde_json::Value {
+        match self {
+            Trid::Pcie(b) => json!({ "trtype": "PCIe", "traddr": b.to_string() }),
+            Trid::Tcp {
+                traddr,
+                trsvcid,
+                adrfam,
+                subnqn,
+                ..
+            } => json!({
+                "trtype": "TCP",
+                "adrfam": adrfam,
+                "traddr": traddr,
+                "trsvcid": trsvcid.to_string(),
+                "subnqn": subnqn,
+            }),
+        }
+    }
+}
+
 /// An attached controller.
 pub struct NvmeCtrlr {
     name: String,
-    bdf: Bdf,
+    trid: Trid,
     /// Locked only for a call that does not wait, never across an await
     /// and never by the I/O path.
-    ctrlr: Mutex<Controller>,
-    admin: AdminClient,
+    ctrlr: Mutex<AnyController>,
+    /// Admin commands by futures (PCIe only).
+    admin: Option<AdminClient>,
     recovery: Recovery,
     reconnect: Mutex<Reconnect>,
     /// I/O submitted while the controller is failed fails at once (instead
@@ -106,7 +157,7 @@ async fn poll_until<T>(mut f: impl FnMut() -> Poll<T>) -> T {
 }
 
 impl NvmeCtrlr {
-    fn lock(&self) -> MutexGuard<'_, Controller> {
+    fn lock(&self) -> MutexGuard<'_, AnyController> {
         self.ctrlr.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -115,9 +166,17 @@ impl NvmeCtrlr {
         &self.name
     }
 
-    /// Its PCI address.
-    pub fn bdf(&self) -> Bdf {
-        self.bdf
+    /// Its PCI address (None for a fabrics controller).
+    pub fn bdf(&self) -> Option<Bdf> {
+        match &self.trid {
+            Trid::Pcie(b) => Some(*b),
+            Trid::Tcp { .. } => None,
+        }
+    }
+
+    /// How it is reached.
+    pub fn trid(&self) -> &Trid {
+        &self.trid
     }
 
     /// The controller ID (Identify Controller CNTLID).
@@ -131,8 +190,18 @@ impl NvmeCtrlr {
     }
 
     /// Admin commands to it (futures; any core).
-    pub fn admin(&self) -> &AdminClient {
-        &self.admin
+    ///
+    /// # Errors
+    /// [`BdevError::Module`] for an NVMe/TCP controller (its admin queue
+    /// carries only its bring-up and keep-alives here).
+    pub fn admin(&self) -> Result<&AdminClient, BdevError> {
+        self.admin.as_ref().ok_or_else(|| {
+            module_err(
+                &self.name,
+                "admin command",
+                "not available on an NVMe/TCP controller",
+            )
+        })
     }
 
     /// Identify Controller's model, serial and firmware revision.
@@ -223,13 +292,17 @@ impl NvmeCtrlr {
     /// `bdev_nvme_get_controllers`' entry for it.
     pub fn info_json(&self) -> serde_json::Value {
         let cntlid = self.cntlid();
+        let hostnqn = match &self.trid {
+            Trid::Tcp { hostnqn, .. } => hostnqn.as_str(),
+            Trid::Pcie(_) => "",
+        };
         json!({
             "name": self.name,
             "ctrlrs": [{
                 "state": self.state_name(),
-                "trid": { "trtype": "PCIe", "traddr": self.bdf.to_string() },
+                "trid": self.trid.json(),
                 "cntlid": cntlid,
-                "host": { "nqn": "", "addr": "", "svcid": "" },
+                "host": { "nqn": hostnqn, "addr": "", "svcid": "" },
             }],
         })
     }
@@ -239,7 +312,7 @@ impl NvmeCtrlr {
     /// passed (at once when no reconnect is configured); the controller is
     /// deleted once `ctrlr_loss_timeout_sec` passed. Returns whether the
     /// controller is to be deleted.
-    fn after_failure(&self, c: &mut Controller) -> bool {
+    fn after_failure(&self, c: &mut AnyController) -> bool {
         let now = reactor::now();
         let r = self.recovery;
         let mut rc = self.reconnect.lock().unwrap_or_else(|p| p.into_inner());
@@ -298,6 +371,8 @@ impl NvmeCtrlr {
 struct NvmeNs {
     ctrlr: Arc<NvmeCtrlr>,
     nsid: u32,
+    /// Data goes by address (NVMe/TCP), not by PRPs.
+    tcp: bool,
     supports_compare: bool,
     supports_write_zeroes: bool,
     supports_dsm: bool,
@@ -307,7 +382,7 @@ struct NvmeNs {
 
 /// Per-core state: this core's queue pair and its poller.
 pub struct NvmeChannel {
-    qpair: Rc<RefCell<IoQpair<IoHandle>>>,
+    qpair: Rc<RefCell<AnyQpair<IoHandle>>>,
     poller: Poller,
 }
 
@@ -357,7 +432,7 @@ impl BdevOps for NvmeNs {
     fn create_channel(&self, core: reactor::CoreId) -> Result<NvmeChannel, String> {
         // The queue is created on the controller by the poller's first
         // polls; I/O before that waits in the layer (refused as NoMem).
-        let qp: IoQpair<IoHandle> = self
+        let qp: AnyQpair<IoHandle> = self
             .ctrlr
             .lock()
             .create_io_qpair(QPAIR_DEPTH)
@@ -404,19 +479,32 @@ impl BdevOps for NvmeNs {
     fn submit(&self, ch: &NvmeChannel, io: IoHandle) {
         let r = io.io();
         let (ty, lba, n, fua) = (r.io_type(), r.offset_blocks(), r.num_blocks(), r.fua());
-        let mut segs = [(0u64, 0usize); MAX_IOV];
+        let mut segs = [DataSeg {
+            ptr: std::ptr::null_mut(),
+            iova: 0,
+            len: 0,
+        }; MAX_IOV];
         let cnt = r.iovs().len();
         for (s, v) in segs.iter_mut().zip(r.iovs()) {
-            *s = (v.iova, v.len);
+            *s = DataSeg {
+                ptr: v.ptr,
+                iova: v.iova,
+                len: v.len,
+            };
         }
         let Ok(mut q) = ch.qpair.try_borrow_mut() else {
             return io.complete(IoStatus::NoMem);
         };
         let nsid = self.nsid;
         let res = match ty {
-            IoType::Read => q.read(nsid, lba, n, &segs[..cnt], io),
-            IoType::Write => q.write(nsid, lba, n, &segs[..cnt], fua, io),
-            IoType::Compare => q.compare(nsid, lba, n, &segs[..cnt], io),
+            // SAFETY: the buffers belong to the I/O, which the queue pair
+            // holds as the command's context until it completes; the layer
+            // touches them only after that.
+            IoType::Read => unsafe { q.read(nsid, lba, n, &segs[..cnt], io) },
+            // SAFETY: as for the read.
+            IoType::Write => unsafe { q.write(nsid, lba, n, &segs[..cnt], fua, io) },
+            // SAFETY: as for the read.
+            IoType::Compare => unsafe { q.compare(nsid, lba, n, &segs[..cnt], io) },
             IoType::Flush => q.flush(nsid, io),
             IoType::WriteZeroes => q.write_zeroes(nsid, lba, n, false, io),
             IoType::Unmap => {
@@ -495,6 +583,10 @@ impl BdevOps for NvmeNs {
     }
 
     fn accepts_iovs(&self, iovs: &[IoVec]) -> bool {
+        if self.tcp {
+            // Copied to and from the socket: any layout.
+            return true;
+        }
         let mut segs = [(0u64, 0usize); MAX_IOV];
         for (s, v) in segs.iter_mut().zip(iovs) {
             *s = (v.iova, v.len);
@@ -504,12 +596,15 @@ impl BdevOps for NvmeNs {
     }
 
     fn dump_info_json(&self) -> serde_json::Value {
-        json!({ "nvme": [{
-            "pci_address": self.ctrlr.bdf.to_string(),
-            "trid": { "trtype": "PCIe", "traddr": self.ctrlr.bdf.to_string() },
+        let mut v = json!({ "nvme": [{
+            "trid": self.ctrlr.trid.json(),
             "ctrlr_data": { "model_number": self.model, "serial_number": self.serial },
             "ns_data": { "id": self.nsid },
-        }]})
+        }]});
+        if let Some(b) = self.ctrlr.bdf() {
+            v["nvme"][0]["pci_address"] = json!(b.to_string());
+        }
+        v
     }
 }
 
@@ -540,6 +635,7 @@ fn register_ns(c: &Arc<NvmeCtrlr>, ns: &nvme_driver::Namespace) -> Result<Bdev, 
     let ops = NvmeNs {
         ctrlr: c.clone(),
         nsid: ns.nsid,
+        tcp: matches!(c.trid, Trid::Tcp { .. }),
         supports_compare: id.supports_compare(),
         supports_write_zeroes: id.supports_write_zeroes(),
         supports_dsm: id.supports_dsm(),
@@ -574,7 +670,7 @@ pub async fn attach_controller(
     let bdf: Bdf = traddr
         .parse()
         .map_err(|e: nvme_driver::pci::BdfError| BdevError::invalid("traddr", e.to_string()))?;
-    if controllers().values().any(|c| c.bdf == bdf) {
+    if controllers().values().any(|c| c.bdf() == Some(bdf)) {
         return Err(BdevError::Exists(format!("controller at {bdf}")));
     }
     let mut starting = Controller::open_start(bdf, &crate::memory(), opts)
@@ -587,6 +683,169 @@ pub async fn attach_controller(
         bdf,
         ctrlr,
         recovery.unwrap_or_else(|| options().recovery()),
+    )
+}
+
+/// What `bdev_nvme_attach_controller -t tcp` asks for.
+#[derive(Clone, Debug)]
+pub struct TcpAttach {
+    /// The target's address (an IPv4 or IPv6 literal).
+    pub traddr: String,
+    /// Its port.
+    pub trsvcid: u16,
+    /// The subsystem.
+    pub subnqn: String,
+    /// This host's NQN (the process's default when None).
+    pub hostnqn: Option<String>,
+    /// Header digests.
+    pub hdgst: bool,
+    /// Data digests.
+    pub ddgst: bool,
+    /// I/O queues to ask for.
+    pub io_queues: u16,
+    /// How long connecting may take (None: the admin timeout, 10 s by
+    /// default).
+    pub connect_timeout: Option<Duration>,
+}
+
+/// This process's host identifier (random, made once) and the host NQN
+/// SPDK derives from it (`nqn.2014-08.org.nvmexpress:uuid:<hostid>`).
+pub fn default_host() -> ([u8; 16], String) {
+    static HOST: std::sync::OnceLock<([u8; 16], String)> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        let mut id = [0u8; 16];
+        // SAFETY: getrandom writes at most `id.len()` bytes into `id`.
+        let n = unsafe { libc::getrandom(id.as_mut_ptr().cast(), id.len(), 0) };
+        if n != id.len() as isize {
+            // No entropy source: the time and pid still make it unique
+            // on this machine.
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            id[..8].copy_from_slice(&(t as u64).to_le_bytes());
+            id[8..12].copy_from_slice(&std::process::id().to_le_bytes());
+        }
+        id[6] = (id[6] & 0x0f) | 0x40;
+        id[8] = (id[8] & 0x3f) | 0x80;
+        let nqn = format!(
+            "nqn.2014-08.org.nvmexpress:uuid:{}",
+            crate::registry::format_uuid(&id)
+        );
+        (id, nqn)
+    })
+    .clone()
+}
+
+/// Connects to the NVMe/TCP subsystem `t` as controller `name` (with the
+/// given reconnect policy, or the module's) and registers a bdev per
+/// namespace; returns their names. Must run on a reactor: the connection
+/// is polled on the reactor's timer, the admin poller lives on this core.
+///
+/// # Errors
+/// [`BdevError::Exists`] for a taken name or a subsystem already attached
+/// at that address; [`BdevError::Invalid`] for a malformed address;
+/// [`BdevError::Module`] when the connection or the bring-up fails (with
+/// the reason: refused, no such subsystem, host not allowed, timed out).
+pub async fn attach_tcp_controller(
+    name: &str,
+    t: TcpAttach,
+    recovery: Option<Recovery>,
+) -> Result<Vec<String>, BdevError> {
+    reactor::current_core().ok_or(BdevError::NotOnReactor("bdev_nvme_attach_controller"))?;
+    if controllers().contains_key(name) {
+        return Err(BdevError::Exists(name.to_owned()));
+    }
+    let ip: std::net::IpAddr = t.traddr.parse().map_err(|_| {
+        BdevError::invalid(
+            "traddr",
+            format!("{:?} is not an IPv4 or IPv6 address", t.traddr),
+        )
+    })?;
+    if t.trsvcid == 0 {
+        return Err(BdevError::invalid("trsvcid", "port 0"));
+    }
+    if t.subnqn.is_empty() || t.subnqn.len() > 223 {
+        return Err(BdevError::invalid(
+            "subnqn",
+            format!("{:?}: 1 to 223 bytes", t.subnqn),
+        ));
+    }
+    let (hostid, default_nqn) = default_host();
+    let hostnqn = t.hostnqn.clone().unwrap_or(default_nqn);
+    if hostnqn.is_empty() || hostnqn.len() > 223 {
+        return Err(BdevError::invalid(
+            "hostnqn",
+            format!("{hostnqn:?}: 1 to 223 bytes"),
+        ));
+    }
+    let trid = Trid::Tcp {
+        traddr: t.traddr.clone(),
+        trsvcid: t.trsvcid,
+        adrfam: if ip.is_ipv4() { "IPv4" } else { "IPv6" },
+        subnqn: t.subnqn.clone(),
+        hostnqn: hostnqn.clone(),
+        hdgst: t.hdgst,
+        ddgst: t.ddgst,
+    };
+    let same = |c: &Arc<NvmeCtrlr>| match (&c.trid, &trid) {
+        (
+            Trid::Tcp {
+                traddr: a,
+                trsvcid: p,
+                subnqn: s,
+                hostnqn: h,
+                ..
+            },
+            Trid::Tcp {
+                traddr: a2,
+                trsvcid: p2,
+                subnqn: s2,
+                hostnqn: h2,
+                ..
+            },
+        ) => a == a2 && p == p2 && s == s2 && h == h2,
+        _ => false,
+    };
+    if let Some(c) = controllers().values().find(|c| same(c)) {
+        return Err(BdevError::Exists(format!(
+            "{} at {}:{} (as controller {})",
+            t.subnqn, t.traddr, t.trsvcid, c.name
+        )));
+    }
+    let o = options();
+    let admin_timeout = o.admin_timeout().unwrap_or(Duration::from_secs(10));
+    let opts = TcpOptions {
+        addr: std::net::SocketAddr::new(ip, t.trsvcid),
+        subnqn: t.subnqn.clone(),
+        hostnqn,
+        hostid,
+        hdgst: t.hdgst,
+        ddgst: t.ddgst,
+        io_queues: t.io_queues.max(1),
+        keep_alive: Duration::from_millis(u64::from(o.keep_alive_timeout_ms)),
+        admin_timeout: t.connect_timeout.unwrap_or(admin_timeout),
+    };
+    let mut ctrlr = TcpController::connect(name, opts);
+    let up = poll_until(|| {
+        if let Err(e) = ctrlr.poll_admin() {
+            return Poll::Ready(Err(e));
+        }
+        match ctrlr.state() {
+            CtrlrState::Ready => Poll::Ready(Ok(())),
+            _ => Poll::Pending,
+        }
+    })
+    .await;
+    if let Err(e) = up {
+        ctrlr.start_shutdown();
+        poll_until(|| ctrlr.poll_shutdown()).await;
+        return Err(module_err(name, "attach", e));
+    }
+    attach_any(
+        name,
+        trid,
+        AnyController::Tcp(ctrlr),
+        recovery.unwrap_or_else(|| o.recovery()),
     )
 }
 
@@ -611,7 +870,18 @@ pub fn attach(name: &str, bdf: Bdf, ctrlr: Controller) -> Result<Vec<String>, Bd
 pub fn attach_with(
     name: &str,
     bdf: Bdf,
-    mut ctrlr: Controller,
+    ctrlr: Controller,
+    recovery: Recovery,
+) -> Result<Vec<String>, BdevError> {
+    attach_any(name, Trid::Pcie(bdf), AnyController::Pcie(ctrlr), recovery)
+}
+
+/// Registers controller `ctrlr` (up) as `name`: its admin poller on this
+/// core, a bdev per namespace.
+fn attach_any(
+    name: &str,
+    trid: Trid,
+    mut ctrlr: AnyController,
     recovery: Recovery,
 ) -> Result<Vec<String>, BdevError> {
     reactor::current_core().ok_or(BdevError::NotOnReactor("bdev_nvme_attach_controller"))?;
@@ -629,12 +899,12 @@ pub fn attach_with(
     if let Some(t) = o.admin_timeout() {
         ctrlr.set_admin_timeout(t);
     }
-    let namespaces: Vec<nvme_driver::Namespace> = ctrlr.namespaces().cloned().collect();
+    let namespaces: Vec<nvme_driver::Namespace> = ctrlr.namespaces();
     let ctrlr_name = name.to_owned();
     ctrlr.set_ns_event_handler(Box::new(move |ev| on_ns_event(&ctrlr_name, ev)));
     let c = Arc::new(NvmeCtrlr {
         name: name.to_owned(),
-        bdf,
+        trid,
         admin: ctrlr.admin(),
         ctrlr: Mutex::new(ctrlr),
         recovery,
@@ -751,7 +1021,9 @@ pub async fn detach_controller(name: &str) -> Result<(), BdevError> {
     c.detached.store(true, Ordering::Release);
     controllers().remove(name);
     // Detached by request: hotplug does not attach it again.
-    hotplug::skip(c.bdf);
+    if let Some(bdf) = c.bdf() {
+        hotplug::skip(bdf);
+    }
     c.lock().start_shutdown();
     poll_until(|| c.lock().poll_shutdown()).await;
     Ok(())

@@ -54,61 +54,81 @@ pub fn config() -> Vec<Value> {
     }));
     out.extend(super::controllers_list().iter().map(|c| {
         let r = c.recovery();
-        json!({
-            "method": "bdev_nvme_attach_controller",
-            "params": {
-                "name": c.name(),
-                "trtype": "PCIe",
-                "traddr": c.bdf().to_string(),
-                "ctrlr_loss_timeout_sec": r.ctrlr_loss_timeout_sec,
-                "reconnect_delay_sec": r.reconnect_delay_sec,
-                "fast_io_fail_timeout_sec": r.fast_io_fail_timeout_sec,
-            },
-        })
+        let mut params = json!({
+            "name": c.name(),
+            "ctrlr_loss_timeout_sec": r.ctrlr_loss_timeout_sec,
+            "reconnect_delay_sec": r.reconnect_delay_sec,
+            "fast_io_fail_timeout_sec": r.fast_io_fail_timeout_sec,
+        });
+        let t = c.trid().json();
+        for (k, v) in t.as_object().into_iter().flatten() {
+            params[k] = v.clone();
+        }
+        if let super::Trid::Tcp {
+            hostnqn,
+            hdgst,
+            ddgst,
+            ..
+        } = c.trid()
+        {
+            params["hostnqn"] = json!(hostnqn);
+            params["hdgst"] = json!(hdgst);
+            params["ddgst"] = json!(ddgst);
+        }
+        json!({ "method": "bdev_nvme_attach_controller", "params": params })
     }));
     out
 }
 
-/// `bdev_nvme_attach_controller`'s parameters: PCIe only; the keys that
-/// only matter for fabrics, multipath or reconnects are accepted and
-/// ignored.
+/// `bdev_nvme_attach_controller`'s parameters: PCIe or TCP; the keys that
+/// only matter for other transports or features not here (protection
+/// information checks, multipath options) are accepted and ignored.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AttachParams {
     /// The controller's name (its bdevs are `<name>n<nsid>`).
     pub name: String,
-    /// The transport (`PCIe`, any case).
+    /// The transport (`PCIe` or `TCP`, any case).
     pub trtype: String,
-    /// The PCI address.
+    /// The PCI address, or the target's IP address.
     pub traddr: String,
     /// I/O queues to ask for (clamped to 1..=65535).
     pub num_io_queues: Option<u32>,
-    #[serde(rename = "adrfam")]
-    _adrfam: Ignored,
-    #[serde(rename = "trsvcid")]
-    _trsvcid: Ignored,
-    #[serde(rename = "priority")]
-    _priority: Ignored,
-    #[serde(rename = "subnqn")]
-    _subnqn: Ignored,
-    #[serde(rename = "hostnqn")]
-    _hostnqn: Ignored,
+    /// `ipv4` or `ipv6` (TCP; any case).
+    pub adrfam: Option<String>,
+    /// The target's port (TCP).
+    pub trsvcid: Option<String>,
+    /// The subsystem (TCP).
+    pub subnqn: Option<String>,
+    /// The host NQN to connect as (TCP; the process's default when absent).
+    pub hostnqn: Option<String>,
+    /// Header digests (TCP).
+    pub hdgst: Option<bool>,
+    /// Data digests (TCP).
+    pub ddgst: Option<bool>,
+    /// How long connecting may take (TCP).
+    pub fabrics_connect_timeout_us: Option<u64>,
+    /// `disable` (the default), `failover` or `multipath`: one path per
+    /// controller here, so a second path under the same name is refused.
+    pub multipath: Option<String>,
+    /// A TLS pre-shared key (not supported: refused).
+    pub psk: Option<String>,
+    /// A DH-HMAC-CHAP key (not supported: refused).
+    pub dhchap_key: Option<String>,
     #[serde(rename = "hostaddr")]
     _hostaddr: Ignored,
     #[serde(rename = "hostsvcid")]
     _hostsvcid: Ignored,
+    #[serde(rename = "priority")]
+    _priority: Ignored,
+    /// Newer SPDK clients send it (false by default); SQ flow control
+    /// stays on here (the target's SQHD is followed).
+    #[serde(rename = "disable_sq_flow_control")]
+    _disable_sq_flow_control: Ignored,
     #[serde(rename = "prchk_reftag")]
     _prchk_reftag: Ignored,
     #[serde(rename = "prchk_guard")]
     _prchk_guard: Ignored,
-    #[serde(rename = "hdgst")]
-    _hdgst: Ignored,
-    #[serde(rename = "ddgst")]
-    _ddgst: Ignored,
-    #[serde(rename = "fabrics_connect_timeout_us")]
-    _fabrics_connect_timeout_us: Ignored,
-    #[serde(rename = "multipath")]
-    _multipath: Ignored,
     /// This controller's reconnect policy (the module's options when
     /// none of the three is given).
     pub ctrlr_loss_timeout_sec: Option<i32>,
@@ -116,12 +136,8 @@ pub struct AttachParams {
     pub reconnect_delay_sec: Option<u32>,
     /// Seconds after which I/O to a failed controller fails.
     pub fast_io_fail_timeout_sec: Option<u32>,
-    #[serde(rename = "psk")]
-    _psk: Ignored,
     #[serde(rename = "max_bdevs")]
     _max_bdevs: Ignored,
-    #[serde(rename = "dhchap_key")]
-    _dhchap_key: Ignored,
     #[serde(rename = "dhchap_ctrlr_key")]
     _dhchap_ctrlr_key: Ignored,
     #[serde(rename = "allow_unrecognized_csi")]
@@ -163,13 +179,21 @@ pub struct GetControllersParams {
 
 fn attach_controller(params: Value) -> Result<Call, RpcError> {
     let p: AttachParams = decode(params)?;
-    if !p.trtype.eq_ignore_ascii_case("pcie") {
-        log::info!(
-            "bdev_nvme_attach_controller: transport {} is not supported",
+    let tcp = p.trtype.eq_ignore_ascii_case("tcp");
+    if !tcp && !p.trtype.eq_ignore_ascii_case("pcie") {
+        log::error!(
+            "bdev_nvme_attach_controller: transport {} is not supported (PCIe, TCP)",
             p.trtype
         );
         return Err(RpcError::errno(-libc::EINVAL));
     }
+    let invalid = |what: String| {
+        log::error!("bdev_nvme_attach_controller: {what}");
+        RpcError {
+            code: -32602,
+            message: what,
+        }
+    };
     let mut opts = ControllerOptions::default();
     if let Some(q) = p.num_io_queues {
         opts.io_queues = q.clamp(1, u16::MAX as u32) as u16;
@@ -193,8 +217,60 @@ fn attach_controller(params: Value) -> Result<Call, RpcError> {
         log::error!("bdev_nvme_attach_controller: {why}");
         return Err(RpcError::errno(-libc::EINVAL));
     }
+    if let Some(m) = p.multipath.as_deref()
+        && !["disable", "failover", "multipath"].contains(&m)
+    {
+        return Err(invalid(format!(
+            "multipath {m:?}: disable, failover or multipath"
+        )));
+    }
+    if !tcp {
+        return Ok(Call::reactor(move || async move {
+            super::attach_controller(&p.name, &p.traddr, opts, recovery)
+                .await
+                .map(|names| json!(names))
+                .map_err(bdev_err)
+        }));
+    }
+    if p.psk.is_some() || p.dhchap_key.is_some() {
+        return Err(invalid(
+            "TLS (psk) and DH-HMAC-CHAP (dhchap_key) are not supported by this initiator".into(),
+        ));
+    }
+    if let Some(f) = p.adrfam.as_deref()
+        && !f.eq_ignore_ascii_case("ipv4")
+        && !f.eq_ignore_ascii_case("ipv6")
+    {
+        return Err(invalid(format!("adrfam {f:?}: IPv4 or IPv6")));
+    }
+    let Some(svc) = p.trsvcid.as_deref() else {
+        return Err(invalid("trsvcid: the port is required for TCP".into()));
+    };
+    let trsvcid: u16 = svc
+        .parse()
+        .ok()
+        .filter(|&v| v != 0)
+        .ok_or_else(|| invalid(format!("trsvcid {svc:?}: a port number 1..=65535")))?;
+    let Some(subnqn) = p.subnqn.clone() else {
+        return Err(invalid(
+            "subnqn: the subsystem NQN is required for TCP".into(),
+        ));
+    };
+    let t = super::TcpAttach {
+        traddr: p.traddr.clone(),
+        trsvcid,
+        subnqn,
+        hostnqn: p.hostnqn.clone(),
+        hdgst: p.hdgst.unwrap_or(false),
+        ddgst: p.ddgst.unwrap_or(false),
+        io_queues: opts.io_queues,
+        connect_timeout: p
+            .fabrics_connect_timeout_us
+            .filter(|&us| us > 0)
+            .map(std::time::Duration::from_micros),
+    };
     Ok(Call::reactor(move || async move {
-        super::attach_controller(&p.name, &p.traddr, opts, recovery)
+        super::attach_tcp_controller(&p.name, t, recovery)
             .await
             .map(|names| json!(names))
             .map_err(bdev_err)
@@ -372,7 +448,11 @@ fn get_controllers(params: Value) -> Result<Call, RpcError> {
         let mut out = Vec::new();
         for c in list {
             let mut v = c.info_json();
-            let log = match c.admin().error_log(c.error_log_entries()).await {
+            let Ok(admin) = c.admin() else {
+                out.push(v);
+                continue;
+            };
+            let log = match admin.error_log(c.error_log_entries()).await {
                 Ok(entries) => entries.iter().map(error_entry_json).collect(),
                 Err(e) => {
                     log::info!("bdev_nvme_get_controllers: {}: error log: {e}", c.name());
@@ -435,19 +515,21 @@ fn get_controller_health_info(params: Value) -> Result<Call, RpcError> {
                 message: "Device not found".into(),
             });
         };
-        let smart = c.admin().smart_log().await.map_err(|e| {
+        let internal = |e: &dyn std::fmt::Display| {
             log::error!("bdev_nvme_get_controller_health_info: {e}");
             RpcError {
                 code: -32603,
                 message: "Internal error.".into(),
             }
-        })?;
+        };
+        let admin = c.admin().map_err(|e| internal(&e))?;
+        let smart = admin.smart_log().await.map_err(|e| internal(&e))?;
         let (model, serial, firmware) = c.identity();
         Ok(health_json(
             &model,
             &serial,
             &firmware,
-            &c.bdf().to_string(),
+            &c.bdf().map(|b| b.to_string()).unwrap_or_default(),
             &smart,
         ))
     }))
@@ -594,8 +676,11 @@ fn send_cmd(params: Value) -> Result<Call, RpcError> {
         let Some(c) = super::controller(&p.name) else {
             return Err(RpcError::errno(-libc::ENODEV));
         };
-        let r = c
-            .admin()
+        let admin = c.admin().map_err(|e| {
+            log::error!("bdev_nvme_send_cmd: {e}");
+            RpcError::errno(-libc::ENOTSUP)
+        })?;
+        let r = admin
             .passthru(sqe, out.as_deref(), in_len)
             .await
             .map_err(|e| {
