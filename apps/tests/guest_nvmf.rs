@@ -6,7 +6,11 @@
 //! random read/write at depth 32, 128 KiB sequential) on every namespace;
 //! mkfs.ext4 + mount + e2fsck; a namespace resized underneath and seen by
 //! the kernel (asynchronous event); header and data digests on; `nvme
-//! disconnect`. Run by `ci/guest-tier` (`#[ignore]`d on the host).
+//! disconnect`. And the other way round: our initiator
+//! (`bdev_nvme_attach_controller -t tcp`) against the kernel's own target
+//! (`nvmet-tcp`, configured through configfs), with fio verification over
+//! NBD and the data checked in the target's backing file, digests off and
+//! on. Run by `ci/guest-tier` (`#[ignore]`d on the host).
 
 mod common;
 
@@ -278,4 +282,97 @@ fn the_kernels_nvme_tcp_uses_our_target() {
         json!({ "nqn": NQN }),
     );
     assert_eq!(ctrls, json!([]));
+}
+
+/// The kernel's own target (`nvmet-tcp`, set up through configfs) on
+/// 127.0.0.1:`port` exporting `file` (buffered) as namespace 1 of `nqn`.
+fn kernel_target(nqn: &str, port: &str, file: &str) {
+    if !Path::new("/sys/kernel/config/nvmet").exists() {
+        let _ = std::process::Command::new("mount")
+            .args(["-t", "configfs", "none", "/sys/kernel/config"])
+            .status();
+    }
+    let k = "/sys/kernel/config/nvmet";
+    let s = format!("{k}/subsystems/{nqn}");
+    let w = |path: &str, v: &str| {
+        std::fs::write(path, v).unwrap_or_else(|e| panic!("write {v} to {path}: {e}"))
+    };
+    std::fs::create_dir(&s).unwrap();
+    w(&format!("{s}/attr_allow_any_host"), "1");
+    w(&format!("{s}/attr_serial"), "KERN0000000000000001");
+    std::fs::create_dir(format!("{s}/namespaces/1")).unwrap();
+    w(&format!("{s}/namespaces/1/device_path"), file);
+    w(&format!("{s}/namespaces/1/buffered_io"), "1");
+    w(&format!("{s}/namespaces/1/enable"), "1");
+    let p = format!("{k}/ports/7");
+    std::fs::create_dir(&p).unwrap();
+    w(&format!("{p}/addr_trtype"), "tcp");
+    w(&format!("{p}/addr_adrfam"), "ipv4");
+    w(&format!("{p}/addr_traddr"), "127.0.0.1");
+    w(&format!("{p}/addr_trsvcid"), port);
+    std::os::unix::fs::symlink(&s, format!("{p}/subsystems/{nqn}")).unwrap();
+}
+
+#[test]
+#[ignore = "guest tier: needs nvmet-tcp and nbd (ci/guest-tier)"]
+fn our_initiator_uses_the_kernels_nvmet_tcp() {
+    const KNQN: &str = "nqn.2016-06.io.kernel:file";
+    let file = "/tmp/nvmet-file.img";
+    let f = std::fs::File::create(file).unwrap();
+    f.set_len(64 << 20).unwrap();
+    drop(f);
+    kernel_target(KNQN, "4421", file);
+    let dir = std::env::temp_dir().join(format!("nvmf-init-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_running, mut rpc) = guest_appliance(&dir, &[]);
+    for digests in [false, true] {
+        let names = call(
+            &mut rpc,
+            &dir,
+            "bdev_nvme_attach_controller",
+            json!({
+                "name": "Kern0", "trtype": "tcp", "adrfam": "ipv4",
+                "traddr": "127.0.0.1", "trsvcid": "4421", "subnqn": KNQN,
+                "hdgst": digests, "ddgst": digests,
+            }),
+        );
+        assert_eq!(names, json!(["Kern0n1"]));
+        let b = call(
+            &mut rpc,
+            &dir,
+            "bdev_get_bdevs",
+            json!({ "name": "Kern0n1" }),
+        );
+        let bs = b[0]["block_size"].as_u64().unwrap();
+        assert_eq!(b[0]["num_blocks"].as_u64().unwrap() * bs, 64 << 20, "{b}");
+        call(
+            &mut rpc,
+            &dir,
+            "nbd_start_disk",
+            json!({ "bdev_name": "Kern0n1", "nbd_device": "/dev/nbd0" }),
+        );
+        fio_verify("/dev/nbd0");
+        // What our initiator wrote is in the kernel target's file.
+        let data = pattern(if digests { 9 } else { 5 }, 256 * 1024);
+        let at = 4096 * 77;
+        kernel_round_trip("/dev/nbd0", at, &data);
+        call(
+            &mut rpc,
+            &dir,
+            "nbd_stop_disk",
+            json!({ "nbd_device": "/dev/nbd0" }),
+        );
+        let on_disk = std::fs::read(file).unwrap();
+        assert!(
+            on_disk[at as usize..at as usize + data.len()] == data[..],
+            "the nvmet file holds what went through our initiator (digests {digests})"
+        );
+        call(
+            &mut rpc,
+            &dir,
+            "bdev_nvme_detach_controller",
+            json!({ "name": "Kern0" }),
+        );
+        println!("our initiator against nvmet-tcp (digests {digests}): ok");
+    }
 }
