@@ -12,8 +12,8 @@
 //! valid, and does not touch them, until the command completes. Write data
 //! is copied into the send buffer (in the capsule when it fits the
 //! controller's in-capsule size, else in H2CData PDUs as R2Ts ask); read
-//! data is copied from the receive buffer into the segments as C2HData
-//! arrives.
+//! data goes from the socket straight into the segments (`readv`) once a
+//! C2HData's header is in, small remainders through the receive buffer.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -43,6 +43,8 @@ const SGL_TRANSPORT: u8 = 0x5A;
 pub const MAX_SEGS: usize = 64;
 /// Bytes read from the socket at a time.
 const RX_BUF: usize = 64 * 1024;
+/// Payload left in a C2HData from which it is read straight into place.
+const DIRECT_MIN: usize = 2048;
 
 /// A command's result as the connection reports it: CQE dwords 0 and 1,
 /// or why it failed.
@@ -533,6 +535,39 @@ impl<C> HostConn<C> {
             if self.phase == Phase::Dead {
                 break;
             }
+            // Large payloads go from the socket into place directly (the
+            // receive buffer is empty between reads: `feed` takes all).
+            if let Rx::Data {
+                lay,
+                cid,
+                at,
+                left,
+                crc,
+            } = self.state
+                && left >= DIRECT_MIN
+            {
+                match self.read_direct(cid, at, left) {
+                    Ok(0) => {
+                        self.close("the controller closed the connection");
+                        break;
+                    }
+                    Ok(k) => {
+                        let crc = if lay.ddgst {
+                            self.crc_of_placed(cid, at, k, crc)
+                        } else {
+                            crc
+                        };
+                        n += self.data_advanced(lay, cid, at + k, left - k, crc, done);
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        self.close(format!("receive: {e}"));
+                        break;
+                    }
+                }
+            }
             let k = match self.sock.read(&mut rx) {
                 Ok(0) => {
                     self.close("the controller closed the connection");
@@ -627,27 +662,7 @@ impl<C> HostConn<C> {
                         crc
                     };
                     b = &b[k..];
-                    if k == left {
-                        if lay.ddgst {
-                            self.have = 0;
-                            self.state = Rx::Ddgst {
-                                lay,
-                                cid,
-                                crc,
-                                end: at + k,
-                            };
-                        } else {
-                            n += self.data_done(lay, cid, at + k, done);
-                        }
-                    } else {
-                        self.state = Rx::Data {
-                            lay,
-                            cid,
-                            at: at + k,
-                            left: left - k,
-                            crc,
-                        };
-                    }
+                    n += self.data_advanced(lay, cid, at + k, left - k, crc, done);
                 }
                 Rx::Ddgst { lay, cid, crc, end } => {
                     let k = (DIGEST_LEN - self.have).min(b.len());
@@ -849,6 +864,97 @@ impl<C> HostConn<C> {
                 what: format!("command id {cid} is not outstanding"),
             }),
         }
+    }
+
+    /// `k` more payload bytes of a C2HData are in place (now at `at`,
+    /// `left` to go): on to the digest, the end of the PDU, or more data.
+    fn data_advanced(
+        &mut self,
+        lay: Layout,
+        cid: u16,
+        at: usize,
+        left: usize,
+        crc: u32,
+        done: &mut impl FnMut(C, CqeResult),
+    ) -> usize {
+        if left > 0 {
+            self.state = Rx::Data {
+                lay,
+                cid,
+                at,
+                left,
+                crc,
+            };
+            0
+        } else if lay.ddgst {
+            self.have = 0;
+            self.state = Rx::Ddgst {
+                lay,
+                cid,
+                crc,
+                end: at,
+            };
+            0
+        } else {
+            self.data_done(lay, cid, at, done)
+        }
+    }
+
+    /// Reads the current C2HData's payload from the socket straight into
+    /// the command's segments (no copy through the receive buffer); the
+    /// bytes read.
+    fn read_direct(&mut self, cid: u16, at: usize, left: usize) -> io::Result<usize> {
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; MAX_SEGS];
+        let (mut skip, mut want, mut n) = (at, left, 0);
+        for &(p, l) in &self.slots[usize::from(cid)].segs {
+            if want == 0 {
+                break;
+            }
+            if skip >= l {
+                skip -= l;
+                continue;
+            }
+            let k = (l - skip).min(want);
+            // SAFETY: `skip + k <= l`: inside the segment.
+            let base = unsafe { p.add(skip) };
+            iov[n] = libc::iovec {
+                iov_base: base.cast(),
+                iov_len: k,
+            };
+            n += 1;
+            want -= k;
+            skip = 0;
+        }
+        use std::os::fd::AsRawFd;
+        // SAFETY: each iovec lies inside a segment the submitter promised
+        // writable until the command completes; `n <= MAX_SEGS` entries.
+        let r = unsafe { libc::readv(self.sock.as_raw_fd(), iov.as_ptr(), n as libc::c_int) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(r as usize)
+    }
+
+    /// CRC32C carried over `len` placed bytes of command `cid` from `at`.
+    fn crc_of_placed(&self, cid: u16, mut at: usize, mut len: usize, mut crc: u32) -> u32 {
+        for &(p, l) in &self.slots[usize::from(cid)].segs {
+            if len == 0 {
+                break;
+            }
+            if at >= l {
+                at -= l;
+                continue;
+            }
+            let k = (l - at).min(len);
+            // SAFETY: inside the segment, which the last read just filled.
+            crc = crc32c::update(crc, unsafe { std::slice::from_raw_parts(p.add(at), k) });
+            len -= k;
+            at = 0;
+        }
+        crc
     }
 
     /// A C2HData's payload ended at `end`: complete the command if the PDU
