@@ -289,16 +289,22 @@ fn finish(c: std::process::Child, limit: Duration) -> String {
     )
 }
 
-#[test]
-fn io_waits_for_the_target_and_resumes_when_it_is_back() {
-    let dir = TempDir::new("nvmf-reconnect");
+/// A target on a fresh file and an initiator attached to it with `opts`:
+/// (dir, file, port, target, initiator).
+fn attached(tag: &str, opts: &[&str]) -> (TempDir, String, String, Appliance, Appliance) {
+    let dir = TempDir::new(tag);
     let file = dir.join("disk.raw").to_str().unwrap().to_owned();
     let port = free_port();
-    let mut a = target(&dir, "target", &file, &port);
+    let a = target(&dir, "target", &file, &port);
     let b = Appliance::start(&dir, "init", &[]);
-    attach(
-        &b,
-        &port,
+    attach(&b, &port, opts);
+    (dir, file, port, a, b)
+}
+
+#[test]
+fn io_waits_for_the_target_and_resumes_when_it_is_back() {
+    let (dir, file, port, mut a, b) = attached(
+        "nvmf-reconnect",
         &[
             "--ctrlr-loss-timeout-sec",
             "60",
@@ -350,14 +356,8 @@ fn io_waits_for_the_target_and_resumes_when_it_is_back() {
 
 #[test]
 fn io_fails_fast_and_the_controller_goes_per_the_options() {
-    let dir = TempDir::new("nvmf-loss");
-    let file = dir.join("disk.raw").to_str().unwrap().to_owned();
-    let port = free_port();
-    let mut a = target(&dir, "target", &file, &port);
-    let b = Appliance::start(&dir, "init", &[]);
-    attach(
-        &b,
-        &port,
+    let (dir, _file, _port, mut a, b) = attached(
+        "nvmf-loss",
         &[
             "--ctrlr-loss-timeout-sec",
             "6",

@@ -155,10 +155,7 @@ impl<C> TcpQpair<C> {
         segs: &[Seg],
         ctx: C,
     ) -> Result<(), SubmitError<C>> {
-        let n = match check_blocks(blocks) {
-            Ok(n) => n,
-            Err(kind) => return Err(SubmitError { kind, ctx }),
-        };
+        let (n, ctx) = check_blocks(blocks, ctx)?;
         self.submit(iocmd::read(nsid, lba, n), segs, false, ctx)
     }
 
@@ -179,10 +176,7 @@ impl<C> TcpQpair<C> {
         fua: bool,
         ctx: C,
     ) -> Result<(), SubmitError<C>> {
-        let n = match check_blocks(blocks) {
-            Ok(n) => n,
-            Err(kind) => return Err(SubmitError { kind, ctx }),
-        };
+        let (n, ctx) = check_blocks(blocks, ctx)?;
         self.submit(iocmd::write(nsid, lba, n, fua), segs, true, ctx)
     }
 
@@ -201,10 +195,7 @@ impl<C> TcpQpair<C> {
         segs: &[Seg],
         ctx: C,
     ) -> Result<(), SubmitError<C>> {
-        let n = match check_blocks(blocks) {
-            Ok(n) => n,
-            Err(kind) => return Err(SubmitError { kind, ctx }),
-        };
+        let (n, ctx) = check_blocks(blocks, ctx)?;
         self.submit(iocmd::compare(nsid, lba, n), segs, true, ctx)
     }
 
@@ -228,10 +219,7 @@ impl<C> TcpQpair<C> {
         deallocate: bool,
         ctx: C,
     ) -> Result<(), SubmitError<C>> {
-        let n = match check_blocks(blocks) {
-            Ok(n) => n,
-            Err(kind) => return Err(SubmitError { kind, ctx }),
-        };
+        let (n, ctx) = check_blocks(blocks, ctx)?;
         self.submit(
             iocmd::write_zeroes(nsid, lba, n, deallocate),
             &[],
@@ -382,11 +370,15 @@ impl<C> TcpQpair<C> {
     }
 }
 
-fn check_blocks(blocks: u64) -> Result<u32, SubmitErrorKind> {
+/// The block count as a command carries it (1..=65536), or the refusal.
+fn check_blocks<C>(blocks: u64, ctx: C) -> Result<(u32, C), SubmitError<C>> {
     if (1..=65536).contains(&blocks) {
-        Ok(blocks as u32)
+        Ok((blocks as u32, ctx))
     } else {
-        Err(SubmitErrorKind::BadBlockCount(blocks))
+        Err(SubmitError {
+            kind: SubmitErrorKind::BadBlockCount(blocks),
+            ctx,
+        })
     }
 }
 

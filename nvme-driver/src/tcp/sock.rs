@@ -100,8 +100,12 @@ pub fn connect_poll(s: &TcpStream) -> Poll<io::Result<()>> {
 mod tests {
     use super::*;
     use std::net::TcpListener;
+    use std::os::fd::AsRawFd;
     use std::time::{Duration, Instant};
 
+    /// Waits (test thread only, never a reactor) for the connect to end:
+    /// poll(2) for writability, which is how a finished or failed
+    /// non-blocking connect shows itself, then asks [`connect_poll`].
     fn wait(s: &TcpStream) -> io::Result<()> {
         let start = Instant::now();
         loop {
@@ -109,7 +113,13 @@ mod tests {
                 return r;
             }
             assert!(start.elapsed() < Duration::from_secs(5), "connect hangs");
-            std::thread::sleep(Duration::from_millis(1));
+            let mut pfd = libc::pollfd {
+                fd: s.as_raw_fd(),
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            // SAFETY: `pfd` is one valid pollfd that lives across the call.
+            unsafe { libc::poll(&mut pfd, 1, 100) };
         }
     }
 

@@ -449,6 +449,8 @@ fn get_controllers(params: Value) -> Result<Call, RpcError> {
         for c in list {
             let mut v = c.info_json();
             let Ok(admin) = c.admin() else {
+                // NVMe/TCP: the log is not read over its admin queue here.
+                v["ctrlrs"][0]["error_log"] = json!([]);
                 out.push(v);
                 continue;
             };
