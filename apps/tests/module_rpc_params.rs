@@ -104,13 +104,16 @@ fn module_methods_decode_parameters_as_before() {
                "corrupt_offset": 0, "corrupt_value": 0, "nvme_sct": 0, "nvme_sc": 0}),
     );
     assert_eq!(injected, Ok(json!(true)));
-    // Failures found on the connection's thread are errnos too.
+    // Failures found on the connection's thread are errnos too: nobody
+    // listens on port 1, so the controller cannot be reached.
     assert_eq!(
         a.call(
             "bdev_nvme_attach_controller",
-            json!({"name": "n", "trtype": "tcp", "traddr": "1.2.3.4", "adrfam": "ipv4"})
+            json!({"name": "n", "trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": "1",
+                   "subnqn": "nqn.2016-06.io.spdk:cnode1",
+                   "adrfam": "ipv4"})
         ),
-        Err((-22, "Invalid argument".into()))
+        Err((-5, "Input/output error".into()))
     );
     assert_eq!(
         a.call("accel_crypto_keys_get", json!({"key_name": "nope"})),
