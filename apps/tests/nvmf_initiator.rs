@@ -221,11 +221,12 @@ fn a_remote_bdev_carries_verified_io_with_and_without_digests() {
     );
     b.ok(&["bdev_nvme_detach_controller", "Nvme0"]);
 
-    // Nobody listening, an unknown subsystem: clear failures, nothing left.
+    // Nobody listening, an unknown subsystem: clear failures with SPDK's
+    // codes (ENODEV, EIO), nothing left.
     let dead_port = free_port();
-    for (p, nqn) in [
-        (dead_port.as_str(), NQN),
-        (port.as_str(), "nqn.2016-06.io.spdk:nobody"),
+    for (p, nqn, code) in [
+        (dead_port.as_str(), NQN, "\"code\": -19"),
+        (port.as_str(), "nqn.2016-06.io.spdk:nobody", "\"code\": -5"),
     ] {
         let o = b.spdk_rpc(&[
             "bdev_nvme_attach_controller",
@@ -241,6 +242,12 @@ fn a_remote_bdev_carries_verified_io_with_and_without_digests() {
             nqn,
         ]);
         assert!(!o.status.success(), "attach to {p} {nqn} must fail");
+        let text =
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+        assert!(
+            text.contains(code),
+            "attach to {p} {nqn}: {code} expected: {text}"
+        );
         assert!(
             b.json(&["bdev_nvme_get_controllers"])
                 .as_array()

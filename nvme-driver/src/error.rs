@@ -129,6 +129,16 @@ pub enum NvmeError {
         /// What happened.
         what: String,
     },
+    /// No connection could be made to the controller's address (refused,
+    /// unreachable, or not made within the connect timeout): nothing
+    /// answered there as an NVMe/TCP controller.
+    #[error("{ctrlr}: {what}")]
+    Unreachable {
+        /// The controller.
+        ctrlr: String,
+        /// What happened.
+        what: String,
+    },
     /// A data buffer cannot be described with PRPs.
     #[error("{ctrlr}: {source}")]
     Prp {

@@ -154,6 +154,8 @@ pub struct HostConn<C> {
     state: Rx,
     /// A Connect refusal's status, kept for the error text.
     refused: Option<NvmeStatus>,
+    /// The TCP connection was made (whatever happened after).
+    reached: bool,
 }
 
 // SAFETY: the raw pointers in the slots are buffers the submitter promised
@@ -254,6 +256,7 @@ impl<C> HostConn<C> {
             have: 0,
             state: Rx::Ch,
             refused: None,
+            reached: false,
             p,
         })
     }
@@ -271,6 +274,12 @@ impl<C> HostConn<C> {
     /// Why the connection closed.
     pub fn why(&self) -> Option<&str> {
         self.why.as_deref()
+    }
+
+    /// Whether the TCP connection was made: false for a connection that
+    /// died while connecting (refused, unreachable, timed out).
+    pub fn reached(&self) -> bool {
+        self.reached
     }
 
     /// The controller id the Connect answered with.
@@ -455,6 +464,7 @@ impl<C> HostConn<C> {
                 }
                 Poll::Ready(Err(e)) => self.close(format!("connect to {}: {e}", self.p.addr)),
                 Poll::Ready(Ok(())) => {
+                    self.reached = true;
                     let ic = IcReq {
                         pfv: pdu::PFV_1_0,
                         hpda: 0,

@@ -293,10 +293,15 @@ async fn bring_up(sh: Arc<TcpShared>) -> Result<Up, NvmeError> {
         if q.conn.is_live() {
             Poll::Ready(Ok(()))
         } else if q.conn.is_dead() {
-            Poll::Ready(Err(transport_err(
-                &name,
-                q.conn.why().unwrap_or("closed").to_owned(),
-            )))
+            let why = q.conn.why().unwrap_or("closed").to_owned();
+            Poll::Ready(Err(if q.conn.reached() {
+                transport_err(&name, why)
+            } else {
+                NvmeError::Unreachable {
+                    ctrlr: name.clone(),
+                    what: why,
+                }
+            }))
         } else {
             Poll::Pending
         }

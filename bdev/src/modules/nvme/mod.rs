@@ -839,7 +839,15 @@ pub async fn attach_tcp_controller(
     if let Err(e) = up {
         ctrlr.start_shutdown();
         poll_until(|| ctrlr.poll_shutdown()).await;
-        return Err(module_err(name, "attach", e));
+        // As SPDK answers: nothing reachable there is ENODEV, a controller
+        // that answered and failed (Connect refused, timed out) EIO.
+        return Err(match e {
+            NvmeError::Unreachable { .. } => BdevError::Os {
+                what: format!("{name}: attach: {e}"),
+                errno: libc::ENODEV,
+            },
+            e => module_err(name, "attach", e),
+        });
     }
     attach_any(
         name,
