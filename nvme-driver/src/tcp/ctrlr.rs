@@ -281,8 +281,11 @@ struct Up {
 async fn bring_up(sh: Arc<TcpShared>) -> Result<Up, NvmeError> {
     let name = sh.name.clone();
     let to = sh.opts.admin_timeout;
-    let conn = HostConn::start(sh.conn_params(0, ADMIN_DEPTH))
-        .map_err(|e| transport_err(&name, format!("connect to {}: {e}", sh.opts.addr)))?;
+    let conn =
+        HostConn::start(sh.conn_params(0, ADMIN_DEPTH)).map_err(|e| NvmeError::Unreachable {
+            ctrlr: name.clone(),
+            what: format!("connect to {}: {e}", sh.opts.addr),
+        })?;
     let mut q = AdminQ {
         conn,
         done: Vec::new(),
