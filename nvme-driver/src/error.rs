@@ -160,6 +160,21 @@ pub struct SubmitError<C> {
     pub ctx: C,
 }
 
+/// The block count as an I/O command carries it (1..=65536, sent as a
+/// 0-based u32), or the refusal with the context given back. Shared by the
+/// PCIe and TCP queue pairs.
+#[inline]
+pub(crate) fn check_blocks<C>(blocks: u64, ctx: C) -> Result<(u32, C), SubmitError<C>> {
+    if (1..=65536).contains(&blocks) {
+        Ok((blocks as u32, ctx))
+    } else {
+        Err(SubmitError {
+            kind: SubmitErrorKind::BadBlockCount(blocks),
+            ctx,
+        })
+    }
+}
+
 /// The reasons a submission is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SubmitErrorKind {

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use crate::admin::AdminEnd;
 use crate::cmd::{admin as acmd, io as iocmd};
-use crate::error::{NvmeError, SubmitError, SubmitErrorKind};
+use crate::error::{NvmeError, SubmitError, SubmitErrorKind, check_blocks};
 use crate::qcore::QueueCore;
 use crate::shared::{CtrlrState, Request, Retired, Shared, TimeoutAction};
 use crate::spec::{DsmRange, Sqe};
@@ -373,9 +373,7 @@ impl<C> IoQpair<C> {
             return fail(kind, ctx);
         }
         let bs = self.shared.block_size(nsid);
-        if !(1..=65536).contains(&blocks) {
-            return fail(SubmitErrorKind::BadBlockCount(blocks), ctx);
-        }
+        let (n, ctx) = check_blocks(blocks, ctx)?;
         let expected = blocks as usize * bs as usize;
         let got: usize = segments.iter().map(|s| s.1).sum();
         if got != expected {
@@ -394,7 +392,7 @@ impl<C> IoQpair<C> {
                 ctx,
             );
         }
-        self.submit_ready(sqe_of(blocks as u32), segments, ctx)
+        self.submit_ready(sqe_of(n), segments, ctx)
     }
 
     /// Reads `blocks` logical blocks at `lba` into `segments` (IOVA, length),
@@ -487,17 +485,8 @@ impl<C> IoQpair<C> {
         if let Err(kind) = self.check_namespace(nsid) {
             return Err(SubmitError { kind, ctx });
         }
-        if !(1..=65536).contains(&blocks) {
-            return Err(SubmitError {
-                kind: SubmitErrorKind::BadBlockCount(blocks),
-                ctx,
-            });
-        }
-        self.submit_ready(
-            iocmd::write_zeroes(nsid, lba, blocks as u32, deallocate),
-            &[],
-            ctx,
-        )
+        let (n, ctx) = check_blocks(blocks, ctx)?;
+        self.submit_ready(iocmd::write_zeroes(nsid, lba, n, deallocate), &[], ctx)
     }
 
     /// Deallocates (trims) the given (LBA, block count) ranges, 1 to 256 of

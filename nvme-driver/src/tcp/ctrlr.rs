@@ -197,6 +197,13 @@ fn transport_err(name: &str, what: impl Into<String>) -> NvmeError {
     }
 }
 
+fn unreachable_err(name: &str, what: impl Into<String>) -> NvmeError {
+    NvmeError::Unreachable {
+        ctrlr: name.to_owned(),
+        what: what.into(),
+    }
+}
+
 /// Runs one admin command to its end (or `timeout`).
 async fn command(
     q: &mut AdminQ,
@@ -281,11 +288,8 @@ struct Up {
 async fn bring_up(sh: Arc<TcpShared>) -> Result<Up, NvmeError> {
     let name = sh.name.clone();
     let to = sh.opts.admin_timeout;
-    let conn =
-        HostConn::start(sh.conn_params(0, ADMIN_DEPTH)).map_err(|e| NvmeError::Unreachable {
-            ctrlr: name.clone(),
-            what: format!("connect to {}: {e}", sh.opts.addr),
-        })?;
+    let conn = HostConn::start(sh.conn_params(0, ADMIN_DEPTH))
+        .map_err(|e| unreachable_err(&name, format!("connect to {}: {e}", sh.opts.addr)))?;
     let mut q = AdminQ {
         conn,
         done: Vec::new(),
@@ -300,10 +304,7 @@ async fn bring_up(sh: Arc<TcpShared>) -> Result<Up, NvmeError> {
             Poll::Ready(Err(if q.conn.reached() {
                 transport_err(&name, why)
             } else {
-                NvmeError::Unreachable {
-                    ctrlr: name.clone(),
-                    what: why,
-                }
+                unreachable_err(&name, why)
             }))
         } else {
             Poll::Pending

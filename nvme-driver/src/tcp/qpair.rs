@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::conn::{HostConn, SubmitRefusal};
 use super::ctrlr::TcpShared;
 use crate::cmd::io as iocmd;
-use crate::error::{SubmitError, SubmitErrorKind};
+use crate::error::{SubmitError, SubmitErrorKind, check_blocks};
 use crate::qpair::QpairStats;
 use crate::shared::CtrlrState;
 use crate::spec::Sqe;
@@ -367,18 +367,6 @@ impl<C> TcpQpair<C> {
             }
         }
         n
-    }
-}
-
-/// The block count as a command carries it (1..=65536), or the refusal.
-fn check_blocks<C>(blocks: u64, ctx: C) -> Result<(u32, C), SubmitError<C>> {
-    if (1..=65536).contains(&blocks) {
-        Ok((blocks as u32, ctx))
-    } else {
-        Err(SubmitError {
-            kind: SubmitErrorKind::BadBlockCount(blocks),
-            ctx,
-        })
     }
 }
 
